@@ -1,0 +1,3 @@
+from apt_rehearse.cli import run
+
+run()

@@ -1,0 +1,215 @@
+"""Turn what the rehearsal saw into findings.
+
+Pure functions of the transaction, the facts read from the target and the
+replay's raw observations; no I/O, so each can be tested on its own.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from apt_rehearse.facts import ConffilePrompt, RemovalFacts
+from apt_rehearse.policy import Finding
+from apt_rehearse.transaction import INSTALLING_ACTIONS, REMOVING_ACTIONS, Transaction
+
+SCRIPT_NAMES = {
+    "post-installation": "postinst",
+    "pre-installation": "preinst",
+    "pre-removal": "prerm",
+    "post-removal": "postrm",
+}
+SEGMENT_RE = re.compile(
+    r"^(?:Preparing to unpack \S*/(?P<file>[^/_\s]+)_\S+ \.\.\."
+    r"|Unpacking (?P<unpack>\S+) "
+    r"|Setting up (?P<setup>\S+) "
+    r"|Removing (?P<remove>\S+) "
+    r"|Purging configuration files for (?P<purge>\S+) "
+    r"|Selecting previously unselected package (?P<select>[^\s.]+(?:\.[^\s.]+)*)\.$)"
+)
+ERROR_HEAD_RE = re.compile(r"^dpkg: error processing (?:package|archive) (?P<subject>\S+) \((?P<action>--[a-z-]+)\):")
+SCRIPT_ERROR_RE = re.compile(
+    r"^\s*(?:installed |new |old |old-)?(?P<package>\S+) package (?P<script>post-installation|pre-installation|"
+    r"pre-removal|post-removal) script subprocess (?:returned error exit status (?P<status>\d+)|was killed by signal \((?P<signal>[^)]*)\))"
+)
+CONFFILE_RE = re.compile(r"^Configuration file '(?P<path>[^']+)'")
+NO_SPACE_MARKERS = ("No space left on device", "ENOSPC")
+TAIL_LINES = 15
+
+
+def _bare(name: str) -> str:
+    return name.split(":", 1)[0]
+
+
+def segment_output(output: str) -> dict[str, list[str]]:
+    """apt/dpkg output split into the lines each package produced."""
+    segments: dict[str, list[str]] = {}
+    current = None
+    for line in output.splitlines():
+        match = SEGMENT_RE.match(line)
+        if match:
+            current = _bare(next(v for v in match.groupdict().values() if v))
+        if current is not None:
+            segments.setdefault(current, []).append(line)
+    return segments
+
+
+def script_failures(output: str) -> list[dict[str, Any]]:
+    failures = []
+    segments = segment_output(output)
+    lines = output.splitlines()
+    for index, line in enumerate(lines):
+        head = ERROR_HEAD_RE.match(line)
+        if not head:
+            continue
+        detail = lines[index + 1] if index + 1 < len(lines) else ""
+        script_match = SCRIPT_ERROR_RE.match(detail)
+        subject = head.group("subject")
+        package = _bare(script_match.group("package")) if script_match else _bare(subject.rsplit("/", 1)[-1].split("_", 1)[0])
+        entry: dict[str, Any] = {"package": package, "dpkg_action": head.group("action"), "message": detail.strip()}
+        if script_match:
+            entry["script"] = SCRIPT_NAMES[script_match.group("script")]
+            if script_match.group("status") is not None:
+                entry["exit_status"] = int(script_match.group("status"))
+            else:
+                entry["signal"] = script_match.group("signal")
+        own = segments.get(package, [])
+        cut = [ln for ln in own if not ln.startswith("dpkg: error processing")]
+        entry["output_tail"] = cut[-TAIL_LINES:]
+        failures.append(entry)
+    return failures
+
+
+def removal_findings(transaction: Transaction, facts: dict[str, RemovalFacts]) -> list[Finding]:
+    findings = []
+    for change in transaction.by_action(*REMOVING_ACTIONS):
+        fact = facts.get(change.name, RemovalFacts([], []))
+        kinds, marks = [], []
+        if change.requested:
+            kinds.append("Remove-Requested")
+            marks.append("as requested")
+        else:
+            kinds.append("Remove")
+            if change.manual:
+                kinds.append("Remove-Manual")
+                marks.append("manually installed")
+            if fact.enabled_services:
+                kinds.append("Remove-Service")
+                marks.append("ships enabled " + ", ".join(fact.enabled_services))
+            if fact.web_modules:
+                kinds.append("Remove-Module")
+                marks.append("ships " + ", ".join(sorted({m.split(":")[0] for m in fact.web_modules})) + " module(s)")
+        verb = "PURGED" if change.action == "purge" else "REMOVED"
+        message = f"{change.package} {change.from_version} would be {verb}" + (f" ({'; '.join(marks)})" if marks else "")
+        findings.append(Finding("removal", kinds, change.package, message, {
+            "arch": change.arch, "version": change.from_version, "manual": change.manual,
+            "requested": change.requested, "enabled_services": fact.enabled_services,
+            "web_modules": fact.web_modules, "action": change.action,
+        }))  # fmt: skip
+    return findings
+
+
+def _installed(state: dict[str, str] | None) -> str | None:
+    """The installed version, or None when the package is not (fully) on the system."""
+    if not state or not state.get("version"):
+        return None
+    status = state.get("status", "")
+    if len(status) >= 2 and status[1] in ("n", "c"):  # not-installed, config-files
+        return None
+    return state["version"]
+
+
+def expected_versions(transaction: Transaction, before: dict[str, dict[str, str]]) -> dict[str, str | None]:
+    expected = {name: _installed(state) for name, state in before.items()}
+    for change in transaction.changes:
+        expected[change.name] = change.to_version if change.action in INSTALLING_ACTIONS else None
+    return expected
+
+
+def state_findings(transaction: Transaction, replay: dict[str, Any]) -> list[Finding]:
+    findings: list[Finding] = []
+    apt = replay["apt"]
+    output = apt["output"]
+    failures = script_failures(output)
+    failed_packages = {f["package"] for f in failures}
+    for failure in failures:
+        script = failure.get("script", "dpkg")
+        status = failure.get("exit_status")
+        how = f"exit status {status}" if status is not None else f"signal {failure.get('signal', '?')}" if "signal" in failure else failure["message"]
+        findings.append(Finding("script-failure", ["Script-Failure"], failure["package"],
+                                f"{failure['package']}: {script} failed ({how}) during {failure['dpkg_action']}", failure))  # fmt: skip
+
+    if apt["timed_out"]:
+        findings.append(Finding("timeout", ["Timeout"], "apt",
+                                f"the replay did not finish within {int(replay.get('timeout', 0)) or 'the'} seconds; "
+                                "a maintainer script may hang (the rehearsal was stopped)",
+                                {"output_tail": output.splitlines()[-TAIL_LINES:]}))  # fmt: skip
+
+    after = replay["after"]
+    for name, state in sorted(after.items()):
+        status = state.get("status", "")
+        if len(status) >= 2 and (status[1] in "UFHWt" or status[2:3] == "R"):
+            meaning = {"U": "unpacked but not configured", "F": "half-configured", "H": "half-installed",
+                       "W": "awaiting triggers", "t": "with triggers pending"}.get(status[1], "needing reinstallation")  # fmt: skip
+            findings.append(Finding("package-state", ["Broken-State"], _bare(name),
+                                    f"{name} is left {meaning} (dpkg status '{status.strip()}')",
+                                    {"status": status.strip(), "version": state.get("version")}))  # fmt: skip
+
+    if not apt["timed_out"]:
+        expected = expected_versions(transaction, replay["before"])
+        actual = {name: _installed(state) for name, state in after.items()}
+        differences = []
+        for name in sorted(set(expected) | set(actual)):
+            want, got = expected.get(name), actual.get(name)
+            if want != got and _bare(name) not in failed_packages:
+                differences.append({"package": name, "expected": want, "actual": got})
+        if differences and apt["exit_status"] == 0:
+            summary = ", ".join(f"{d['package']} {d['expected'] or 'absent'} -> {d['actual'] or 'absent'}" for d in differences[:5])
+            more = f" and {len(differences) - 5} more" if len(differences) > 5 else ""
+            findings.append(Finding("replay-mismatch", ["Mismatch"], "transaction",
+                                    f"apt did not do exactly what the transaction said: {summary}{more}",
+                                    {"differences": differences}))  # fmt: skip
+
+    if apt["exit_status"] != 0 and not failures and not apt["timed_out"]:
+        tail = [line for line in output.splitlines() if line.startswith(("E:", "W:", "dpkg:"))][-TAIL_LINES:]
+        findings.append(Finding("apt", ["Apt-Failure"], "apt",
+                                f"apt failed to apply the transaction (exit status {apt['exit_status']})"
+                                + (f": {tail[-1]}" if tail else ""),
+                                {"output_tail": tail or output.splitlines()[-TAIL_LINES:]}))  # fmt: skip
+
+    audit = replay["audit"]["output"].strip()
+    if audit and not any(f.check in ("package-state", "script-failure") for f in findings):
+        findings.append(Finding("dpkg-audit", ["Broken-State"], "dpkg", "dpkg --audit reports problems after the run",
+                                {"output": audit.splitlines()[:40]}))  # fmt: skip
+    check = replay["check"]
+    if check["exit_status"] != 0 and not apt["timed_out"]:
+        findings.append(Finding("apt-check", ["Dependency-Check"], "apt",
+                                "apt-get check finds broken dependencies after the run",
+                                {"output": check["output"].strip().splitlines()[-TAIL_LINES:]}))  # fmt: skip
+    return findings
+
+
+def conffile_findings(predicted: list[ConffilePrompt], output: str) -> list[Finding]:
+    """Conffile prompts, predicted from checksums and confirmed by dpkg's own words."""
+    seen: dict[str, str] = {p.path: p.package for p in predicted}
+    segments_owner = None
+    confirmed = set()
+    for line in output.splitlines():
+        segment = SEGMENT_RE.match(line)
+        if segment:
+            segments_owner = _bare(next(v for v in segment.groupdict().values() if v))
+        match = CONFFILE_RE.match(line)
+        if match:
+            confirmed.add(match.group("path"))
+            seen.setdefault(match.group("path"), segments_owner or "?")
+    findings = []
+    for path, package in sorted(seen.items()):
+        findings.append(Finding("conffile", ["Conffile-Prompt"], package,
+                                f"{path}: changed locally and by the new {package}; dpkg will ask which to keep",
+                                {"path": path, "package": package, "seen_in_replay": path in confirmed}))  # fmt: skip
+    return findings
+
+
+def out_of_room(replay: dict[str, Any]) -> bool:
+    output = replay["apt"]["output"]
+    return replay.get("upper_free_bytes", 1 << 30) < (1 << 20) or any(marker in output for marker in NO_SPACE_MARKERS)

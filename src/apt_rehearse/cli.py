@@ -1,0 +1,224 @@
+"""The apt-rehearse command: a thin click front over the library.
+
+Errors end as one line ("E: ...") and a documented exit code; a traceback
+only with --debug. With --json, stdout carries the JSON report and nothing
+else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import traceback
+from typing import Any, Callable
+
+import click
+
+from apt_rehearse import __version__
+from apt_rehearse.errors import EXIT_BLOCKED, EXIT_FAILED, EXIT_GO, EXIT_USAGE, RehearsalError, UsageError
+
+
+@dataclasses.dataclass
+class Options:
+    root: str = "/"
+    release: str | None = None
+    json_output: bool = False
+    apt_options: list[str] = dataclasses.field(default_factory=list)
+    debug: bool = False
+
+
+def _merge(ctx: click.Context, name: str, value: Any) -> None:
+    options: Options = ctx.ensure_object(Options)
+    if name == "apt_options":
+        options.apt_options.extend(value or ())
+    elif name in ("json_output", "debug"):
+        setattr(options, name, getattr(options, name) or bool(value))
+    elif value is not None:
+        setattr(options, name, value)
+
+
+def _callback(name: str) -> Callable[[click.Context, click.Parameter, Any], None]:
+    def callback(ctx: click.Context, _param: click.Parameter, value: Any) -> None:
+        _merge(ctx.find_root(), name, value)
+
+    return callback
+
+
+def common_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    """The options every command takes, before or after the command name."""
+    decorators = [
+        click.option("--root", metavar="DIR", expose_value=False, callback=_callback("root"),
+                     help="Rehearse the system tree in DIR instead of /."),
+        click.option("--release", metavar="CODENAME", expose_value=False, callback=_callback("release"),
+                     help="Rehearse against that release's sources (e.g. trixie)."),
+        click.option("--json", "json_output", is_flag=True, default=None, expose_value=False,
+                     callback=_callback("json_output"), help="Write only the JSON report to stdout."),
+        click.option("-o", "--option", "apt_options", multiple=True, metavar="KEY=VALUE", expose_value=False,
+                     callback=_callback("apt_options"), help="Set an apt configuration option, as apt-get -o."),
+        click.option("--debug", is_flag=True, default=None, expose_value=False, callback=_callback("debug"),
+                     help="Print the sandbox plan, and tracebacks on errors."),
+    ]  # fmt: skip
+    for decorator in reversed(decorators):
+        function = decorator(function)
+    return function
+
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
+
+
+@click.group(context_settings=CONTEXT_SETTINGS)
+@click.version_option(__version__, prog_name="apt-rehearse")
+@common_options
+def main() -> None:
+    """Rehearse an apt transaction on a throw-away copy of this system.
+
+    Exit status: 0 go (pass or warnings), 10 blocked by policy, 1 apt-rehearse
+    failed, 2 usage error, 3 this system cannot be rehearsed.
+    """
+
+
+def _run_request(command: str, packages: tuple[str, ...]) -> None:
+    options: Options = click.get_current_context().find_root().ensure_object(Options)
+    try:
+        code = _rehearse_request(command, list(packages), options)
+    except RehearsalError as error:
+        if options.debug:
+            traceback.print_exc()
+        click.echo(f"E: {error}", err=True)
+        code = error.exit_code
+    except KeyboardInterrupt:
+        click.echo("E: interrupted; nothing was changed", err=True)
+        code = EXIT_FAILED
+    except Exception as error:  # noqa: BLE001 - one line unless --debug
+        if options.debug:
+            traceback.print_exc()
+        click.echo(f"E: internal error: {error.__class__.__name__}: {error} (run with --debug for details)", err=True)
+        code = EXIT_FAILED
+    sys.exit(code)
+
+
+def _rehearse_request(command: str, packages: list[str], options: Options) -> int:
+    # Imported here so that --help and usage errors stay fast and work even
+    # where python3-apt is broken.
+    import apt_pkg
+
+    from apt_rehearse import config, planner, release, report
+    from apt_rehearse.progress import for_stream
+    from apt_rehearse.rehearse import PhaseClock, rehearse
+    from apt_rehearse.sandbox import check_supported
+
+    root = os.path.realpath(options.root)
+    if not os.path.isdir(root):
+        raise UsageError(f"target root {options.root} does not exist or is not a directory")
+    if not os.path.isfile(os.path.join(root, "var/lib/dpkg/status")):
+        raise UsageError(f"{options.root} is not a Debian system (no var/lib/dpkg/status)")
+    check_supported()
+    config.init_apt_config(root, options.apt_options)
+    settings = config.read_settings()
+    interactive = not options.json_output and sys.stdout.isatty()
+    progress = for_stream(sys.stdout, quiet=not interactive)
+    clock = PhaseClock()
+    request = planner.Request(command, packages, root, options.release, options.apt_options)
+    archive_dir = os.path.join(settings.cache_dir, "archives")
+    os.makedirs(settings.cache_dir, mode=0o700, exist_ok=True)
+
+    state = None
+    with clock.timed("plan"):
+        if options.release:
+            state = release.prepare(root, options.release, settings.cache_dir)
+            release.use(state, interactive)
+        transaction = planner.plan_transaction(request, archive_dir, interactive,
+                                               state.directory if state else None)  # fmt: skip
+
+    def debug(line: str) -> None:
+        click.echo(f"D: {line}", err=True)
+
+    rehearsal = rehearse(
+        transaction,
+        settings,
+        progress,
+        lookup=apt_pkg.config.find,
+        extra_apt_options=config.replay_apt_options(options.apt_options),
+        private_lists=state.lists_dir if state else None,
+        sources_rewrite=state.sources if state else None,
+        debug=debug if options.debug else None,
+        clock=clock,
+    )
+    with clock.timed("report"):
+        document = report.build(rehearsal)
+        color = interactive and not os.environ.get("NO_COLOR") and apt_pkg.config.find_b("APT::Color", True)
+        text = report.render_text(document, color=False)
+        if settings.save_report and not transaction.is_empty:
+            document["report_path"] = report.save(document, text, settings.log_dir, rehearsal.replay_log)
+    document["phases"] = [{"name": name, "seconds": seconds} for name, seconds in clock.phases]
+    if options.json_output:
+        click.echo(json.dumps(document, indent=2))
+    else:
+        click.echo(report.render_text(document, color=bool(color)), nl=False)
+        if document.get("report_path"):
+            click.echo(f"Report: {document['report_path']}")
+    return EXIT_BLOCKED if rehearsal.verdict == "block" else EXIT_GO
+
+
+@main.command("upgrade")
+@common_options
+def upgrade_command() -> None:
+    """Rehearse 'apt-get upgrade'."""
+    _run_request("upgrade", ())
+
+
+@main.command("dist-upgrade")
+@common_options
+def dist_upgrade_command() -> None:
+    """Rehearse 'apt-get dist-upgrade' (with --release: a release upgrade)."""
+    _run_request("dist-upgrade", ())
+
+
+@main.command("full-upgrade")
+@common_options
+def full_upgrade_command() -> None:
+    """Rehearse 'apt full-upgrade' (the same as dist-upgrade)."""
+    _run_request("full-upgrade", ())
+
+
+@main.command("install")
+@common_options
+@click.argument("packages", nargs=-1, required=True, metavar="PKG[=VERSION|/RELEASE]...")
+def install_command(packages: tuple[str, ...]) -> None:
+    """Rehearse 'apt-get install PKG...'."""
+    _run_request("install", packages)
+
+
+@main.command("remove")
+@common_options
+@click.argument("packages", nargs=-1, required=True, metavar="PKG...")
+def remove_command(packages: tuple[str, ...]) -> None:
+    """Rehearse 'apt-get remove PKG...'."""
+    _run_request("remove", packages)
+
+
+@main.command("purge")
+@common_options
+@click.argument("packages", nargs=-1, required=True, metavar="PKG...")
+def purge_command(packages: tuple[str, ...]) -> None:
+    """Rehearse 'apt-get purge PKG...'."""
+    _run_request("purge", packages)
+
+
+def run() -> None:
+    """Entry point: click's usage errors exit 2, as documented."""
+    try:
+        main.main(standalone_mode=False)
+    except click.UsageError as error:
+        click.echo(f"E: {error.format_message()}", err=True)
+        if error.ctx is not None:
+            click.echo(f"Try '{error.ctx.command_path} --help'.", err=True)
+        sys.exit(EXIT_USAGE)
+    except click.exceptions.Abort:
+        click.echo("E: interrupted; nothing was changed", err=True)
+        sys.exit(EXIT_FAILED)
+    except click.exceptions.Exit as exit_:
+        sys.exit(exit_.exit_code)
+    sys.exit(EXIT_GO)

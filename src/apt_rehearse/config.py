@@ -1,0 +1,110 @@
+"""apt-rehearse's settings, read from apt's own configuration.
+
+Everything lives under APT::Rehearse:: so /etc/apt/apt.conf.d/ snippets and
+``-o Key=Value`` both work, exactly as for apt-get. python-apt does the
+reading; nothing here parses apt.conf by hand.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import apt_pkg
+
+from apt_rehearse.errors import UsageError
+
+LOG_DIR = "/var/log/apt-rehearse"
+CACHE_DIR = "/var/cache/apt-rehearse"
+
+
+@dataclasses.dataclass
+class Settings:
+    enable: bool = True
+    tmpfs_size: str = "50%"
+    upper_dir: str | None = None
+    # A transaction whose unpacked size passes this many bytes goes to a disk
+    # upper even when none was asked for: a tmpfs that large would eat RAM.
+    large_change_bytes: int = 2 << 30
+    disk_upper_base: str = "/var/tmp/apt-rehearse"
+    timeout: float = 3600.0
+    log_dir: str = LOG_DIR
+    cache_dir: str = CACHE_DIR
+    save_report: bool = True
+
+
+def parse_option(option: str) -> tuple[str, str]:
+    """Split one ``-o Key=Value`` the way apt-get does."""
+    key, sep, value = option.partition("=")
+    if not sep or not key.strip():
+        raise UsageError(f"option '{option}' is not of the form Key=Value (as in apt-get -o)")
+    return key.strip(), value
+
+
+def init_apt_config(root: str, options: list[str]) -> None:
+    """Load apt's configuration for ``root`` and apply ``-o`` options on top.
+
+    For a tree in a directory, its own /etc/apt is read, not the host's:
+    pkgInitConfig reads the configuration files relative to Dir when Dir is
+    set before it runs.
+    """
+    root = os.path.realpath(root)
+    if root != "/":
+        apt_pkg.config.set("Dir", root + "/")
+    apt_pkg.init_config()
+    for option in options:
+        key, value = parse_option(option)
+        apt_pkg.config.set(key, value)
+    # Building the package cache as root would write pkgcache.bin into the
+    # target's /var/cache/apt: keep it in memory, the target stays untouched.
+    apt_pkg.config.set("Dir::Cache::pkgcache", "")
+    apt_pkg.config.set("Dir::Cache::srcpkgcache", "")
+    apt_pkg.init_system()
+
+
+def _size_bytes(text: str) -> int:
+    text = text.strip().upper().removesuffix("B")
+    factor = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(text[-1:], 1)
+    number = text[:-1] if text[-1:] in "KMGT" else text
+    try:
+        return int(float(number) * factor)
+    except ValueError as error:
+        raise UsageError(f"'{text}' is not a size (use e.g. 512M or 4G)") from error
+
+
+def read_settings() -> Settings:
+    config = apt_pkg.config
+    settings = Settings()
+    settings.enable = config.find_b("APT::Rehearse::Enable", True)
+    settings.tmpfs_size = config.find("APT::Rehearse::Tmpfs-Size", settings.tmpfs_size)
+    if not settings.tmpfs_size.endswith("%"):
+        settings.tmpfs_size = str(_size_bytes(settings.tmpfs_size))
+    settings.upper_dir = config.find("APT::Rehearse::Upper-Dir", "") or None
+    large = config.find("APT::Rehearse::Large-Change", "")
+    if large:
+        settings.large_change_bytes = _size_bytes(large)
+    settings.timeout = float(config.find_i("APT::Rehearse::Timeout", int(settings.timeout)))
+    settings.log_dir = config.find("APT::Rehearse::Log-Dir", settings.log_dir)
+    settings.cache_dir = config.find("APT::Rehearse::Cache-Dir", settings.cache_dir)
+    settings.save_report = config.find_b("APT::Rehearse::Save-Report", True)
+    return settings
+
+
+def dpkg_options() -> list[str]:
+    return list(apt_pkg.config.value_list("DPkg::Options"))
+
+
+def replay_apt_options(options: list[str]) -> list[str]:
+    """The user's ``-o`` options that apt inside the sandbox must see too.
+
+    Paths (Dir::*) point at the host and our own keys mean nothing to apt
+    inside; everything else (Dpkg::Options, APT::Get::*, ...) passes on.
+    """
+    passed = []
+    for option in options:
+        key, _ = parse_option(option)
+        lowered = key.lower()
+        if lowered.startswith(("apt::rehearse", "dir")):
+            continue
+        passed.append(option)
+    return passed

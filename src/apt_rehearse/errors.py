@@ -1,0 +1,40 @@
+"""Errors that end a run with one clear line and a documented exit code.
+
+The exit codes are a contract (DESIGN.md): 0 go, 10 blocked by policy,
+1 apt-rehearse itself failed, 2 usage error, 3 this system cannot be
+rehearsed.
+"""
+
+from __future__ import annotations
+
+EXIT_GO = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNSUPPORTED = 3
+EXIT_BLOCKED = 10
+
+
+class RehearsalError(Exception):
+    """apt-rehearse could not do its job; the message says what to do."""
+
+    exit_code = EXIT_FAILED
+
+
+class UsageError(RehearsalError):
+    """The request itself is wrong (unknown package, bad option, missing root)."""
+
+    exit_code = EXIT_USAGE
+
+
+class UnsupportedSystem(RehearsalError):
+    """This system cannot be rehearsed (not root, no overlayfs, no namespaces)."""
+
+    exit_code = EXIT_UNSUPPORTED
+
+
+class RehearsalLimit(RehearsalError):
+    """The rehearsal ran out of a resource of its own (room, memory, time).
+
+    Never a statement about a package: the sysadmin raises the limit and
+    tries again.
+    """

@@ -1,0 +1,161 @@
+"""What the target system says about its packages, read without changing it.
+
+Which files a package owns, which of its services are enabled, whether it
+ships a web-server or PHP module, and which conffiles the sysadmin changed:
+the facts that make a REMOVED line or a conffile prompt mean something.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import hashlib
+import os
+
+import apt_pkg
+from debian.debfile import DebFile, DebError
+
+UNIT_DIRS = ("/lib/systemd/system/", "/usr/lib/systemd/system/")
+UNIT_SUFFIXES = (".service", ".socket", ".timer", ".path")
+WEB_MODULE_PATTERNS = (
+    ("apache", "/usr/lib/apache2/modules/*.so"),
+    ("apache", "/etc/apache2/mods-available/*.load"),
+    ("nginx", "/usr/lib/nginx/modules/*.so"),
+    ("nginx", "/usr/share/nginx/modules-available/*.conf"),
+    ("php", "/usr/lib/php/*/*.so"),
+    ("php", "/etc/php/*/mods-available/*.ini"),
+)
+
+
+def package_files(root: str, package: str, arch: str) -> list[str]:
+    info = os.path.join(root, "var/lib/dpkg/info")
+    for name in (f"{package}:{arch}.list", f"{package}.list"):
+        try:
+            with open(os.path.join(info, name), encoding="utf-8", errors="surrogateescape") as handle:
+                return [line.rstrip("\n") for line in handle if line.strip()]
+        except FileNotFoundError:
+            continue
+    return []
+
+
+def enabled_services(root: str, files: list[str]) -> list[str]:
+    """Units and init scripts among ``files`` that the system starts."""
+    enabled = []
+    units = {os.path.basename(f) for f in files if f.startswith(UNIT_DIRS) and f.endswith(UNIT_SUFFIXES)}
+    wants_root = os.path.join(root, "etc/systemd/system")
+    if units and os.path.isdir(wants_root):
+        for directory in os.listdir(wants_root):
+            if not directory.endswith((".wants", ".requires")):
+                continue
+            for unit in sorted(units):
+                if os.path.lexists(os.path.join(wants_root, directory, unit)) and unit not in enabled:
+                    enabled.append(unit)
+    scripts = {os.path.basename(f) for f in files if f.startswith("/etc/init.d/")}
+    for script in sorted(scripts):
+        if f"{script}.service" in enabled:
+            continue
+        for level in "2345":
+            rc_dir = os.path.join(root, f"etc/rc{level}.d")
+            if os.path.isdir(rc_dir) and any(n.startswith("S") and n[3:] == script for n in os.listdir(rc_dir)):
+                enabled.append(f"/etc/init.d/{script}")
+                break
+    return enabled
+
+
+def web_modules(files: list[str]) -> list[str]:
+    """Apache, Nginx and PHP modules or extensions a package ships."""
+    found = []
+    for kind, pattern in WEB_MODULE_PATTERNS:
+        for path in files:
+            if fnmatch.fnmatch(path, pattern):
+                found.append(f"{kind}: {path}")
+    return found
+
+
+@dataclasses.dataclass(frozen=True)
+class RemovalFacts:
+    enabled_services: list[str]
+    web_modules: list[str]
+
+
+def removal_facts(root: str, package: str, arch: str) -> RemovalFacts:
+    files = package_files(root, package, arch)
+    return RemovalFacts(enabled_services(root, files), web_modules(files))
+
+
+# --- conffiles -------------------------------------------------------------
+
+
+def installed_conffiles(root: str) -> dict[str, dict[str, str]]:
+    """name:arch and plain name -> {conffile path: md5 dpkg recorded}."""
+    result: dict[str, dict[str, str]] = {}
+    path = os.path.join(root, "var/lib/dpkg/status")
+    with apt_pkg.TagFile(path) as tagfile:
+        for section in tagfile:
+            if "Conffiles" not in section or "install ok" not in section.get("Status", ""):
+                continue
+            files = {}
+            for line in section["Conffiles"].splitlines():
+                parts = line.split()
+                if len(parts) >= 2 and "obsolete" not in parts[2:]:
+                    files[parts[0]] = parts[1]
+            name = section["Package"]
+            result[f"{name}:{section.get('Architecture', 'all')}"] = files
+            result.setdefault(name, files)
+    return result
+
+
+def md5_of(path: str) -> str | None:
+    try:
+        with open(path, "rb") as handle:
+            return hashlib.file_digest(handle, "md5").hexdigest() if hasattr(hashlib, "file_digest") else hashlib.md5(handle.read()).hexdigest()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+
+
+def deb_conffiles(deb: str) -> dict[str, str]:
+    """conffile path -> md5 of the version the .deb ships."""
+    try:
+        package = DebFile(deb)
+        listed = package.control.get_content("conffiles", encoding="utf-8") or ""
+        names = [line.strip() for line in listed.splitlines() if line.strip().startswith("/")]
+        result = {}
+        for name in names:
+            for candidate in (name, "." + name, name.lstrip("/")):
+                try:
+                    data = package.data.get_content(candidate)
+                except (KeyError, DebError):
+                    data = None
+                if data is not None:
+                    result[name] = hashlib.md5(data).hexdigest()
+                    break
+        return result
+    except (DebError, OSError, KeyError, ValueError):
+        return {}
+
+
+@dataclasses.dataclass(frozen=True)
+class ConffilePrompt:
+    package: str
+    path: str
+
+
+def predict_prompts(root: str, package: str, arch: str, deb: str, installed: dict[str, dict[str, str]]) -> list[ConffilePrompt]:
+    """Conffiles dpkg will ask about: changed locally AND changed by the package.
+
+    dpkg's rule (as unattended-upgrades applies it): prompt when the file on
+    disk differs from what the old version shipped, and the new version
+    ships something else again. A file the sysadmin deleted is not asked
+    about.
+    """
+    recorded = installed.get(f"{package}:{arch}") or installed.get(package) or {}
+    prompts = []
+    for path, new_md5 in deb_conffiles(deb).items():
+        old_md5 = recorded.get(path)
+        if old_md5 is None or old_md5 in ("newconffile",):
+            continue
+        current = md5_of(os.path.join(root, path.lstrip("/")))
+        if current is None or current == old_md5 or current == new_md5 or new_md5 == old_md5:
+            continue
+        prompts.append(ConffilePrompt(package, path))
+    return prompts

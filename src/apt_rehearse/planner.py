@@ -1,0 +1,220 @@
+"""Compute a Transaction with python-apt, the way apt-get would.
+
+Same resolver, same configuration, ``-o`` honoured. The .deb files go to
+apt-rehearse's own archive cache, never to apt's: the host's
+/var/cache/apt/archives, lists and pkgcache.bin stay untouched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import sys
+from urllib.parse import quote
+
+import apt
+import apt.progress.base
+import apt.progress.text
+import apt_pkg
+
+from apt_rehearse.errors import RehearsalError, UsageError
+from apt_rehearse.transaction import INSTALLING_ACTIONS, Change, Transaction, classify, sha256_file
+
+COMMANDS = ("upgrade", "dist-upgrade", "full-upgrade", "install", "remove", "purge")
+
+
+@dataclasses.dataclass
+class Request:
+    command: str
+    packages: list[str] = dataclasses.field(default_factory=list)
+    root: str = "/"
+    release: str | None = None
+    options: list[str] = dataclasses.field(default_factory=list)
+
+    def describe(self) -> str:
+        words = [self.command, *self.packages]
+        if self.release:
+            words.append(f"--release {self.release}")
+        return " ".join(words)
+
+
+def status_digest(root: str) -> str:
+    path = os.path.join(root, "var/lib/dpkg/status")
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def open_cache(progress: bool) -> apt.Cache:
+    op_progress = apt.progress.text.OpProgress(sys.stdout) if progress else apt.progress.base.OpProgress()
+    try:
+        return apt.Cache(op_progress, memonly=True)
+    except (SystemError, apt_pkg.Error) as error:
+        message = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown error"
+        raise RehearsalError(f"apt cannot read the package lists ({message}); fix the sources and run apt update") from error
+
+
+def _split_spec(spec: str) -> tuple[str, str | None, str | None]:
+    """PKG[=VERSION] or PKG[/RELEASE], as apt-get install takes them."""
+    if "=" in spec:
+        name, _, version = spec.partition("=")
+        return name, version, None
+    if "/" in spec:
+        name, _, release = spec.partition("/")
+        return name, None, release
+    return spec, None, None
+
+
+def _find_package(cache: apt.Cache, name: str) -> apt.Package:
+    try:
+        return cache[name]
+    except KeyError:
+        raise UsageError(f"unknown package '{name}': no source offers it (check the name, or run apt update)") from None
+
+
+def _select_version(pkg: apt.Package, version: str | None, release: str | None) -> None:
+    if version is not None:
+        chosen = pkg.versions.get(version)
+        if chosen is None:
+            known = ", ".join(v.version for v in pkg.versions) or "none"
+            raise UsageError(f"version '{version}' of {pkg.name} is not available (available: {known})")
+        pkg.candidate = chosen
+    elif release is not None:
+        for candidate in pkg.versions:
+            if any(release in (origin.archive, origin.codename) for origin in candidate.origins):
+                pkg.candidate = candidate
+                return
+        raise UsageError(f"release '{release}' offers no version of {pkg.name}")
+
+
+def mark_request(cache: apt.Cache, request: Request) -> set[str]:
+    """Mark the request in the depcache; return the packages the user named."""
+    depcache = cache._depcache
+    requested: set[str] = set()
+    if request.command in ("upgrade", "dist-upgrade", "full-upgrade"):
+        if request.packages:
+            raise UsageError(f"'{request.command}' takes no package names (use 'install PKG' to upgrade one package)")
+        cache.upgrade(dist_upgrade=request.command != "upgrade")
+        return requested
+    if not request.packages:
+        raise UsageError(f"'{request.command}' needs at least one package name")
+    resolver = apt_pkg.ProblemResolver(depcache)
+    with cache.actiongroup():
+        for spec in request.packages:
+            name, version, release = _split_spec(spec)
+            pkg = _find_package(cache, name)
+            requested.add(pkg.name)
+            if request.command == "install":
+                _select_version(pkg, version, release)
+                if pkg.candidate is None:
+                    raise UsageError(f"package '{name}' has no installation candidate")
+                depcache.mark_install(pkg._pkg, True, True)
+                resolver.clear(pkg._pkg)
+                resolver.protect(pkg._pkg)
+            else:
+                if not pkg.is_installed:
+                    continue
+                depcache.mark_delete(pkg._pkg, request.command == "purge")
+                resolver.clear(pkg._pkg)
+                resolver.protect(pkg._pkg)
+                resolver.remove(pkg._pkg)
+        if depcache.broken_count:
+            try:
+                resolver.resolve(True)
+            except SystemError as error:
+                raise UsageError(f"apt cannot satisfy this request: {str(error).strip()}") from error
+    return requested
+
+
+def _deb_filename(package: str, version: str, arch: str) -> str:
+    # apt's own archive naming (QuoteString(Version, "_:")): an epoch's colon
+    # becomes %3a.
+    return f"{package}_{quote(version, safe='+~.-')}_{arch}.deb"
+
+
+def changes_from_cache(cache: apt.Cache, request: Request, requested: set[str]) -> list[Change]:
+    depcache = cache._depcache
+    purge_all = request.command == "purge" or apt_pkg.config.find_b("APT::Get::Purge", False)
+    changes = []
+    for pkg in cache.get_changes():
+        arch = pkg._pkg.architecture
+        if pkg.marked_delete:
+            from_version = pkg.installed.version if pkg.installed else None
+            action = "purge" if purge_all else "remove"
+            changes.append(Change(pkg.name, arch, from_version, None, action,
+                                  manual=not pkg.is_auto_installed, requested=pkg.name in requested))  # fmt: skip
+            continue
+        candidate = pkg.candidate
+        if candidate is None:
+            continue
+        from_version = pkg.installed.version if pkg.installed else None
+        action = classify(from_version, candidate.version, apt_pkg.version_compare)
+        manual = not depcache.is_auto_installed(pkg._pkg)
+        changes.append(Change(pkg.name, candidate.architecture, from_version, candidate.version, action,
+                              manual=manual, requested=pkg.name in requested))  # fmt: skip
+    return changes
+
+
+def kept_back(cache: apt.Cache, request: Request) -> list[str]:
+    if request.command not in ("upgrade", "dist-upgrade", "full-upgrade"):
+        return []
+    return sorted(
+        pkg.name for pkg in cache if pkg.is_installed and pkg.is_upgradable and not pkg.marked_upgrade
+        and not pkg.marked_delete and not pkg.marked_downgrade
+    )  # fmt: skip
+
+
+def fetch_debs(cache: apt.Cache, archive_dir: str, progress: bool) -> None:
+    """Download the .debs into our own archive cache (apt's stays untouched)."""
+    os.makedirs(os.path.join(archive_dir, "partial"), mode=0o700, exist_ok=True)
+    apt_pkg.config.set("Dir::Cache::Archives", archive_dir)
+    acquire_progress = apt.progress.text.AcquireProgress(sys.stdout) if progress else apt.progress.base.AcquireProgress()
+    last_error: Exception | None = None
+    for _ in range(3):  # a flaky mirror gets two more chances
+        try:
+            cache.fetch_archives(acquire_progress)
+            return
+        except apt.cache.FetchFailedException as error:
+            last_error = error
+        except apt.cache.LockFailedException as error:
+            raise RehearsalError(f"cannot lock apt-rehearse's archive cache {archive_dir}: {error}") from error
+    raise RehearsalError(f"could not download the packages to rehearse: {str(last_error).strip()}; check the network and the sources")
+
+
+def attach_debs(changes: list[Change], archive_dir: str) -> list[Change]:
+    attached = []
+    for change in changes:
+        if change.action in INSTALLING_ACTIONS and change.to_version:
+            path = os.path.join(archive_dir, _deb_filename(change.package, change.to_version, change.arch))
+            if not os.path.exists(path):
+                raise RehearsalError(f"the downloaded file for {change.name} {change.to_version} is missing ({path})")
+            change = dataclasses.replace(change, deb=path, sha256=sha256_file(path))
+        attached.append(change)
+    return attached
+
+
+def plan_transaction(request: Request, archive_dir: str, progress: bool, private_apt_dir: str | None = None) -> Transaction:
+    """Resolve the request with apt's resolver and fetch what it needs."""
+    cache = open_cache(progress)
+    requested = mark_request(cache, request)
+    if cache._depcache.broken_count:
+        broken = ", ".join(sorted(p.name for p in cache if p.is_inst_broken or p.is_now_broken)[:10])
+        raise UsageError(f"apt cannot satisfy this request (broken: {broken})")
+    changes = changes_from_cache(cache, request, requested)
+    held = kept_back(cache, request)
+    if changes:
+        fetch_debs(cache, archive_dir, progress)
+        changes = attach_debs(changes, archive_dir)
+    return Transaction(
+        changes=changes,
+        root=os.path.realpath(request.root),
+        request=request.describe(),
+        dpkg_status_sha256=status_digest(request.root),
+        apt_config={"DPkg::Options": list(apt_pkg.config.value_list("DPkg::Options"))},
+        kept_back=held,
+        release=request.release,
+        private_apt_dir=private_apt_dir,
+    )

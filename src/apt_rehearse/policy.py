@@ -1,0 +1,70 @@
+"""From findings to a verdict, by the sysadmin's policy.
+
+Each kind of finding has a default severity; ``APT::Rehearse::Policy::<Kind>``
+("block", "warn" or "info") overrides it, in apt.conf.d or with -o.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+SEVERITIES = ("info", "warn", "block")
+
+# kind -> (default severity, what it means); the man page lists the same.
+DEFAULTS: dict[str, tuple[str, str]] = {
+    "Remove": ("info", "a package is removed as a side effect (a library replaced, ...)"),
+    "Remove-Requested": ("info", "a package you asked to remove is removed"),
+    "Remove-Manual": ("block", "a manually installed package is removed"),
+    "Remove-Service": ("block", "a removed package ships a service the system starts"),
+    "Remove-Module": ("block", "a removed package ships an Apache/Nginx module or a PHP extension"),
+    "Script-Failure": ("block", "a maintainer script fails"),
+    "Broken-State": ("block", "a package is left unpacked, half-installed or half-configured"),
+    "Apt-Failure": ("block", "apt itself fails to apply the transaction"),
+    "Dependency-Check": ("block", "'apt-get check' finds broken dependencies afterwards"),
+    "Conffile-Prompt": ("warn", "dpkg would ask about a locally modified conffile"),
+    "Mismatch": ("warn", "apt did something else than the transaction said"),
+    "Timeout": ("block", "the replay did not finish in time (a hanging maintainer script?)"),
+}
+
+
+@dataclasses.dataclass
+class Finding:
+    check: str
+    kinds: list[str]  # policy kinds that apply; the most severe one wins
+    subject: str
+    message: str
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+    severity: str = "info"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "check": self.check,
+            "kinds": self.kinds,
+            "severity": self.severity,
+            "subject": self.subject,
+            "message": self.message,
+            "details": self.details,
+        }
+
+
+def severity_for(kind: str, lookup: Callable[[str, str], str]) -> str:
+    default = DEFAULTS.get(kind, ("warn", ""))[0]
+    value = lookup(f"APT::Rehearse::Policy::{kind}", default).strip().lower()
+    return value if value in SEVERITIES else default
+
+
+def apply_policy(findings: list[Finding], lookup: Callable[[str, str], str]) -> list[Finding]:
+    for finding in findings:
+        levels = [severity_for(kind, lookup) for kind in finding.kinds] or ["info"]
+        finding.severity = max(levels, key=SEVERITIES.index)
+    return findings
+
+
+def verdict(findings: list[Finding]) -> str:
+    severities = {f.severity for f in findings}
+    if "block" in severities:
+        return "block"
+    if "warn" in severities:
+        return "warn"
+    return "pass"

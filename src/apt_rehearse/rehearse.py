@@ -1,0 +1,239 @@
+"""Run one rehearsal: sandbox, replay, checks, verdict.
+
+The CLI and the apt hook both hand a Transaction to ``rehearse()`` and get a
+Rehearsal back; neither knows how the sandbox works.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import functools
+import os
+import time
+from typing import Any, Callable
+
+from apt_rehearse import checks, facts
+from apt_rehearse.config import Settings
+from apt_rehearse.errors import RehearsalError, RehearsalLimit, UnsupportedSystem
+from apt_rehearse.policy import Finding, apply_policy, verdict
+from apt_rehearse.progress import Progress
+from apt_rehearse.replay import ReplayPlan, replay_inside
+from apt_rehearse.sandbox import INSIDE_SHARE, SandboxRunner, SandboxSpec, check_supported, cleanup_upper_dir, plan_sandbox
+from apt_rehearse.transaction import INSTALLING_ACTIONS, REMOVING_ACTIONS, Transaction
+
+CONF_FORCE_OPTIONS = ("--force-confold", "--force-confnew", "--force-confdef", "--force-confmiss", "--force-confask")
+
+
+@dataclasses.dataclass
+class Rehearsal:
+    transaction: Transaction
+    findings: list[Finding]
+    verdict: str
+    started: datetime.datetime
+    duration_s: float
+    phases: list[tuple[str, float]]
+    upper_bytes: dict[str, int] = dataclasses.field(default_factory=dict)
+    notes: list[str] = dataclasses.field(default_factory=list)
+    sandbox_plan: list[str] = dataclasses.field(default_factory=list)
+    replay_log: str = ""  # apt's and dpkg's own output during the replay
+
+
+class PhaseClock:
+    def __init__(self) -> None:
+        self.phases: list[tuple[str, float]] = []
+
+    def add(self, name: str, seconds: float) -> None:
+        self.phases.append((name, round(seconds, 3)))
+
+    def timed(self, name: str) -> "_Timer":
+        return _Timer(self, name)
+
+
+class _Timer:
+    def __init__(self, clock: PhaseClock, name: str) -> None:
+        self.clock, self.name = clock, name
+
+    def __enter__(self) -> None:
+        self.started = time.monotonic()
+
+    def __exit__(self, *_: object) -> None:
+        self.clock.add(self.name, time.monotonic() - self.started)
+
+
+def _replay_options(transaction: Transaction, extra: list[str]) -> list[str]:
+    options = list(extra)
+    dpkg_options = transaction.apt_config.get("DPkg::Options", [])
+    if not any(option.startswith(CONF_FORCE_OPTIONS) for option in dpkg_options):
+        # Without a --force-conf* option the real run would stop at a conffile
+        # prompt; the replay keeps the sysadmin's file and reports the prompt.
+        options += ["Dpkg::Options::=--force-confdef", "Dpkg::Options::=--force-confold"]
+    return options
+
+
+def _remove_stale_uppers(base: str) -> None:
+    """Disk uppers of rehearsals that were killed: their pid is gone."""
+    if not os.path.isdir(base):
+        return
+    for name in os.listdir(base):
+        pid_text = name.rsplit("-", 1)[-1]
+        if pid_text.isdigit() and not os.path.exists(f"/proc/{pid_text}"):
+            cleanup_upper_dir(os.path.join(base, name))
+
+
+def _choose_upper(transaction: Transaction, settings: Settings) -> str | None:
+    if settings.upper_dir:
+        base = settings.upper_dir
+    else:
+        packed = sum(os.path.getsize(c.deb) for c in transaction.changes if c.deb and os.path.exists(c.deb))
+        # Unpacked trees are roughly three times their .debs.
+        if packed * 3 < settings.large_change_bytes:
+            return None
+        base = settings.disk_upper_base
+    os.makedirs(base, mode=0o700, exist_ok=True)
+    _remove_stale_uppers(base)
+    path = os.path.join(base, f"{transaction.identity[:12]}-{os.getpid()}")
+    os.makedirs(path, mode=0o700)
+    return path
+
+
+def _gather_facts(transaction: Transaction) -> tuple[dict[str, facts.RemovalFacts], list[facts.ConffilePrompt]]:
+    root = transaction.root
+    removal = {c.name: facts.removal_facts(root, c.package, c.arch) for c in transaction.by_action(*REMOVING_ACTIONS)}
+    prompts: list[facts.ConffilePrompt] = []
+    installed = facts.installed_conffiles(root)
+    for change in transaction.by_action("upgrade", "downgrade", "reinstall"):
+        if change.deb:
+            prompts += facts.predict_prompts(root, change.package, change.arch, change.deb, installed)
+    return removal, prompts
+
+
+def rehearse(
+    transaction: Transaction,
+    settings: Settings,
+    progress: Progress,
+    lookup: Callable[[str, str], str],
+    extra_apt_options: list[str] | None = None,
+    private_lists: str | None = None,
+    sources_rewrite: dict[str, str] | None = None,
+    debug: Callable[[str], None] | None = None,
+    clock: PhaseClock | None = None,
+) -> Rehearsal:
+    started = datetime.datetime.now(datetime.timezone.utc)
+    began = time.monotonic()
+    clock = clock or PhaseClock()
+    if transaction.is_empty:
+        return Rehearsal(transaction, [], "pass", started, round(time.monotonic() - began, 3), clock.phases,
+                         notes=["nothing to rehearse: the transaction changes no package"])  # fmt: skip
+    check_supported()
+    if not os.path.isdir(transaction.root):
+        raise RehearsalError(f"the target root {transaction.root} is not a directory")
+
+    with clock.timed("facts"):
+        removal_facts, predicted_prompts = _gather_facts(transaction)
+
+    # Every directory holding .debs is bound read-only inside the sandbox.
+    deb_dirs: dict[str, str] = {}
+    deb_paths: dict[str, str] = {}
+    for change in transaction.changes:
+        if change.action in INSTALLING_ACTIONS:
+            if not change.deb or not os.path.isfile(change.deb):
+                raise RehearsalError(f"the .deb for {change.name} {change.to_version} is missing: {change.deb}")
+            directory = os.path.dirname(os.path.realpath(change.deb))
+            inside = deb_dirs.setdefault(directory, f"{INSIDE_SHARE}/debs/{len(deb_dirs)}")
+            deb_paths[change.name] = f"{inside}/{os.path.basename(change.deb)}"
+    binds = {directory: inside for directory, inside in deb_dirs.items()}
+    lists_inside = None
+    if private_lists:
+        lists_inside = f"{INSIDE_SHARE}/lists"
+        binds[private_lists] = lists_inside
+
+    upper_dir = _choose_upper(transaction, settings)
+    try:
+        spec = SandboxSpec(root=transaction.root, tmpfs_size=settings.tmpfs_size, upper_dir=upper_dir,
+                           read_only_binds=binds, hostname=_hostname(transaction.root))  # fmt: skip
+        plan = plan_sandbox(spec)
+        if debug:
+            for line in plan.describe():
+                debug(f"sandbox: {line}")
+        replay_plan = ReplayPlan(
+            transaction=transaction,
+            deb_paths=deb_paths,
+            apt_options=_replay_options(transaction, extra_apt_options or []),
+            timeout=settings.timeout,
+            private_lists=lists_inside,
+            sources_rewrite=sources_rewrite or {},
+        )
+        result = _run(SandboxRunner(spec, plan), replay_plan, progress, clock)
+    finally:
+        progress.done()
+        if upper_dir:
+            cleanup_upper_dir(upper_dir)
+
+    if checks.out_of_room(result):
+        where = f"the disk upper in {os.path.dirname(upper_dir)}" if upper_dir else f"its tmpfs upper (size {settings.tmpfs_size})"
+        raise RehearsalLimit(
+            f"the rehearsal ran out of room in {where}; this says nothing about the packages. "
+            "Give it more with -o APT::Rehearse::Tmpfs-Size=... or -o APT::Rehearse::Upper-Dir=/var/tmp/DIR"
+        )
+    result["timeout"] = settings.timeout
+    with clock.timed("checks"):
+        findings = checks.removal_findings(transaction, removal_facts)
+        findings += checks.state_findings(transaction, result)
+        findings += checks.conffile_findings(predicted_prompts, result["apt"]["output"])
+        apply_policy(findings, lookup)
+    notes = []
+    if transaction.root == "/":
+        notes.append("the lower layer is the live system; files that changed during the rehearsal may differ")
+    return Rehearsal(
+        transaction=transaction,
+        findings=findings,
+        verdict=verdict(findings),
+        started=started,
+        duration_s=round(time.monotonic() - began, 3),
+        phases=clock.phases,
+        upper_bytes=result.get("upper_bytes", {}),
+        notes=notes,
+        sandbox_plan=plan.describe(),
+        replay_log=result["apt"]["output"],
+    )
+
+
+def _hostname(root: str) -> str | None:
+    try:
+        with open(os.path.join(root, "etc/hostname"), encoding="utf-8") as handle:
+            name = handle.read().strip()
+            return name or None
+    except OSError:
+        return None
+
+
+def _run(runner: SandboxRunner, replay_plan: ReplayPlan, progress: Progress, clock: PhaseClock) -> dict[str, Any]:
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    setup_started = time.monotonic()
+    phase_started = setup_started
+    current = "sandbox"
+    for event in runner.run(functools.partial(replay_inside, replay_plan)):
+        kind = event.get("kind")
+        if kind == "phase":
+            clock.add(current, time.monotonic() - phase_started)
+            current, phase_started = event["name"], time.monotonic()
+            progress.phase(event["name"])
+        elif kind == "progress":
+            progress.update(event["percent"], event["message"])
+        elif kind == "result":
+            result = event["result"]
+        elif kind == "error":
+            error = event
+    clock.add(current, time.monotonic() - phase_started)
+    if error is not None:
+        message = error.get("message", "unknown error").strip()
+        if error.get("error") == "unsupported":
+            raise UnsupportedSystem(message)
+        if error.get("error") == "limit":
+            raise RehearsalLimit(message)
+        raise RehearsalError(f"the sandbox failed: {message.splitlines()[-1] if message else 'unknown error'}")
+    if result is None:
+        raise RehearsalError("the sandbox ended without a result (killed? out of memory?)")
+    return result

@@ -1,0 +1,164 @@
+"""Private apt state for ``--release CODENAME``.
+
+"What would a release upgrade do to this box?" needs the target release's
+package lists, without touching the host's own sources, lists or cache. The
+sources are rewritten (this release's codename -> the target's, suite by
+suite) into a directory of apt-rehearse's own, and apt reads and updates its
+lists there. The replay installs the same rewritten sources and lists inside
+the sandbox, as the sysadmin would before a real release upgrade.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import re
+
+import apt
+import apt.progress.base
+import apt.progress.text
+import apt_pkg
+from debian.deb822 import Deb822
+
+from apt_rehearse.errors import RehearsalError, UsageError
+
+CODENAME_RE = re.compile(r"^[a-z][a-z0-9-]*$")
+
+
+@dataclasses.dataclass
+class ReleaseState:
+    directory: str
+    lists_dir: str
+    # path relative to the target root -> rewritten content
+    sources: dict[str, str]
+
+
+def current_codename(root: str) -> str:
+    path = os.path.join(root, "etc/os-release")
+    if not os.path.exists(path):
+        path = os.path.join(root, "usr/lib/os-release")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                key, _, value = line.strip().partition("=")
+                if key == "VERSION_CODENAME" and value.strip('"'):
+                    return value.strip('"')
+    except OSError:
+        pass
+    raise UsageError(f"cannot tell which release {root} runs (no VERSION_CODENAME in os-release)")
+
+
+def rewrite_suite(suite: str, old: str, new: str) -> str:
+    if suite == old:
+        return new
+    if suite.startswith(old + "-"):
+        return new + suite[len(old) :]
+    return suite
+
+
+def rewrite_one_line(text: str, old: str, new: str) -> tuple[str, int]:
+    """Rewrite one-line-style sources (sources.list); count rewritten suites."""
+    out, count = [], 0
+    for line in text.splitlines(keepends=True):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            out.append(line)
+            continue
+        tokens = stripped.split()
+        index = 1
+        if index < len(tokens) and tokens[index].startswith("["):
+            while index < len(tokens) and not tokens[index].endswith("]"):
+                index += 1
+            index += 1
+        suite_at = index + 1  # after the URI
+        if suite_at < len(tokens):
+            rewritten = rewrite_suite(tokens[suite_at], old, new)
+            if rewritten != tokens[suite_at]:
+                count += 1
+                tokens[suite_at] = rewritten
+        out.append(" ".join(tokens) + "\n")
+    return "".join(out), count
+
+
+def rewrite_deb822(text: str, old: str, new: str) -> tuple[str, int]:
+    """Rewrite deb822-style sources (*.sources); count rewritten suites."""
+    paragraphs, count = [], 0
+    for paragraph in Deb822.iter_paragraphs(text.splitlines()):
+        if "Suites" in paragraph:
+            suites = paragraph["Suites"].split()
+            rewritten = [rewrite_suite(s, old, new) for s in suites]
+            count += sum(1 for a, b in zip(suites, rewritten) if a != b)
+            paragraph["Suites"] = " ".join(rewritten)
+        paragraphs.append(paragraph.dump())
+    return "\n".join(p.rstrip("\n") + "\n" for p in paragraphs), count
+
+
+def source_files() -> list[str]:
+    """The sources files apt reads, as absolute host paths."""
+    files = []
+    main = apt_pkg.config.find_file("Dir::Etc::sourcelist")
+    if main and os.path.isfile(main):
+        files.append(main)
+    parts = apt_pkg.config.find_dir("Dir::Etc::sourceparts")
+    if parts and os.path.isdir(parts):
+        for name in sorted(os.listdir(parts)):
+            if name.endswith((".list", ".sources")):
+                files.append(os.path.join(parts, name))
+    return files
+
+
+def prepare(root: str, release: str, cache_dir: str) -> ReleaseState:
+    """Write the rewritten sources into a private apt directory."""
+    if not CODENAME_RE.match(release):
+        raise UsageError(f"'{release}' is not a release codename (e.g. trixie)")
+    old = current_codename(root)
+    if old == release:
+        raise UsageError(f"{root} already runs {release}; use 'dist-upgrade' without --release")
+    key = hashlib.sha256(os.path.realpath(root).encode()).hexdigest()[:12]
+    directory = os.path.join(cache_dir, "releases", f"{release}-{key}")
+    parts_dir = os.path.join(directory, "sources.list.d")
+    lists_dir = os.path.join(directory, "lists")
+    for path in (parts_dir, os.path.join(lists_dir, "partial")):
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    for stale in os.listdir(parts_dir):
+        os.unlink(os.path.join(parts_dir, stale))
+    real_root = os.path.realpath(root)
+    sources: dict[str, str] = {}
+    total = 0
+    main_path = os.path.join(directory, "sources.list")
+    with open(main_path, "w", encoding="utf-8") as handle:
+        handle.write("")
+    for path in source_files():
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+        rewrite = rewrite_deb822 if path.endswith(".sources") else rewrite_one_line
+        new_text, count = rewrite(text, old, release)
+        total += count
+        relative = "/" + os.path.relpath(path, real_root)
+        sources[relative] = new_text
+        target = main_path if path.endswith("sources.list") and "sources.list.d" not in path else os.path.join(parts_dir, os.path.basename(path))
+        with open(target, "w", encoding="utf-8") as handle:
+            handle.write(new_text)
+    if total == 0:
+        raise UsageError(f"no apt source names '{old}' or '{old}-*'; cannot switch them to {release}")
+    return ReleaseState(directory, lists_dir, sources)
+
+
+def use(state: ReleaseState, progress: bool) -> None:
+    """Point apt at the private state and bring its lists up to date."""
+    apt_pkg.config.set("Dir::Etc::sourcelist", os.path.join(state.directory, "sources.list"))
+    apt_pkg.config.set("Dir::Etc::sourceparts", os.path.join(state.directory, "sources.list.d"))
+    apt_pkg.config.set("Dir::State::lists", state.lists_dir + "/")
+    fetch_progress = apt.progress.text.AcquireProgress() if progress else apt.progress.base.AcquireProgress()
+    cache = apt.Cache(memonly=True)
+    last_error: Exception | None = None
+    for _ in range(3):
+        try:
+            cache.update(fetch_progress, raise_on_error=True)
+            return
+        except apt.cache.FetchFailedException as error:
+            last_error = error
+        except apt.cache.LockFailedException as error:
+            raise RehearsalError(f"cannot lock {state.lists_dir}: {error}") from error
+    raise RehearsalError(f"cannot fetch the package lists of the target release: {str(last_error).strip()}")

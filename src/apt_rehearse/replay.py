@@ -1,0 +1,264 @@
+"""Inside the sandbox: apply the transaction with the system's own apt.
+
+This runs after pivot_root, so it uses only the target system's programs
+(apt-get, dpkg, dpkg-query) and modules Python had already imported. It
+observes the package state before and after, runs apt with exactly the
+transaction's packages and versions, and sends back raw observations; the
+checks that turn them into findings run on the host, afterwards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import selectors
+import signal
+import subprocess
+import time
+from typing import Any
+
+from apt_rehearse.errors import RehearsalError
+from apt_rehearse.sandbox import Channel, SandboxSession
+from apt_rehearse.transaction import INSTALLING_ACTIONS, Transaction
+
+PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+POLICY_RC_D = "/usr/sbin/policy-rc.d"
+EMPTY_DIR = "/run/apt-rehearse/empty"
+OUTPUT_LIMIT = 4 << 20  # bytes of apt output kept; the tail matters most
+
+
+@dataclasses.dataclass
+class ReplayPlan:
+    """What to run inside, computed on the host before the fork."""
+
+    transaction: Transaction
+    deb_paths: dict[str, str]  # change.name -> path of its .deb inside the sandbox
+    apt_options: list[str]  # extra "-o Key=Value" for apt-get, in order
+    timeout: float
+    private_lists: str | None = None  # inside path of a --release apt state to install
+    sources_rewrite: dict[str, str] = dataclasses.field(default_factory=dict)  # path -> new content
+
+
+def sandbox_env() -> dict[str, str]:
+    return {
+        "PATH": PATH,
+        "HOME": "/root",
+        "LANG": "C.UTF-8",
+        "TERM": "dumb",
+        "DEBIAN_FRONTEND": "noninteractive",
+        "DEBCONF_NONINTERACTIVE_SEEN": "true",
+        # Our own hook must not rehearse the rehearsal; tools that would reach
+        # for the network or a pager stay quiet.
+        "APT_REHEARSE": "0",
+        "APT_LISTBUGS_FRONTEND": "none",
+        "APT_LISTCHANGES_FRONTEND": "none",
+        "container": "apt-rehearse",
+    }
+
+
+def run_command(argv: list[str], timeout: float = 600) -> tuple[int, str]:
+    """Run a command of the target system; (exit status, output)."""
+    try:
+        proc = subprocess.run(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            env=sandbox_env(), timeout=timeout, check=False,
+        )  # fmt: skip
+    except FileNotFoundError:
+        return 127, f"{argv[0]}: not found in the rehearsed system"
+    except subprocess.TimeoutExpired as expired:
+        return 124, (expired.output or b"").decode("utf-8", "replace") + "\n(timed out)"
+    return proc.returncode, proc.stdout.decode("utf-8", "replace")
+
+
+DPKG_QUERY_FORMAT = "${Package}\\t${Architecture}\\t${Version}\\t${db:Status-Abbrev}\\n"
+
+
+def package_states() -> dict[str, dict[str, str]]:
+    """Every package dpkg knows, as name:arch -> {version, status}."""
+    code, output = run_command(["dpkg-query", "-W", "-f", DPKG_QUERY_FORMAT])
+    if code not in (0, 1):
+        raise RehearsalError(f"dpkg-query failed inside the sandbox: {output.strip()[-300:]}")
+    states = {}
+    for line in output.splitlines():
+        parts = line.split("\t")
+        if len(parts) != 4:
+            continue
+        package, arch, version, abbrev = parts
+        states[f"{package}:{arch}"] = {"version": version, "status": abbrev.strip()}
+    return states
+
+
+def apt_command(plan: ReplayPlan, status_fd: int = 3) -> list[str]:
+    """apt-get install with exactly the transaction's packages and versions.
+
+    Each installing change names its .deb file, each removal its package with
+    apt's "-" (remove) or "_" (purge) suffix; apt's resolver must then find
+    nothing else to do, and any difference is reported.
+    """
+    argv = [
+        "apt-get", "install", "--yes", "--allow-downgrades", "--allow-remove-essential",
+        "--allow-change-held-packages",
+        "-o", f"APT::Status-Fd={status_fd}",
+        "-o", "Dpkg::Use-Pty=0",
+        "-o", "APT::Get::AutomaticRemove=false",
+        "-o", "APT::Install-Recommends=false",
+        "-o", "APT::Install-Suggests=false",
+        "-o", "APT::Rehearse::Enable=false",
+        "-o", "APT::Color=false",
+        # apt sees only the installed packages and the transaction's own .debs:
+        # it cannot reach for anything else, so what it does is the transaction
+        # or a difference we report (and it never tries the network).
+        "-o", "Dir::Etc::sourcelist=/dev/null",
+        "-o", f"Dir::Etc::sourceparts={EMPTY_DIR}",
+    ]  # fmt: skip
+    for option in plan.apt_options:
+        argv += ["-o", option]
+    changes = plan.transaction.changes
+    if any(c.action == "reinstall" for c in changes):
+        argv.append("--reinstall")
+    for change in sorted(changes, key=lambda c: c.name):
+        if change.action in INSTALLING_ACTIONS:
+            argv.append(plan.deb_paths[change.name])
+        elif change.action == "remove":
+            argv.append(f"{change.name}-")
+        else:
+            argv.append(f"{change.name}_")
+    return argv
+
+
+def _run_apt(plan: ReplayPlan, channel: Channel, timeout: float) -> dict[str, Any]:
+    status_read, status_write = os.pipe()
+    argv = apt_command(plan, status_write)
+    output = bytearray()
+    status_lines: list[str] = []
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=sandbox_env(),
+        pass_fds=(status_write,), start_new_session=True,
+    )  # fmt: skip
+    os.close(status_write)
+    selector = selectors.DefaultSelector()
+    assert proc.stdout is not None
+    selector.register(proc.stdout, selectors.EVENT_READ, "out")
+    status_file = os.fdopen(status_read, "rb", buffering=0)
+    selector.register(status_file, selectors.EVENT_READ, "status")
+    pending = b""
+    timed_out = False
+    open_streams = 2
+    while open_streams:
+        remaining = timeout - (time.monotonic() - started)
+        if remaining <= 0:
+            timed_out = True
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+        for key, _ in selector.select(timeout=min(remaining, 1.0)):
+            chunk = os.read(key.fileobj.fileno(), 65536)
+            if not chunk:
+                selector.unregister(key.fileobj)
+                open_streams -= 1
+                continue
+            if key.data == "out":
+                output += chunk
+                if len(output) > OUTPUT_LIMIT:
+                    del output[: len(output) - OUTPUT_LIMIT]
+            else:
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for raw in lines:
+                    line = raw.decode("utf-8", "replace")
+                    status_lines.append(line)
+                    _forward_progress(line, channel)
+    selector.close()
+    status_file.close()
+    code = proc.wait()
+    return {
+        "argv": argv,
+        "exit_status": code,
+        "timed_out": timed_out,
+        "output": output.decode("utf-8", "replace"),
+        "status_lines": status_lines,
+        "seconds": round(time.monotonic() - started, 3),
+    }
+
+
+def _forward_progress(line: str, channel: Channel) -> None:
+    # "pmstatus:pkg:percent:message" and "dlstatus:..." (apt's status-fd)
+    parts = line.split(":", 3)
+    if len(parts) == 4 and parts[0] == "pmstatus":
+        try:
+            percent = float(parts[2])
+        except ValueError:
+            return
+        channel.send("progress", percent=percent, message=parts[3])
+
+
+def _write(path: str, content: str, mode: int = 0o644) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(content)
+    os.chmod(path, mode)
+
+
+def _install_release_state(plan: ReplayPlan) -> None:
+    """Point the rehearsed system at the target release, as the sysadmin would."""
+    for path, content in plan.sources_rewrite.items():
+        _write(path, content)
+    if plan.private_lists:
+        lists = "/var/lib/apt/lists"
+        for name in os.listdir(lists):
+            if name not in ("lock", "partial", "auxfiles"):
+                full = os.path.join(lists, name)
+                if os.path.isfile(full):
+                    os.unlink(full)
+        for name in os.listdir(plan.private_lists):
+            source = os.path.join(plan.private_lists, name)
+            if os.path.isfile(source) and name != "lock":
+                with open(source, "rb") as src, open(os.path.join(lists, name), "wb") as dst:
+                    while block := src.read(1 << 20):
+                        dst.write(block)
+
+
+def replay_inside(plan: ReplayPlan, session: SandboxSession, channel: Channel) -> dict[str, Any]:
+    """The function the sandbox runs: observe, apply, observe."""
+    timings: dict[str, float] = {}
+    channel.send("phase", name="replay")
+    started = time.monotonic()
+    _install_release_state(plan)
+    os.makedirs(EMPTY_DIR, exist_ok=True)
+    before = package_states()
+    saved_policy = None
+    if os.path.lexists(POLICY_RC_D):
+        with open(POLICY_RC_D, "rb") as handle:
+            saved_policy = handle.read()
+    # Services stay down during the replay: a later phase boots them.
+    _write(POLICY_RC_D, "#!/bin/sh\n# apt-rehearse: no service starts during the replay\nexit 101\n", 0o755)
+    try:
+        apt_run = _run_apt(plan, channel, plan.timeout)
+    finally:
+        if saved_policy is None:
+            os.unlink(POLICY_RC_D)
+        else:
+            with open(POLICY_RC_D, "wb") as handle:
+                handle.write(saved_policy)
+    # apt marks .deb files it was given as manually installed; give back the
+    # marks the real run would leave.
+    auto = [c.name for c in plan.transaction.changes if c.action in INSTALLING_ACTIONS and not c.manual]
+    if auto and not apt_run["timed_out"]:
+        run_command(["apt-mark", "auto", *auto])
+    timings["replay"] = time.monotonic() - started
+    channel.send("phase", name="inspect")
+    started = time.monotonic()
+    after = package_states()
+    audit_status, audit_output = run_command(["dpkg", "--audit"])
+    check_status, check_output = run_command(["apt-get", "check", "-o", "Dir::Etc::sourcelist=/dev/null", "-o", f"Dir::Etc::sourceparts={EMPTY_DIR}"])
+    upper = session.upper_bytes()
+    timings["inspect"] = time.monotonic() - started
+    return {
+        "before": before,
+        "after": after,
+        "apt": apt_run,
+        "audit": {"exit_status": audit_status, "output": audit_output},
+        "check": {"exit_status": check_status, "output": check_output},
+        "upper_bytes": upper,
+        "upper_free_bytes": session.upper_free_bytes(),
+        "timings": timings,
+    }

@@ -1,0 +1,141 @@
+"""The report: JSON (a versioned contract), apt-style text, and the saved copy.
+
+Saved reports live in /var/log/apt-rehearse/, readable by root and adm only:
+conffile details can hold secrets.
+"""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import textwrap
+from typing import Any
+
+from apt_rehearse import __version__
+from apt_rehearse.rehearse import Rehearsal
+
+SCHEMA = "apt-rehearse/1"
+
+RED, YELLOW, GREEN, BOLD, RESET = "\033[1;31m", "\033[1;33m", "\033[1;32m", "\033[1m", "\033[0m"
+
+
+def build(rehearsal: Rehearsal) -> dict[str, Any]:
+    transaction = rehearsal.transaction
+    tx_json = transaction.to_json()
+    return {
+        "schema": SCHEMA,
+        "tool_version": __version__,
+        "id": transaction.identity,
+        "root": transaction.root,
+        "started": rehearsal.started.isoformat(timespec="seconds"),
+        "duration_s": rehearsal.duration_s,
+        "verdict": rehearsal.verdict,
+        "transaction": {
+            "request": tx_json["request"],
+            "release": tx_json["release"],
+            "dpkg_status_sha256": tx_json["dpkg_status_sha256"],
+            "changes": tx_json["changes"],
+            "kept_back": tx_json["kept_back"],
+        },
+        "findings": [f.to_json() for f in sorted(rehearsal.findings, key=_finding_order)],
+        "phases": [{"name": name, "seconds": seconds} for name, seconds in rehearsal.phases],
+        "upper_bytes": rehearsal.upper_bytes,
+        "notes": rehearsal.notes,
+    }
+
+
+def _finding_order(finding: Any) -> tuple[int, str, str]:
+    return ({"block": 0, "warn": 1, "info": 2}.get(finding.severity, 3), finding.check, finding.subject)
+
+
+def _wrap(names: list[str], width: int) -> list[str]:
+    return textwrap.wrap(" ".join(names), width=width, initial_indent="  ", subsequent_indent="  ",
+                         break_on_hyphens=False, break_long_words=False)  # fmt: skip
+
+
+def render_text(report: dict[str, Any], color: bool = False, width: int = 80) -> str:
+    def paint(code: str, text: str) -> str:
+        return f"{code}{text}{RESET}" if color else text
+
+    changes = report["transaction"]["changes"]
+    by_action: dict[str, list[str]] = {}
+    for change in changes:
+        mark = "*" if change["action"] == "purge" else ""
+        by_action.setdefault(change["action"], []).append(change["package"] + mark)
+    lines = [f"apt-rehearse {report['tool_version']}: {report['transaction']['request'] or 'transaction'} of {report['root']}"
+             f" (transaction {report['id'][:12]})"]  # fmt: skip
+    sections = (
+        (("remove", "purge"), "The following packages will be REMOVED:", RED),
+        (("install",), "The following NEW packages will be installed:", ""),
+        (("upgrade",), "The following packages will be upgraded:", ""),
+        (("downgrade",), "The following packages will be DOWNGRADED:", YELLOW),
+        (("reinstall",), "The following packages will be reinstalled:", ""),
+    )
+    for actions, title, code in sections:
+        names = sorted(n for a in actions for n in by_action.get(a, []))
+        if names:
+            lines.append(paint(code, title) if code else title)
+            lines += _wrap(names, width)
+    kept = report["transaction"]["kept_back"]
+    if kept:
+        lines.append("The following packages have been kept back:")
+        lines += _wrap(kept, width)
+    count = {a: len(by_action.get(a, [])) for a in ("upgrade", "install", "downgrade", "remove", "purge", "reinstall")}
+    lines.append(
+        f"{count['upgrade']} upgraded, {count['install']} newly installed, {count['downgrade']} downgraded, "
+        f"{count['remove'] + count['purge']} to remove and {len(kept)} not upgraded."
+    )
+    lines.append("")
+    findings = report["findings"]
+    if findings:
+        lines.append("Rehearsal findings:")
+        for finding in findings:
+            label = {"block": paint(RED, "BLOCK"), "warn": paint(YELLOW, "WARN "), "info": "info "}[finding["severity"]]
+            lines.append(f"  {label} {finding['message']}")
+            for tail in finding["details"].get("output_tail", [])[-5:]:
+                lines.append(f"          | {tail}")
+    elif changes:
+        lines.append("Rehearsal findings: none")
+    for note in report.get("notes", []):
+        lines.append(f"N: {note}")
+    blocking = sum(1 for f in findings if f["severity"] == "block")
+    warnings = sum(1 for f in findings if f["severity"] == "warn")
+    verdict = report["verdict"]
+    summary = {
+        "pass": paint(GREEN, "PASS") + ": the rehearsal found nothing against this transaction.",
+        "warn": paint(YELLOW, "WARN") + f": {warnings} warning(s); the real run may go ahead.",
+        "block": paint(RED, "BLOCK") + f": {blocking} blocking finding(s); policy stops the real run.",
+    }[verdict]
+    lines.append(f"Verdict: {summary}")
+    return "\n".join(lines) + "\n"
+
+
+def save(report: dict[str, Any], text: str, log_dir: str, replay_log: str = "") -> str:
+    """Write <log_dir>/<time>-<id>.json, .txt and .log (apt's output), root and adm only."""
+    os.makedirs(log_dir, mode=0o750, exist_ok=True)
+    try:
+        adm = grp.getgrnam("adm").gr_gid
+    except KeyError:
+        adm = 0
+    os.chown(log_dir, 0, adm)
+    os.chmod(log_dir, 0o2750)
+    stamp = report["started"].replace(":", "").replace("-", "").replace("+0000", "Z")[:15]
+    base = os.path.join(log_dir, f"{stamp}-{report['id'][:12]}")
+    report = dict(report, report_path=base + ".json")
+    files = [(".json", json.dumps(report, indent=2) + "\n"), (".txt", text), (".log", replay_log)]
+    for suffix, content in files:
+        temporary = base + suffix + ".tmp"
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o640)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(content)
+        os.chown(temporary, 0, adm)
+        os.chmod(temporary, 0o640)
+        os.replace(temporary, base + suffix)
+    latest = os.path.join(log_dir, "latest.json")
+    try:
+        os.unlink(latest)
+    except FileNotFoundError:
+        pass
+    os.symlink(os.path.basename(base + ".json"), latest)
+    return base + ".json"

@@ -1,0 +1,531 @@
+"""The throw-away copy of the target system, in private namespaces.
+
+The sandbox is a plan of small mount steps (each can describe itself, so
+``--debug`` prints the plan) executed by a child process that is PID 1 of a
+private pid namespace, in private mount, net (loopback only), ipc, uts and
+cgroup namespaces. Everything it starts dies with that pid namespace, every
+mount it makes dies with that mount namespace: a rehearsal killed at any
+point leaves nothing mounted and nothing running on the host.
+
+Host safety rules (DESIGN.md) this module keeps:
+- the target root and each local-disk submount are overlay lowers, never
+  written; the uppers live on a size-capped tmpfs or in a directory of ours;
+- /dev is a tmpfs with nodes made by mknod, never a bind of host nodes;
+- /proc is fresh, /sys read-only, /run and /tmp fresh tmpfs;
+- host directories that must be seen inside (the .debs) are bound read-only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import stat
+import struct
+import sys
+import traceback
+from typing import Any, Callable, Iterator
+
+from apt_rehearse import syscalls
+from apt_rehearse.errors import RehearsalError, RehearsalLimit, UnsupportedSystem
+from apt_rehearse.mountinfo import MountEntry, read_mountinfo, state_submounts
+
+# Where the staging tmpfs goes inside the private mount namespace. Host paths
+# under it stay reachable through descriptors pinned before it is mounted.
+STAGE = "/run"
+INSIDE_SHARE = "/run/apt-rehearse"
+
+
+class Context:
+    """State shared by the steps while they execute: pinned host paths."""
+
+    def __init__(self) -> None:
+        self.pinned: dict[str, int] = {}
+
+    def host(self, path: str) -> str:
+        """A path that reaches the host directory even when a mount covers it."""
+        return f"/proc/self/fd/{self.pinned[path]}" if path in self.pinned else path
+
+
+class Step:
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def execute(self, ctx: Context) -> None:
+        raise NotImplementedError
+
+
+@dataclasses.dataclass
+class PinHostPaths(Step):
+    """Open the host directories first, so mounts made later cannot hide them."""
+
+    paths: list[str]
+
+    def describe(self) -> str:
+        return "pin host paths: " + ", ".join(self.paths)
+
+    def execute(self, ctx: Context) -> None:
+        for path in self.paths:
+            ctx.pinned[path] = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+@dataclasses.dataclass
+class MakeMountsPrivate(Step):
+    def describe(self) -> str:
+        return "make every mount private (nothing propagates back to the host)"
+
+    def execute(self, ctx: Context) -> None:
+        syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
+
+
+@dataclasses.dataclass
+class Tmpfs(Step):
+    target: str
+    options: str = "mode=0755"
+    flags: int = syscalls.MS_NOSUID | syscalls.MS_NODEV
+
+    def describe(self) -> str:
+        return f"tmpfs on {self.target} ({self.options})"
+
+    def execute(self, ctx: Context) -> None:
+        os.makedirs(self.target, exist_ok=True)
+        syscalls.mount("tmpfs", self.target, "tmpfs", self.flags, self.options)
+
+
+@dataclasses.dataclass
+class BindWritable(Step):
+    """Bind a directory of ours (a disk upper) into the staging area."""
+
+    source: str
+    target: str
+
+    def describe(self) -> str:
+        return f"bind {self.source} (disk upper) on {self.target}"
+
+    def execute(self, ctx: Context) -> None:
+        os.makedirs(self.target, exist_ok=True)
+        syscalls.mount(ctx.host(self.source), self.target, None, syscalls.MS_BIND)
+
+
+@dataclasses.dataclass
+class Overlay(Step):
+    lower: str  # host path (pinned)
+    layer: str  # directory holding upper/ and work/
+    target: str
+    label: str = ""
+
+    def describe(self) -> str:
+        return f"overlay on {self.target}: lower {self.lower} (read-only), upper {self.layer}/upper"
+
+    def execute(self, ctx: Context) -> None:
+        upper, work = f"{self.layer}/upper", f"{self.layer}/work"
+        os.makedirs(upper, exist_ok=True)
+        os.makedirs(work, exist_ok=True)
+        os.makedirs(self.target, exist_ok=True)
+        lower = ctx.host(self.lower)
+        # The overlay must hand files out with the lower's own ownership and
+        # mode: upper root takes the lower root's.
+        info = os.stat(lower)
+        os.chown(upper, info.st_uid, info.st_gid)
+        os.chmod(upper, stat.S_IMODE(info.st_mode))
+        options = f"lowerdir={lower},upperdir={upper},workdir={work}"
+        try:
+            syscalls.mount("overlay", self.target, "overlay", 0, options)
+        except OSError as error:
+            raise UnsupportedSystem(
+                f"cannot mount an overlay of {self.lower}: {error.strerror}; apt-rehearse needs overlayfs "
+                "(modprobe overlay) on a filesystem that supports it"
+            ) from error
+
+
+@dataclasses.dataclass
+class Proc(Step):
+    target: str
+
+    def describe(self) -> str:
+        return f"fresh proc on {self.target}"
+
+    def execute(self, ctx: Context) -> None:
+        flags = syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC
+        syscalls.mount("proc", self.target, "proc", flags)
+
+
+@dataclasses.dataclass
+class SysfsReadOnly(Step):
+    target: str
+
+    def describe(self) -> str:
+        return f"read-only sysfs on {self.target}"
+
+    def execute(self, ctx: Context) -> None:
+        flags = syscalls.MS_RDONLY | syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC
+        syscalls.mount("sysfs", self.target, "sysfs", flags)
+
+
+# Character devices made with mknod, never bound from the host: a booted
+# systemd once chmod-ed the host's /dev/null through such a bind.
+DEVICE_NODES = {
+    "null": (1, 3),
+    "zero": (1, 5),
+    "full": (1, 7),
+    "random": (1, 8),
+    "urandom": (1, 9),
+    "tty": (5, 0),
+}
+
+
+@dataclasses.dataclass
+class PrivateDev(Step):
+    target: str
+
+    def describe(self) -> str:
+        return f"private /dev on {self.target}: tmpfs with {', '.join(DEVICE_NODES)} made by mknod, own devpts"
+
+    def execute(self, ctx: Context) -> None:
+        syscalls.mount("tmpfs", self.target, "tmpfs", syscalls.MS_NOSUID, "mode=0755,size=16m")
+        for name, (major, minor) in DEVICE_NODES.items():
+            path = f"{self.target}/{name}"
+            os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(major, minor))
+            os.chmod(path, 0o666)
+        for name in ("pts", "shm"):
+            os.mkdir(f"{self.target}/{name}", 0o755)
+        syscalls.mount(
+            "devpts", f"{self.target}/pts", "devpts", syscalls.MS_NOSUID | syscalls.MS_NOEXEC,
+            "newinstance,ptmxmode=0666,mode=0620,gid=5",
+        )  # fmt: skip
+        os.symlink("pts/ptmx", f"{self.target}/ptmx")
+        syscalls.mount("tmpfs", f"{self.target}/shm", "tmpfs", syscalls.MS_NOSUID | syscalls.MS_NODEV, "mode=1777")
+        for name, link in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                           ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):  # fmt: skip
+            os.symlink(link, f"{self.target}/{name}")
+
+
+@dataclasses.dataclass
+class BindReadOnly(Step):
+    source: str  # host path (pinned)
+    target: str
+
+    def describe(self) -> str:
+        return f"bind {self.source} read-only on {self.target}"
+
+    def execute(self, ctx: Context) -> None:
+        os.makedirs(self.target, exist_ok=True)
+        syscalls.mount(ctx.host(self.source), self.target, None, syscalls.MS_BIND)
+        flags = syscalls.MS_BIND | syscalls.MS_REMOUNT | syscalls.MS_RDONLY | syscalls.MS_NOSUID | syscalls.MS_NODEV
+        syscalls.mount(None, self.target, None, flags)
+
+
+@dataclasses.dataclass
+class LoopbackUp(Step):
+    def describe(self) -> str:
+        return "bring up loopback in the private network namespace (no other interface)"
+
+    def execute(self, ctx: Context) -> None:
+        siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            request = struct.pack("16sH", b"lo", 0)
+            flags = struct.unpack("16sH", fcntl.ioctl(sock, siocgifflags, request + b"\0" * 22)[:18])[1]
+            fcntl.ioctl(sock, siocsifflags, struct.pack("16sH", b"lo", flags | iff_up) + b"\0" * 22)
+
+
+@dataclasses.dataclass
+class Hostname(Step):
+    name: str
+
+    def describe(self) -> str:
+        return f"hostname {self.name} (private uts namespace)"
+
+    def execute(self, ctx: Context) -> None:
+        syscalls.sethostname(self.name)
+
+
+@dataclasses.dataclass
+class PivotRoot(Step):
+    new_root: str
+
+    def describe(self) -> str:
+        return f"pivot_root into {self.new_root}, detach the host root"
+
+    def execute(self, ctx: Context) -> None:
+        os.chdir(self.new_root)
+        # put_old == new_root: the old root ends up stacked under "/" and is
+        # detached at once, so nothing of the host stays reachable by path.
+        syscalls.pivot_root(".", ".")
+        syscalls.umount2(".", syscalls.MNT_DETACH)
+        os.chdir("/")
+
+
+@dataclasses.dataclass
+class Layer:
+    """One overlaid mount: where it is in the target and where its upper lives."""
+
+    mountpoint: str  # inside the target, "/" or "/var", ...
+    lower: str  # host path
+    layer_dir: str  # staging path holding upper/ and work/
+    host_mount: MountEntry | None = None
+
+
+@dataclasses.dataclass
+class SandboxSpec:
+    root: str = "/"
+    tmpfs_size: str = "50%"
+    upper_dir: str | None = None  # a host directory of ours for disk uppers
+    read_only_binds: dict[str, str] = dataclasses.field(default_factory=dict)  # host dir -> inside path
+    hostname: str | None = None
+
+
+@dataclasses.dataclass
+class SandboxPlan:
+    steps: list[Step]
+    layers: list[Layer]
+    new_root: str
+
+    def describe(self) -> list[str]:
+        return [step.describe() for step in self.steps]
+
+
+def plan_sandbox(spec: SandboxSpec, mounts: list[MountEntry] | None = None) -> SandboxPlan:
+    root = os.path.realpath(spec.root)
+    mounts = read_mountinfo() if mounts is None else mounts
+    new_root = f"{STAGE}/root"
+    layers_base = f"{STAGE}/layers"
+    steps: list[Step] = []
+    pins = [root, *spec.read_only_binds]
+    submounts = state_submounts(root, mounts)
+    pins += [entry.target for entry in submounts]
+    if spec.upper_dir:
+        pins.append(spec.upper_dir)
+    steps.append(PinHostPaths(list(dict.fromkeys(pins))))
+    steps.append(MakeMountsPrivate())
+    tmpfs_options = f"mode=0755,size={spec.tmpfs_size}" if not spec.upper_dir else "mode=0755,size=64m"
+    steps.append(Tmpfs(STAGE, tmpfs_options))
+    if spec.upper_dir:
+        steps.append(BindWritable(spec.upper_dir, layers_base))
+    layers = [Layer("/", root, f"{layers_base}/0")]
+    for index, entry in enumerate(submounts, start=1):
+        inside = "/" + os.path.relpath(entry.target, root)
+        layers.append(Layer(inside, entry.target, f"{layers_base}/{index}", entry))
+    for layer in layers:
+        target = new_root if layer.mountpoint == "/" else new_root + layer.mountpoint
+        steps.append(Overlay(layer.lower, layer.layer_dir, target, layer.mountpoint))
+    steps += [
+        Proc(f"{new_root}/proc"),
+        SysfsReadOnly(f"{new_root}/sys"),
+        PrivateDev(f"{new_root}/dev"),
+        Tmpfs(f"{new_root}/run", "mode=0755"),
+        Tmpfs(f"{new_root}/tmp", "mode=1777"),
+    ]
+    for host_path, inside in spec.read_only_binds.items():
+        steps.append(BindReadOnly(host_path, new_root + inside))
+    steps.append(LoopbackUp())
+    if spec.hostname:
+        steps.append(Hostname(spec.hostname))
+    steps.append(PivotRoot(new_root))
+    return SandboxPlan(steps, layers, new_root)
+
+
+def check_supported() -> None:
+    """One clear line, exit 3, when this system cannot host a sandbox."""
+    if os.geteuid() != 0:
+        raise UnsupportedSystem("apt-rehearse must run as root (it builds a private copy of the system); try sudo")
+    try:
+        with open("/proc/filesystems", encoding="ascii") as handle:
+            known = {line.split()[-1] for line in handle if line.strip()}
+    except OSError:
+        known = set()
+    if "overlay" not in known and not os.path.exists("/sys/module/overlay"):
+        raise UnsupportedSystem("the kernel has no overlayfs; load it with 'modprobe overlay' and try again")
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            effective = next(int(line.split()[1], 16) for line in handle if line.startswith("CapEff:"))
+    except (OSError, StopIteration, ValueError):
+        effective = 0
+    if not effective & (1 << 21):  # CAP_SYS_ADMIN
+        raise UnsupportedSystem(
+            "no CAP_SYS_ADMIN here (an unprivileged container?); apt-rehearse needs to create namespaces and mounts"
+        )
+
+
+# ---------------------------------------------------------------------------
+# Running code inside
+
+
+class Channel:
+    """JSON lines from the sandbox to the host: events, then one result."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def send(self, kind: str, **payload: Any) -> None:
+        data = (json.dumps({"kind": kind, **payload}) + "\n").encode()
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+
+
+InsideFunction = Callable[["SandboxSession", Channel], dict[str, Any]]
+
+
+@dataclasses.dataclass
+class SandboxSession:
+    """What code running inside knows about its sandbox."""
+
+    plan: SandboxPlan
+    layer_fds: dict[str, int]  # mountpoint -> fd of its layer dir (reachable after pivot_root)
+    stage_fd: int
+
+    def upper_bytes(self) -> dict[str, int]:
+        """Bytes allocated in each layer's upper directory (what the rehearsal wrote)."""
+        return {mountpoint: _tree_bytes(fd, "upper") for mountpoint, fd in self.layer_fds.items()}
+
+    def upper_free_bytes(self) -> int:
+        """Room left where the uppers live (the tmpfs, or the disk upper)."""
+        info = os.fstatvfs(self.layer_fds.get("/", self.stage_fd))
+        return info.f_bavail * info.f_frsize
+
+
+def _tree_bytes(dir_fd: int, name: str) -> int:
+    total = 0
+    for _, _, files, fd in os.fwalk(name, dir_fd=dir_fd):
+        for filename in files:
+            try:
+                total += os.stat(filename, dir_fd=fd, follow_symlinks=False).st_blocks * 512
+            except OSError:
+                pass
+    return total
+
+
+class SandboxRunner:
+    """Forks the sandbox, runs ``inside`` there, yields its events."""
+
+    def __init__(self, spec: SandboxSpec, plan: SandboxPlan) -> None:
+        self.spec = spec
+        self.plan = plan
+        self.pid: int | None = None
+
+    def run(self, inside: InsideFunction) -> Iterator[dict[str, Any]]:
+        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            os.close(read_fd)
+            _child_main(self.plan, inside, write_fd)
+        self.pid = pid
+        os.close(write_fd)
+        buffer = b""
+        try:
+            with os.fdopen(read_fd, "rb", buffering=0) as stream:
+                while True:
+                    chunk = stream.read(65536)
+                    if not chunk:
+                        break
+                    buffer += chunk
+                    while b"\n" in buffer:
+                        line, buffer = buffer.split(b"\n", 1)
+                        if line.strip():
+                            yield json.loads(line)
+        finally:
+            self._reap()
+
+    def _reap(self) -> None:
+        if self.pid is None:
+            return
+        try:
+            _, status = os.waitpid(self.pid, os.WNOHANG)
+            if _ == 0:
+                # Still running (we are unwinding early): end what we started.
+                os.kill(self.pid, signal.SIGKILL)
+                os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass
+        self.pid = None
+
+
+def _child_main(plan: SandboxPlan, inside: InsideFunction, write_fd: int) -> None:  # pragma: no cover
+    """The intermediate process: unshare, then fork the sandbox's PID 1."""
+    code = 1
+    channel = Channel(write_fd)
+    try:
+        syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() == 1:
+            os._exit(1)
+        flags = (syscalls.CLONE_NEWNS | syscalls.CLONE_NEWPID | syscalls.CLONE_NEWNET | syscalls.CLONE_NEWIPC
+                 | syscalls.CLONE_NEWUTS | syscalls.CLONE_NEWCGROUP)  # fmt: skip
+        try:
+            syscalls.unshare(flags)
+        except OSError as error:
+            channel.send("error", error="unsupported", message=(
+                f"cannot create private namespaces ({error.strerror}); apt-rehearse needs to run as real root, "
+                "not in an unprivileged container"))  # fmt: skip
+            os._exit(3)
+        init_pid = os.fork()
+        if init_pid == 0:
+            _init_main(plan, inside, channel)
+        # Keep our own descriptor closed so EOF reaches the host when init ends.
+        os.close(write_fd)
+        while True:
+            try:
+                _, status = os.waitpid(init_pid, 0)
+                break
+            except InterruptedError:
+                continue
+        code = os.waitstatus_to_exitcode(status)
+    except BaseException:  # noqa: BLE001 - the child must never return into the CLI
+        try:
+            channel.send("error", error="internal", message=traceback.format_exc())
+        except OSError:
+            pass
+    os._exit(code if 0 <= code < 256 else 1)
+
+
+def _init_main(plan: SandboxPlan, inside: InsideFunction, channel: Channel) -> None:  # pragma: no cover
+    """PID 1 of the sandbox: build the mounts, pivot, run ``inside``."""
+    code = 0
+    try:
+        syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
+        ctx = Context()
+        stage_fd = -1
+        layer_fds: dict[str, int] = {}
+        for step in plan.steps:
+            if isinstance(step, PivotRoot):
+                # Keep handles on the layers: after pivot_root they are
+                # unreachable by path, and the report measures them.
+                stage_fd = os.open(STAGE, os.O_RDONLY | os.O_DIRECTORY)
+                for layer in plan.layers:
+                    layer_fds[layer.mountpoint] = os.open(layer.layer_dir, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                step.execute(ctx)
+            except RehearsalError:
+                raise
+            except OSError as error:
+                raise UnsupportedSystem(f"sandbox step failed: {step.describe()}: {error}") from error
+        for fd in ctx.pinned.values():
+            os.close(fd)
+        session = SandboxSession(plan, layer_fds, stage_fd)
+        result = inside(session, channel)
+        channel.send("result", result=result)
+    except RehearsalLimit as error:
+        channel.send("error", error="limit", message=str(error))
+        code = 1
+    except UnsupportedSystem as error:
+        channel.send("error", error="unsupported", message=str(error))
+        code = 3
+    except RehearsalError as error:
+        channel.send("error", error="failed", message=str(error))
+        code = 1
+    except BaseException:  # noqa: BLE001
+        channel.send("error", error="internal", message=traceback.format_exc())
+        code = 1
+    os._exit(code)
+
+
+def cleanup_upper_dir(path: str) -> None:
+    """Remove a disk upper of ours; overlay work dirs can hold root-only 000 dirs."""
+    shutil.rmtree(path, ignore_errors=True)
