@@ -52,6 +52,9 @@ def init_apt_config(root: str, options: list[str]) -> None:
     if root != "/":
         apt_pkg.config.set("Dir", root + "/")
     apt_pkg.init_config()
+    if root != "/":
+        # The one path apt keeps absolute whatever Dir says.
+        apt_pkg.config.set("Dir::State::status", os.path.join(root, "var/lib/dpkg/status"))
     for option in options:
         key, value = parse_option(option)
         apt_pkg.config.set(key, value)

@@ -140,7 +140,8 @@ def changes_from_cache(cache: apt.Cache, request: Request, requested: set[str]) 
     purge_all = request.command == "purge" or apt_pkg.config.find_b("APT::Get::Purge", False)
     changes = []
     for pkg in cache.get_changes():
-        arch = pkg._pkg.architecture
+        # dpkg's own arch ("all" stays "all"), so changes match dpkg-query.
+        arch = pkg.installed.architecture if pkg.installed else pkg._pkg.architecture
         if pkg.marked_delete:
             from_version = pkg.installed.version if pkg.installed else None
             action = "purge" if purge_all else "remove"
@@ -167,31 +168,43 @@ def kept_back(cache: apt.Cache, request: Request) -> list[str]:
     )  # fmt: skip
 
 
-def fetch_debs(cache: apt.Cache, archive_dir: str, progress: bool) -> None:
-    """Download the .debs into our own archive cache (apt's stays untouched)."""
+def fetch_debs(cache: apt.Cache, archive_dir: str, progress: bool) -> dict[str, str]:
+    """Download the .debs into our own archive cache (apt's stays untouched).
+
+    Returns file name -> path of every .deb apt fetched or found: files from
+    file: sources stay where they are, the others land in ``archive_dir``.
+    """
     os.makedirs(os.path.join(archive_dir, "partial"), mode=0o700, exist_ok=True)
     apt_pkg.config.set("Dir::Cache::Archives", archive_dir)
     acquire_progress = apt.progress.text.AcquireProgress(sys.stdout) if progress else apt.progress.base.AcquireProgress()
-    last_error: Exception | None = None
+    errors: list[str] = []
     for _ in range(3):  # a flaky mirror gets two more chances
+        fetcher = apt_pkg.Acquire(acquire_progress)
+        manager = apt_pkg.PackageManager(cache._depcache)
         try:
-            cache.fetch_archives(acquire_progress)
-            return
-        except apt.cache.FetchFailedException as error:
-            last_error = error
-        except apt.cache.LockFailedException as error:
-            raise RehearsalError(f"cannot lock apt-rehearse's archive cache {archive_dir}: {error}") from error
-    raise RehearsalError(f"could not download the packages to rehearse: {str(last_error).strip()}; check the network and the sources")
+            manager.get_archives(fetcher, cache._list, cache._records)
+        except SystemError as error:
+            raise RehearsalError(f"apt cannot find the packages to rehearse: {str(error).strip()}") from error
+        fetcher.run()
+        errors = [f"{item.desc_uri}: {item.error_text}" for item in fetcher.items
+                  if item.status != item.STAT_DONE or not item.complete]  # fmt: skip
+        if not errors:
+            return {os.path.basename(item.destfile): item.destfile for item in fetcher.items}
+    raise RehearsalError(f"could not download the packages to rehearse ({errors[0]}); check the network and the sources")
 
 
-def attach_debs(changes: list[Change], archive_dir: str) -> list[Change]:
+def attach_debs(changes: list[Change], cache: apt.Cache, archive_dir: str, fetched: dict[str, str]) -> list[Change]:
     attached = []
     for change in changes:
         if change.action in INSTALLING_ACTIONS and change.to_version:
-            path = os.path.join(archive_dir, _deb_filename(change.package, change.to_version, change.arch))
-            if not os.path.exists(path):
+            version = cache[change.package].versions.get(change.to_version)
+            names = [_deb_filename(change.package, change.to_version, change.arch)]
+            if version is not None and version.filename:
+                names.append(os.path.basename(version.filename))
+            path = next((fetched[n] for n in names if n in fetched), os.path.join(archive_dir, names[0]))
+            if not os.path.isfile(path):
                 raise RehearsalError(f"the downloaded file for {change.name} {change.to_version} is missing ({path})")
-            change = dataclasses.replace(change, deb=path, sha256=sha256_file(path))
+            change = dataclasses.replace(change, deb=os.path.realpath(path), sha256=sha256_file(path))
         attached.append(change)
     return attached
 
@@ -206,8 +219,8 @@ def plan_transaction(request: Request, archive_dir: str, progress: bool, private
     changes = changes_from_cache(cache, request, requested)
     held = kept_back(cache, request)
     if changes:
-        fetch_debs(cache, archive_dir, progress)
-        changes = attach_debs(changes, archive_dir)
+        fetched = fetch_debs(cache, archive_dir, progress)
+        changes = attach_debs(changes, cache, archive_dir, fetched)
     return Transaction(
         changes=changes,
         root=os.path.realpath(request.root),

@@ -119,10 +119,10 @@ def apt_command(plan: ReplayPlan, status_fd: int = 3) -> list[str]:
     for change in sorted(changes, key=lambda c: c.name):
         if change.action in INSTALLING_ACTIONS:
             argv.append(plan.deb_paths[change.name])
-        elif change.action == "remove":
-            argv.append(f"{change.name}-")
         else:
-            argv.append(f"{change.name}_")
+            # apt names an arch-all package by its native architecture.
+            name = change.package if change.arch == "all" else change.name
+            argv.append(name + ("-" if change.action == "remove" else "_"))
     return argv
 
 

@@ -26,6 +26,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 CACHE_DIR = Path("/var/cache/apt-rehearse-tests")
 SUITE = "bookworm"
@@ -214,7 +215,7 @@ def _regular_file_sha256(path: bytes) -> str:
         return _file_sha256(f)
 
 
-def _file_sha256(f) -> str:  # noqa: ANN001 - a binary file object
+def _file_sha256(f: BinaryIO) -> str:
     if hasattr(hashlib, "file_digest"):
         return hashlib.file_digest(f, "sha256").hexdigest()
     h = hashlib.sha256()
@@ -230,12 +231,12 @@ def _make_cache_dir() -> None:
 
 @contextlib.contextmanager
 def _locked(lock_path: Path) -> Iterator[None]:
-    with open(lock_path, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _tarball_readable(tarball: Path) -> bool:

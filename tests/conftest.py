@@ -1,0 +1,85 @@
+"""Shared test helpers: run the real CLI, probe kernel features, watch the host."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SRC = REPO / "src"
+sys.path.insert(0, str(SRC))
+sys.path.insert(0, str(REPO / "tests"))
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def cli_command() -> list[str]:
+    return ["/usr/bin/python3", "-m", "apt_rehearse"]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
+    environment = dict(os.environ)
+    environment["PYTHONPATH"] = str(SRC)
+    environment.pop("APT_REHEARSE", None)
+    environment.update(env or {})
+    return subprocess.run([*cli_command(), *args], capture_output=True, text=True, env=environment,
+                          timeout=timeout, stdin=subprocess.DEVNULL, check=False)  # fmt: skip
+
+
+def run_json(*args: str, **kwargs: Any) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    proc = run_cli(*args, "--json", **kwargs)
+    try:
+        document = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        raise AssertionError(f"not JSON (exit {proc.returncode}):\nstdout: {proc.stdout[-3000:]}\nstderr: {proc.stderr[-3000:]}")
+    return proc, document
+
+
+def _probe_sandbox() -> str | None:
+    """Do what the sandbox does, in small: None when it works, else why not."""
+    if os.geteuid() != 0:
+        return "not root"
+    script = (
+        "set -e; d=$(mktemp -d); mount -t tmpfs tmpfs $d; mkdir $d/l $d/u $d/w $d/m; "
+        "mount -t overlay overlay -o lowerdir=$d/l,upperdir=$d/u,workdir=$d/w $d/m; umount $d/m; umount $d; rmdir $d"
+    )
+    proc = subprocess.run(["unshare", "--mount", "--pid", "--net", "--ipc", "--uts", "--fork", "--propagation", "private",
+                           "sh", "-c", script], capture_output=True, text=True, check=False)  # fmt: skip
+    return None if proc.returncode == 0 else f"namespaces/overlayfs do not work here: {proc.stderr.strip()}"
+
+
+@pytest.fixture(scope="session")
+def sandbox_capable() -> None:
+    why = _probe_sandbox()
+    if why:
+        if IN_CI:
+            pytest.fail(f"CI must be able to run the sandbox: {why}")
+        pytest.skip(why)
+
+
+def overlay_mounts() -> list[str]:
+    with open("/proc/self/mountinfo", encoding="utf-8") as handle:
+        return [line for line in handle if " - overlay " in line]
+
+
+def host_snapshot() -> dict[str, Any]:
+    """What a rehearsal must not leave behind: mounts and our processes."""
+    with open("/proc/self/mountinfo", encoding="utf-8") as handle:
+        mounts = sorted(line.split()[4] for line in handle)
+    processes = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                    cmdline = handle.read().replace(b"\0", b" ").decode("utf-8", "replace")
+            except OSError:
+                continue
+            if "apt_rehearse" in cmdline or "apt-rehearse" in cmdline:
+                processes.append(pid)
+    return {"mounts": mounts, "processes": sorted(processes)}

@@ -1,0 +1,180 @@
+"""Real rehearsals of small real packages on a real bookworm tree.
+
+The packages are built here with dpkg-deb and served from a local file:
+repository; version 1.0 of each is installed into a bookworm tree made by
+mmdebstrap, version 2.0 is what the rehearsal replays. Every rehearsal runs
+in real namespaces on real overlayfs with the tree's own apt and dpkg, and
+the tree must be byte-for-byte unchanged afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+from conftest import host_snapshot, run_cli, run_json
+from lib.localrepo import LocalRepo, build_deb
+from lib.trees import bookworm_tree, dpkg_status_digest, tree_hash
+
+pytestmark = pytest.mark.integration
+
+CONF_V1 = "# rh-conf settings\nsetting=1\n"
+CONF_LOCAL = "# rh-conf settings\nsetting=local-change\n"
+CONF_V2 = "# rh-conf settings\nsetting=2\nnew_option=yes\n"
+
+
+def _packages(debs: Path) -> tuple[list[Path], list[Path]]:
+    v1 = [
+        build_deb(debs, "rh-clean", "1.0", files={"/usr/share/rh-clean/version": "1.0\n"}),
+        build_deb(debs, "rh-fail", "1.0", files={"/usr/share/rh-fail/version": "1.0\n"}),
+        build_deb(debs, "rh-keep", "1.0", files={"/usr/share/rh-keep/data": "kept\n"}),
+        build_deb(debs, "rh-app", "1.0", files={"/usr/share/rh-app/version": "1.0\n"}),
+        build_deb(debs, "rh-conf", "1.0", conffiles={"/etc/rh-conf.conf": CONF_V1}),
+    ]
+    v2 = [
+        build_deb(debs, "rh-clean", "2.0", files={"/usr/share/rh-clean/version": "2.0\n"},
+                  postinst='echo "rh-clean configured"\n'),
+        build_deb(debs, "rh-fail", "2.0", files={"/usr/share/rh-fail/version": "2.0\n"},
+                  postinst='echo "rh-fail: cannot migrate the database" >&2\nexit 3\n'),
+        build_deb(debs, "rh-app", "2.0", files={"/usr/share/rh-app/version": "2.0\n"}, conflicts="rh-keep"),
+        build_deb(debs, "rh-conf", "2.0", conffiles={"/etc/rh-conf.conf": CONF_V2}),
+    ]  # fmt: skip
+    return v1, v2
+
+
+def install_into(tree: Path, debs: list[Path]) -> None:
+    """Install .debs with the tree's own dpkg (the host's would resolve the
+    tree's statoverride groups against the host's group database)."""
+    staging = tree / "tmp/rh-debs"
+    staging.mkdir()
+    for deb in debs:
+        shutil.copy(deb, staging)
+    proc = subprocess.run(["chroot", str(tree), "sh", "-c", "dpkg -i /tmp/rh-debs/*.deb"], capture_output=True, text=True)
+    shutil.rmtree(staging)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def scenario(sandbox_capable: None):
+    base = Path(tempfile.mkdtemp(prefix="rh-int-", dir="/var/tmp"))
+    try:
+        tree = bookworm_tree(base / "tree", variant="minimal")
+        v1, v2 = _packages(base / "debs")
+        install_into(tree, v1)
+        (tree / "etc/rh-conf.conf").write_text(CONF_LOCAL)
+        repo = LocalRepo(base / "repo")
+        for deb in v1 + v2:
+            repo.add(deb)
+        repo.publish()
+        (tree / "etc/apt/sources.list").write_text(repo.sources_line() + "\n")
+        for extra in (tree / "etc/apt/sources.list.d").glob("*"):
+            extra.unlink()
+        subprocess.run(["apt-get", "-q", "-o", f"Dir={tree}/", "update"], check=True, capture_output=True)
+        log_dir = base / "log"
+        yield {"base": base, "tree": tree, "log": log_dir,
+               "hash": tree_hash(tree), "status": dpkg_status_digest(tree)}  # fmt: skip
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def rehearse(scenario: dict, *args: str):
+    return run_json("--root", str(scenario["tree"]), "-o", f"APT::Rehearse::Log-Dir={scenario['log']}", *args)
+
+
+def by_check(document: dict, check: str) -> list[dict]:
+    return [f for f in document["findings"] if f["check"] == check]
+
+
+def test_failing_postinst_is_reported_and_blocks(scenario: dict) -> None:
+    proc, document = rehearse(scenario, "install", "rh-fail")
+    assert proc.returncode == 10, (proc.stderr, document["transaction"]["changes"], document["findings"])
+    assert document["verdict"] == "block"
+    failures = by_check(document, "script-failure")
+    assert len(failures) == 1
+    failure = failures[0]
+    assert failure["subject"] == "rh-fail"
+    assert failure["severity"] == "block"
+    assert failure["details"]["script"] == "postinst"
+    assert failure["details"]["exit_status"] == 3
+    assert any("cannot migrate the database" in line for line in failure["details"]["output_tail"])
+    states = by_check(document, "package-state")
+    assert [f["subject"] for f in states] == ["rh-fail"]
+
+
+def test_conflict_removes_manual_package(scenario: dict) -> None:
+    proc, document = rehearse(scenario, "install", "rh-app")
+    assert proc.returncode == 10, (proc.stderr, document["transaction"]["changes"], document["findings"])
+    changes = {c["package"]: c for c in document["transaction"]["changes"]}
+    assert changes["rh-keep"]["action"] == "remove"
+    assert changes["rh-keep"]["manual"] is True
+    assert changes["rh-app"]["action"] == "upgrade"
+    assert (changes["rh-app"]["from"], changes["rh-app"]["to"]) == ("1.0", "2.0")
+    [removal] = by_check(document, "removal")
+    assert removal["subject"] == "rh-keep"
+    assert removal["details"]["manual"] is True
+    assert removal["severity"] == "block"
+    assert "REMOVED" in removal["message"] and "manually installed" in removal["message"]
+    assert not by_check(document, "replay-mismatch")
+
+
+def test_modified_conffile_is_a_prompt(scenario: dict) -> None:
+    proc, document = rehearse(scenario, "install", "rh-conf")
+    assert proc.returncode == 0, proc.stderr
+    [prompt] = by_check(document, "conffile")
+    assert prompt["subject"] == "rh-conf"
+    assert prompt["details"]["path"] == "/etc/rh-conf.conf"
+    assert prompt["details"]["seen_in_replay"] is True
+    assert document["verdict"] == "warn"
+
+
+def test_clean_upgrade_passes(scenario: dict) -> None:
+    proc, document = rehearse(scenario, "install", "rh-clean")
+    assert proc.returncode == 0, proc.stderr
+    assert document["verdict"] == "pass"
+    assert all(f["severity"] == "info" for f in document["findings"])
+    [change] = document["transaction"]["changes"]
+    assert (change["package"], change["action"], change["from"], change["to"]) == ("rh-clean", "upgrade", "1.0", "2.0")
+    assert len(document["id"]) == 64
+
+
+def test_dist_upgrade_reports_everything_in_text(scenario: dict) -> None:
+    proc = run_cli("--root", str(scenario["tree"]), "-o", f"APT::Rehearse::Log-Dir={scenario['log']}", "dist-upgrade")
+    assert proc.returncode == 10, (proc.stderr, document["transaction"]["changes"], document["findings"])
+    text = proc.stdout
+    assert "The following packages will be upgraded:" in text
+    assert "Verdict: BLOCK" in text
+    assert "rh-fail: postinst failed (exit status 3)" in text
+    assert "/etc/rh-conf.conf" in text
+    report = text.strip().splitlines()[-1]
+    assert report.startswith("Report: ")
+    path = Path(report.removeprefix("Report: "))
+    mode = stat.S_IMODE(path.stat().st_mode)
+    assert mode == 0o640, oct(mode)
+    assert stat.S_IMODE(path.parent.stat().st_mode) & 0o007 == 0
+    assert path.with_suffix(".log").read_text().count("Setting up rh-clean") == 1
+
+
+def test_no_change_transaction_is_a_pass(scenario: dict) -> None:
+    proc = run_cli("--root", str(scenario["tree"]), "remove", "rh-not-installed-anywhere")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("E: unknown package 'rh-not-installed-anywhere'")
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    proc, document = rehearse(scenario, "install", "apt")
+    assert proc.returncode == 0
+    assert document["transaction"]["changes"] == []
+    assert document["verdict"] == "pass"
+
+
+def test_tree_and_host_unchanged(scenario: dict) -> None:
+    before = host_snapshot()
+    proc, _ = rehearse(scenario, "dist-upgrade")
+    assert proc.returncode == 10
+    assert host_snapshot() == before
+    assert dpkg_status_digest(scenario["tree"]) == scenario["status"]
+    assert tree_hash(scenario["tree"]) == scenario["hash"]
+    assert not any(name.startswith(("rh-", "apt-rehearse")) for name in os.listdir("/run"))
