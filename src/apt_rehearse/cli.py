@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import sys
+import time
 import traceback
 from typing import Any, Callable
 
@@ -109,6 +110,7 @@ def _rehearse_request(command: str, packages: list[str], options: Options) -> in
     from apt_rehearse.rehearse import PhaseClock, rehearse
     from apt_rehearse.sandbox import check_supported
 
+    began = time.monotonic()
     root = os.path.realpath(options.root)
     if not os.path.isdir(root):
         raise UsageError(f"target root {options.root} does not exist or is not a directory")
@@ -146,13 +148,8 @@ def _rehearse_request(command: str, packages: list[str], options: Options) -> in
         debug=debug if options.debug else None,
         clock=clock,
     )
-    with clock.timed("report"):
-        document = report.build(rehearsal)
-        color = interactive and not os.environ.get("NO_COLOR") and apt_pkg.config.find_b("APT::Color", True)
-        text = report.render_text(document, color=False)
-        if settings.save_report and not transaction.is_empty:
-            document["report_path"] = report.save(document, text, settings.log_dir, rehearsal.replay_log)
-    document["phases"] = [{"name": name, "seconds": seconds} for name, seconds in clock.phases]
+    color = interactive and not os.environ.get("NO_COLOR") and apt_pkg.config.find_b("APT::Color", True)
+    document = report.finish(rehearsal, settings, duration_s=time.monotonic() - began)
     if options.json_output:
         click.echo(json.dumps(document, indent=2))
     else:

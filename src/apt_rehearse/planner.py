@@ -11,7 +11,6 @@ import dataclasses
 import hashlib
 import os
 import sys
-from urllib.parse import quote
 
 import apt
 import apt.progress.base
@@ -132,7 +131,7 @@ def mark_request(cache: apt.Cache, request: Request) -> set[str]:
 def _deb_filename(package: str, version: str, arch: str) -> str:
     # apt's own archive naming (QuoteString(Version, "_:")): an epoch's colon
     # becomes %3a.
-    return f"{package}_{quote(version, safe='+~.-')}_{arch}.deb"
+    return f"{package}_{version.replace('%', '%25').replace(':', '%3a')}_{arch}.deb"
 
 
 def changes_from_cache(cache: apt.Cache, request: Request, requested: set[str]) -> list[Change]:

@@ -13,6 +13,7 @@ import textwrap
 from typing import Any
 
 from apt_rehearse import __version__
+from apt_rehearse.config import Settings
 from apt_rehearse.rehearse import Rehearsal
 
 SCHEMA = "apt-rehearse/1"
@@ -109,6 +110,15 @@ def render_text(report: dict[str, Any], color: bool = False, width: int = 80) ->
     }[verdict]
     lines.append(f"Verdict: {summary}")
     return "\n".join(lines) + "\n"
+
+
+def finish(rehearsal: Rehearsal, settings: Settings, duration_s: float) -> dict[str, Any]:
+    """The final report of a run: built, timed, saved when there was something to rehearse."""
+    document = build(rehearsal)
+    document["duration_s"] = round(duration_s, 3)
+    if settings.save_report and not rehearsal.transaction.is_empty:
+        document["report_path"] = save(document, render_text(document), settings.log_dir, rehearsal.replay_log)
+    return document
 
 
 def save(report: dict[str, Any], text: str, log_dir: str, replay_log: str = "") -> str:

@@ -121,7 +121,7 @@ def bookworm_tree(dest: Path, *, variant: str = "lamp") -> Path:
     return dest
 
 
-def tree_hash(root: Path, exclude: tuple[str, ...] = ()) -> str:
+def tree_hash(root: Path, exclude: tuple[str, ...] = (), *, content: bool = True) -> str:
     """A hash of everything in a tree, for "left byte-for-byte unchanged" checks.
 
     Covers, per entry: relative path, type, mode, uid, gid, size, mtime_ns,
@@ -132,6 +132,10 @@ def tree_hash(root: Path, exclude: tuple[str, ...] = ()) -> str:
     "var/log/apt-rehearse") skipped with everything below them; since
     creating or removing such a path touches its parent directory, the
     parent's mtime and size are left out of the hash too.
+
+    With content=False, file content is replaced by ctime_ns: no write,
+    chmod or rename can leave ctime as it was, and a big /usr hashes in a
+    fraction of the time.
     """
     root_b = os.fsencode(os.path.abspath(root))
     root_st = os.lstat(root_b)
@@ -144,7 +148,7 @@ def tree_hash(root: Path, exclude: tuple[str, ...] = ()) -> str:
     if b"" in loose_dirs:
         loose_dirs.add(b".")
     h = hashlib.sha256()
-    _hash_entry(h, b".", root_b, root_st, loose=b"." in loose_dirs)
+    _hash_entry(h, b".", root_b, root_st, loose=b"." in loose_dirs, content=content)
     stack = [b""]  # relative directory paths still to read
     while stack:
         rel_dir = stack.pop()
@@ -159,7 +163,7 @@ def tree_hash(root: Path, exclude: tuple[str, ...] = ()) -> str:
             st = entry.stat(follow_symlinks=False)
             if st.st_dev != root_st.st_dev:
                 continue  # another filesystem mounted here
-            _hash_entry(h, rel, entry.path, st, loose=rel in loose_dirs)
+            _hash_entry(h, rel, entry.path, st, loose=rel in loose_dirs, content=content)
             if stat.S_ISDIR(st.st_mode):
                 subdirs.append(rel)
         stack.extend(reversed(subdirs))  # depth-first, in name order
@@ -175,7 +179,8 @@ def dpkg_status_digest(root: Path) -> str:
 # --- internals ---------------------------------------------------------------
 
 
-def _hash_entry(h: "hashlib._Hash", rel: bytes, path: bytes, st: os.stat_result, *, loose: bool) -> None:
+def _hash_entry(h: "hashlib._Hash", rel: bytes, path: bytes, st: os.stat_result, *, loose: bool,
+                content: bool = True) -> None:
     mode = st.st_mode
     kind = stat.S_IFMT(mode)
     fields = [
@@ -190,7 +195,7 @@ def _hash_entry(h: "hashlib._Hash", rel: bytes, path: bytes, st: os.stat_result,
     if stat.S_ISLNK(mode):
         fields.append(os.readlink(path))
     elif stat.S_ISREG(mode):
-        fields.append(_regular_file_sha256(path).encode())
+        fields.append(_regular_file_sha256(path).encode() if content else b"%d" % st.st_ctime_ns)
     elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         fields.append(b"%d,%d" % (os.major(st.st_rdev), os.minor(st.st_rdev)))
     # Length-prefix every field so no path or link target can fake a boundary.

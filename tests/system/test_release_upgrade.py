@@ -1,0 +1,96 @@
+"""Real Debian: a bookworm LAMP tree rehearsed to trixie, and this very host.
+
+Needs the Debian archive (the tree tarball is cached between runs under
+/var/cache/apt-rehearse-tests, the .debs under /var/cache/apt-rehearse).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+from conftest import host_snapshot, run_json
+from lib.trees import bookworm_tree, dpkg_status_digest, tree_hash
+
+pytestmark = pytest.mark.system
+
+
+@pytest.fixture(scope="module")
+def lamp_tree(sandbox_capable: None):
+    base = Path(tempfile.mkdtemp(prefix="rh-sys-", dir="/var/tmp"))
+    try:
+        yield bookworm_tree(base / "tree", variant="lamp"), base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_release_upgrade_reports_php_removals_and_leaves_tree_unchanged(lamp_tree) -> None:
+    tree, base = lamp_tree
+    before_hash, before_status = tree_hash(tree), dpkg_status_digest(tree)
+    before_host = host_snapshot()
+    proc, document = run_json("--root", str(tree), "-o", f"APT::Rehearse::Log-Dir={base}/log",
+                              "dist-upgrade", "--release", "trixie")  # fmt: skip
+    assert proc.returncode == 10, proc.stderr
+    removed = {c["package"] for c in document["transaction"]["changes"] if c["action"] in ("remove", "purge")}
+    assert "libapache2-mod-php8.2" in removed
+    assert {"php8.2-mysql", "php8.2-common", "php8.2-cli"} <= removed
+    assert len(removed) >= 20
+    upgraded = {c["package"] for c in document["transaction"]["changes"] if c["action"] == "upgrade"}
+    assert {"apache2", "mariadb-server", "openssh-server", "base-files"} <= upgraded
+    findings = {f["subject"]: f for f in document["findings"] if f["check"] == "removal"}
+    module = findings["libapache2-mod-php8.2"]
+    assert module["severity"] == "block"
+    assert any(m.startswith("apache: ") for m in module["details"]["web_modules"])
+    assert not [f for f in document["findings"] if f["check"] in ("script-failure", "package-state", "apt")]
+    print(f"release upgrade rehearsal: {document['duration_s']} s, upper {document['upper_bytes']} bytes, "
+          f"phases {document['phases']}")
+    assert tree_hash(tree) == before_hash
+    assert dpkg_status_digest(tree) == before_status
+    assert host_snapshot() == before_host
+
+
+def _digest_dir(path: str) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(os.listdir(path)):
+        full = os.path.join(path, name)
+        if os.path.isfile(full):
+            stat = os.stat(full)
+            digest.update(f"{name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def test_host_upgrade_completes_and_changes_nothing(sandbox_capable: None) -> None:
+    """apt-rehearse upgrade on the running machine itself."""
+    before = {
+        "status": dpkg_status_digest(Path("/")),
+        "lists": _digest_dir("/var/lib/apt/lists"),
+        "archives": _digest_dir("/var/cache/apt/archives"),
+        "etc": tree_hash(Path("/etc")),
+        "var_lib": tree_hash(Path("/var/lib")),
+        "usr": tree_hash(Path("/usr"), content=False),
+        "host": host_snapshot(),
+    }
+    log_dir = tempfile.mkdtemp(prefix="rh-host-log-", dir="/var/tmp")
+    try:
+        proc, document = run_json("-o", f"APT::Rehearse::Log-Dir={log_dir}", "upgrade")
+    finally:
+        shutil.rmtree(log_dir, ignore_errors=True)
+    assert proc.returncode in (0, 10), proc.stderr
+    assert document["root"] == "/"
+    assert not [f for f in document["findings"] if f["check"] in ("apt", "timeout")], document["findings"]
+    print(f"host upgrade rehearsal: {len(document['transaction']['changes'])} changes, {document['duration_s']} s, "
+          f"verdict {document['verdict']}")
+    after = {
+        "status": dpkg_status_digest(Path("/")),
+        "lists": _digest_dir("/var/lib/apt/lists"),
+        "archives": _digest_dir("/var/cache/apt/archives"),
+        "etc": tree_hash(Path("/etc")),
+        "var_lib": tree_hash(Path("/var/lib")),
+        "usr": tree_hash(Path("/usr"), content=False),
+        "host": host_snapshot(),
+    }
+    assert after == before

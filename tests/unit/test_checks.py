@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+from apt_rehearse import checks
+from apt_rehearse.facts import ConffilePrompt, RemovalFacts
+from apt_rehearse.policy import apply_policy, verdict
+from apt_rehearse.transaction import Change, Transaction
+
+DPKG_OUTPUT = """\
+Preparing to unpack .../debs/0/rh-fail_2.0_all.deb ...
+Unpacking rh-fail (2.0) over (1.0) ...
+Preparing to unpack .../debs/0/libfoo1_1.2_amd64.deb ...
+Unpacking libfoo1:amd64 (1.2) over (1.1) ...
+Setting up libfoo1:amd64 (1.2) ...
+Setting up rh-fail (2.0) ...
+rh-fail: cannot migrate the database
+dpkg: error processing package rh-fail (--configure):
+ installed rh-fail package post-installation script subprocess returned error exit status 3
+Preparing to unpack .../x/rh-pre_2.0_all.deb ...
+dpkg: error processing archive /run/apt-rehearse/debs/0/rh-pre_2.0_all.deb (--unpack):
+ new rh-pre package pre-installation script subprocess returned error exit status 1
+Configuration file '/etc/rh-conf.conf'
+ ==> Modified (by you or by a script) since installation.
+Errors were encountered while processing:
+ rh-fail
+"""
+
+
+def test_script_failures_name_package_script_status_and_output() -> None:
+    failures = {f["package"]: f for f in checks.script_failures(DPKG_OUTPUT)}
+    assert set(failures) == {"rh-fail", "rh-pre"}
+    assert failures["rh-fail"]["script"] == "postinst"
+    assert failures["rh-fail"]["exit_status"] == 3
+    assert failures["rh-fail"]["dpkg_action"] == "--configure"
+    assert "rh-fail: cannot migrate the database" in failures["rh-fail"]["output_tail"]
+    assert failures["rh-pre"]["script"] == "preinst"
+    assert failures["rh-pre"]["dpkg_action"] == "--unpack"
+
+
+def test_segments_strip_architecture() -> None:
+    segments = checks.segment_output(DPKG_OUTPUT)
+    assert "libfoo1" in segments and "Setting up libfoo1:amd64 (1.2) ..." in segments["libfoo1"]
+
+
+def _tx(*changes: Change) -> Transaction:
+    return Transaction(list(changes))
+
+
+def test_removal_marks_manual_service_and_module() -> None:
+    tx = _tx(
+        Change("libapache2-mod-php8.2", "amd64", "8.2.29-1", None, "remove", manual=True),
+        Change("libold1", "amd64", "1.0", None, "remove"),
+        Change("asked", "amd64", "1.0", None, "purge", manual=True, requested=True),
+    )
+    facts = {"libapache2-mod-php8.2:amd64": RemovalFacts([], ["apache: /usr/lib/apache2/modules/libphp8.2.so"])}
+    findings = {f.subject: f for f in apply_policy(checks.removal_findings(tx, facts), lambda key, default: default)}
+    php = findings["libapache2-mod-php8.2"]
+    assert php.severity == "block"
+    assert "Remove-Module" in php.kinds and "Remove-Manual" in php.kinds
+    assert "REMOVED" in php.message and "apache module" in php.message
+    assert findings["libold1"].severity == "info"
+    assert findings["asked"].severity == "info" and "PURGED" in findings["asked"].message
+
+
+def test_policy_can_soften_and_harden() -> None:
+    tx = _tx(Change("tool", "amd64", "1.0", None, "remove", manual=True))
+    config = {"APT::Rehearse::Policy::Remove-Manual": "warn"}
+    [finding] = apply_policy(checks.removal_findings(tx, {}), lambda key, default: config.get(key, default))
+    assert finding.severity == "warn"
+    config = {"APT::Rehearse::Policy::Remove": "block", "APT::Rehearse::Policy::Remove-Manual": "nonsense"}
+    [finding] = apply_policy(checks.removal_findings(tx, {}), lambda key, default: config.get(key, default))
+    assert finding.severity == "block"
+
+
+def _replay(after: dict, before: dict, output: str = "", status: int = 0) -> dict:
+    return {"before": before, "after": after,
+            "apt": {"output": output, "exit_status": status, "timed_out": False, "status_lines": []},
+            "audit": {"exit_status": 0, "output": ""}, "check": {"exit_status": 0, "output": ""}}  # fmt: skip
+
+
+def test_exact_replay_has_no_findings() -> None:
+    tx = _tx(Change("a", "amd64", "1", "2", "upgrade"), Change("b", "all", "1", None, "remove"),
+             Change("c", "amd64", None, "3", "install"))  # fmt: skip
+    before = {"a:amd64": {"version": "1", "status": "ii "}, "b:all": {"version": "1", "status": "ii "},
+              "z:amd64": {"version": "9", "status": "ii "}}  # fmt: skip
+    after = {"a:amd64": {"version": "2", "status": "ii "}, "b:all": {"version": "1", "status": "rc "},
+             "c:amd64": {"version": "3", "status": "ii "}, "z:amd64": {"version": "9", "status": "ii "}}  # fmt: skip
+    assert checks.state_findings(tx, _replay(after, before)) == []
+
+
+def test_mismatch_and_half_configured_are_found() -> None:
+    tx = _tx(Change("a", "amd64", "1", "2", "upgrade"))
+    before = {"a:amd64": {"version": "1", "status": "ii "}, "z:amd64": {"version": "9", "status": "ii "}}
+    after = {"a:amd64": {"version": "2", "status": "iF "}, "z:amd64": {"version": "9", "status": "rc "}}
+    findings = checks.state_findings(tx, _replay(after, before))
+    kinds = {f.check: f for f in findings}
+    assert "package-state" in kinds and "half-configured" in kinds["package-state"].message
+    assert kinds["replay-mismatch"].details["differences"] == [{"package": "z:amd64", "expected": "9", "actual": None}]
+
+
+def test_conffile_prompts_merge_prediction_and_dpkg_output() -> None:
+    findings = checks.conffile_findings([ConffilePrompt("rh-conf", "/etc/rh-conf.conf")], DPKG_OUTPUT)
+    assert len(findings) == 1
+    assert findings[0].details == {"path": "/etc/rh-conf.conf", "package": "rh-conf", "seen_in_replay": True}
+
+
+def test_verdict_order() -> None:
+    tx = _tx(Change("tool", "amd64", "1.0", None, "remove", manual=True))
+    findings = apply_policy(checks.removal_findings(tx, {}), lambda key, default: default)
+    assert verdict(findings) == "block"
+    assert verdict([]) == "pass"
+
+
+def test_out_of_room_detection() -> None:
+    replay = _replay({}, {}, output="dpkg: error: No space left on device")
+    assert checks.out_of_room(replay)
+    assert not checks.out_of_room(_replay({}, {}, output="fine"))
