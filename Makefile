@@ -3,7 +3,8 @@ PYTHON ?= /usr/bin/python3
 PYTEST = PYTHONPATH=src $(PYTHON) -m pytest
 RUNTIME_DEPS = python3-apt python3-debian python3-click
 TEST_DEPS = python3-pytest mmdebstrap dpkg-dev
-DEB_DEPS = debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools lintian
+DEB_DEPS = debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools lintian \
+	dh-exec bash-completion
 
 .PHONY: all deps rehearse check unit integration system deb clean
 
@@ -35,6 +36,34 @@ integration: deps
 
 system: deps
 	$(PYTEST) -q -p no:cacheprovider -s tests/system
+
+# Build the .deb (and the native source package) out of tree, from the files
+# git would see (tracked, plus untracked that are not ignored: uncommitted
+# work is included, build litter is not), so the working tree stays clean.
+# Results go to ./build/; lintian must find no error.
+deb: deps
+	@set -e; top=$$(pwd); tmp=$$(mktemp -d /tmp/apt-rehearse-deb.XXXXXX); \
+	trap 'rm -rf "$$tmp"' EXIT INT TERM; \
+	version=$$(dpkg-parsechangelog -S Version); \
+	src="$$tmp/apt-rehearse-$$version"; mkdir "$$src"; \
+	if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then \
+	  git ls-files -z --cached --others --exclude-standard \
+	    | xargs -0 -r sh -c 'for f; do if [ -e "$$f" ] || [ -L "$$f" ]; then printf "%s\0" "$$f"; fi; done' sh \
+	    | tar -c --null --no-recursion -T - -f - | tar -x -C "$$src" -f -; \
+	else \
+	  tar -c --exclude=./build --exclude=./.pybuild --exclude=./.git --exclude=./.pytest_cache \
+	    --exclude='*.egg-info' --exclude=__pycache__ -f - . | tar -x -C "$$src" -f -; \
+	fi; \
+	(cd "$$src" && dpkg-buildpackage -us -uc --build=full) >"$$tmp/build.log" 2>&1 \
+	  || { tail -n 60 "$$tmp/build.log"; echo "deb: dpkg-buildpackage failed (log above)"; exit 1; }; \
+	mkdir -p "$$top/build"; \
+	cp "$$tmp"/apt-rehearse_$${version}_all.deb "$$tmp"/apt-rehearse_$${version}.dsc \
+	   "$$tmp"/apt-rehearse_$${version}.tar.* "$$tmp"/apt-rehearse_$${version}_*.changes \
+	   "$$tmp"/apt-rehearse_$${version}_*.buildinfo "$$top/build/"; \
+	cp "$$tmp/build.log" "$$top/build/apt-rehearse_$${version}.build"; \
+	echo "deb: built build/apt-rehearse_$${version}_all.deb"; \
+	lintian --fail-on error --display-info \
+	  "$$top"/build/apt-rehearse_$${version}_*.changes
 
 clean:
 	rm -rf build .pybuild src/*.egg-info .pytest_cache

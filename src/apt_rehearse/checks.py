@@ -189,7 +189,7 @@ def state_findings(transaction: Transaction, replay: dict[str, Any]) -> list[Fin
     return findings
 
 
-def conffile_findings(predicted: list[ConffilePrompt], output: str) -> list[Finding]:
+def conffile_findings(predicted: list[ConffilePrompt], output: str, nobody_answers: bool = False) -> list[Finding]:
     """Conffile prompts, predicted from checksums and confirmed by dpkg's own words."""
     seen: dict[str, str] = {p.path: p.package for p in predicted}
     segments_owner = None
@@ -204,7 +204,8 @@ def conffile_findings(predicted: list[ConffilePrompt], output: str) -> list[Find
             seen.setdefault(match.group("path"), segments_owner or "?")
     findings = []
     for path, package in sorted(seen.items()):
-        findings.append(Finding("conffile", ["Conffile-Prompt"], package,
+        kinds = ["Conffile-Prompt", "Conffile-Prompt-Unattended"] if nobody_answers else ["Conffile-Prompt"]
+        findings.append(Finding("conffile", kinds, package,
                                 f"{path}: changed locally and by the new {package}; dpkg will ask which to keep",
                                 {"path": path, "package": package, "seen_in_replay": path in confirmed}))  # fmt: skip
     return findings

@@ -105,7 +105,7 @@ def _rehearse_request(command: str, packages: list[str], options: Options) -> in
     # where python3-apt is broken.
     import apt_pkg
 
-    from apt_rehearse import config, planner, release, report
+    from apt_rehearse import config, planner, release, report, verdict_cache
     from apt_rehearse.progress import for_stream
     from apt_rehearse.rehearse import PhaseClock, rehearse
     from apt_rehearse.sandbox import check_supported
@@ -147,9 +147,16 @@ def _rehearse_request(command: str, packages: list[str], options: Options) -> in
         sources_rewrite=state.sources if state else None,
         debug=debug if options.debug else None,
         clock=clock,
+        unattended=command == "gate",
     )
     color = interactive and not os.environ.get("NO_COLOR") and apt_pkg.config.find_b("APT::Color", True)
     document = report.finish(rehearsal, settings, duration_s=time.monotonic() - began)
+    if not transaction.is_empty and not options.release:
+        # The real run of this very transaction (apt-get, or each step of
+        # unattended-upgrades) finds the verdict and is not rehearsed again.
+        verdict_cache.record(settings.cache_dir, transaction, rehearsal.verdict, document.get("report_path"))
+        if command == "gate":
+            verdict_cache.record_approval(settings.cache_dir, transaction, rehearsal.verdict, document.get("report_path"))
     if options.json_output:
         click.echo(json.dumps(document, indent=2))
     else:
@@ -178,6 +185,18 @@ def dist_upgrade_command() -> None:
 def full_upgrade_command() -> None:
     """Rehearse 'apt full-upgrade' (the same as dist-upgrade)."""
     _run_request("full-upgrade", ())
+
+
+@main.command("gate")
+@common_options
+def gate_command() -> None:
+    """Rehearse what unattended-upgrades would install, once, and approve it.
+
+    Run before unattended-upgrade (apt-daily-upgrade.service): each of its
+    minimal steps is then a verdict-cache hit for the apt hook, and a step of
+    a blocked set is stopped before dpkg runs.
+    """
+    _run_request("gate", ())
 
 
 @main.command("install")

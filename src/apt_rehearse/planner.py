@@ -20,7 +20,7 @@ import apt_pkg
 from apt_rehearse.errors import RehearsalError, UsageError
 from apt_rehearse.transaction import INSTALLING_ACTIONS, Change, Transaction, classify, sha256_file
 
-COMMANDS = ("upgrade", "dist-upgrade", "full-upgrade", "install", "remove", "purge")
+COMMANDS = ("upgrade", "dist-upgrade", "full-upgrade", "install", "remove", "purge", "gate")
 
 
 @dataclasses.dataclass
@@ -210,8 +210,15 @@ def attach_debs(changes: list[Change], cache: apt.Cache, archive_dir: str, fetch
 
 def plan_transaction(request: Request, archive_dir: str, progress: bool, private_apt_dir: str | None = None) -> Transaction:
     """Resolve the request with apt's resolver and fetch what it needs."""
-    cache = open_cache(progress)
-    requested = mark_request(cache, request)
+    if request.command == "gate":
+        # unattended-upgrades' own code decides what it would install.
+        from apt_rehearse import gate
+
+        cache = gate.open_and_mark(gate.load_unattended_upgrade(), request.root)
+        requested: set[str] = set()
+    else:
+        cache = open_cache(progress)
+        requested = mark_request(cache, request)
     if cache._depcache.broken_count:
         broken = ", ".join(sorted(p.name for p in cache if p.is_inst_broken or p.is_now_broken)[:10])
         raise UsageError(f"apt cannot satisfy this request (broken: {broken})")

@@ -23,6 +23,7 @@ DEFAULTS: dict[str, tuple[str, str]] = {
     "Apt-Failure": ("block", "apt itself fails to apply the transaction"),
     "Dependency-Check": ("block", "'apt-get check' finds broken dependencies afterwards"),
     "Conffile-Prompt": ("warn", "dpkg would ask about a locally modified conffile"),
+    "Conffile-Prompt-Unattended": ("block", "the same, in a run with nobody to answer (no --force-conf* option)"),
     "Mismatch": ("warn", "apt did something else than the transaction said"),
     "Timeout": ("block", "the replay did not finish in time (a hanging maintainer script?)"),
 }

@@ -118,6 +118,7 @@ def rehearse(
     sources_rewrite: dict[str, str] | None = None,
     debug: Callable[[str], None] | None = None,
     clock: PhaseClock | None = None,
+    unattended: bool = False,
 ) -> Rehearsal:
     started = datetime.datetime.now(datetime.timezone.utc)
     began = time.monotonic()
@@ -180,7 +181,9 @@ def rehearse(
     with clock.timed("checks"):
         findings = checks.removal_findings(transaction, removal_facts)
         findings += checks.state_findings(transaction, result)
-        findings += checks.conffile_findings(predicted_prompts, result["apt"]["output"])
+        dpkg_options = transaction.apt_config.get("DPkg::Options", [])
+        nobody_answers = unattended and not any(o.startswith(CONF_FORCE_OPTIONS) for o in dpkg_options)
+        findings += checks.conffile_findings(predicted_prompts, result["apt"]["output"], nobody_answers)
         apply_policy(findings, lookup)
     notes = []
     if transaction.root == "/":

@@ -38,6 +38,7 @@ from apt_rehearse.mountinfo import MountEntry, read_mountinfo, state_submounts
 # Where the staging tmpfs goes inside the private mount namespace. Host paths
 # under it stay reachable through descriptors pinned before it is mounted.
 STAGE = "/run"
+CHROOT_STAGES = ("/run", "/tmp", "/dev/shm")
 INSIDE_SHARE = "/run/apt-rehearse"
 
 
@@ -76,11 +77,27 @@ class PinHostPaths(Step):
 
 @dataclasses.dataclass
 class MakeMountsPrivate(Step):
+    """Nothing mounted from here on may propagate back to the host.
+
+    In a chroot "/" is not a mount point and cannot be made private; then
+    every mount that is visible is made private one by one, and the sandbox
+    only ever mounts on top of those (never on the chroot's own parent
+    mount, whose propagation cannot be seen or changed from inside).
+    """
+
+    visible: list[str] | None = None  # chroot: the mount points to make private
+
     def describe(self) -> str:
-        return "make every mount private (nothing propagates back to the host)"
+        if self.visible is None:
+            return "make every mount private (nothing propagates back to the host)"
+        return "chroot (/ is not a mount point): make each visible mount private: " + ", ".join(self.visible)
 
     def execute(self, ctx: Context) -> None:
-        syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
+        if self.visible is None:
+            syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
+            return
+        for target in self.visible:
+            syscalls.mount(None, target, None, syscalls.MS_REC | syscalls.MS_PRIVATE)
 
 
 @dataclasses.dataclass
@@ -261,6 +278,22 @@ class PivotRoot(Step):
 
 
 @dataclasses.dataclass
+class ChrootInto(Step):
+    """The fallback when the current root is itself a chroot: pivot_root
+    refuses to move a root that is not a mount point."""
+
+    new_root: str
+
+    def describe(self) -> str:
+        return f"chroot into {self.new_root} (pivot_root needs / to be a mount point)"
+
+    def execute(self, ctx: Context) -> None:
+        os.chdir(self.new_root)
+        os.chroot(".")
+        os.chdir("/")
+
+
+@dataclasses.dataclass
 class Layer:
     """One overlaid mount: where it is in the target and where its upper lives."""
 
@@ -284,16 +317,32 @@ class SandboxPlan:
     steps: list[Step]
     layers: list[Layer]
     new_root: str
+    stage: str = STAGE
 
     def describe(self) -> list[str]:
         return [step.describe() for step in self.steps]
 
 
+def _chroot_stage(mounts: list[MountEntry]) -> tuple[list[str] | None, str]:
+    """(mount points to make private one by one, staging path) in a chroot."""
+    targets = [entry.target for entry in mounts]
+    if "/" in targets:
+        return None, STAGE
+    for candidate in CHROOT_STAGES:
+        if candidate in targets:
+            return sorted(set(targets), key=lambda t: (t.count("/"), t)), candidate
+    raise UnsupportedSystem(
+        "/ is not a mount point (a chroot?) and nothing is mounted on /run or /tmp to build the sandbox on; "
+        "mount a tmpfs on /run first"
+    )
+
+
 def plan_sandbox(spec: SandboxSpec, mounts: list[MountEntry] | None = None) -> SandboxPlan:
     root = os.path.realpath(spec.root)
     mounts = read_mountinfo() if mounts is None else mounts
-    new_root = f"{STAGE}/root"
-    layers_base = f"{STAGE}/layers"
+    visible, stage = _chroot_stage(mounts)
+    new_root = f"{stage}/root"
+    layers_base = f"{stage}/layers"
     steps: list[Step] = []
     pins = [root, *spec.read_only_binds]
     submounts = state_submounts(root, mounts)
@@ -301,9 +350,9 @@ def plan_sandbox(spec: SandboxSpec, mounts: list[MountEntry] | None = None) -> S
     if spec.upper_dir:
         pins.append(spec.upper_dir)
     steps.append(PinHostPaths(list(dict.fromkeys(pins))))
-    steps.append(MakeMountsPrivate())
+    steps.append(MakeMountsPrivate(visible))
     tmpfs_options = f"mode=0755,size={spec.tmpfs_size}" if not spec.upper_dir else "mode=0755,size=64m"
-    steps.append(Tmpfs(STAGE, tmpfs_options))
+    steps.append(Tmpfs(stage, tmpfs_options))
     if spec.upper_dir:
         steps.append(BindWritable(spec.upper_dir, layers_base))
     layers = [Layer("/", root, f"{layers_base}/0")]
@@ -325,8 +374,8 @@ def plan_sandbox(spec: SandboxSpec, mounts: list[MountEntry] | None = None) -> S
     steps.append(LoopbackUp())
     if spec.hostname:
         steps.append(Hostname(spec.hostname))
-    steps.append(PivotRoot(new_root))
-    return SandboxPlan(steps, layers, new_root)
+    steps.append(PivotRoot(new_root) if visible is None else ChrootInto(new_root))
+    return SandboxPlan(steps, layers, new_root, stage)
 
 
 def check_supported() -> None:
@@ -494,10 +543,10 @@ def _init_main(plan: SandboxPlan, inside: InsideFunction, channel: Channel) -> N
         stage_fd = -1
         layer_fds: dict[str, int] = {}
         for step in plan.steps:
-            if isinstance(step, PivotRoot):
+            if isinstance(step, (PivotRoot, ChrootInto)):
                 # Keep handles on the layers: after pivot_root they are
                 # unreachable by path, and the report measures them.
-                stage_fd = os.open(STAGE, os.O_RDONLY | os.O_DIRECTORY)
+                stage_fd = os.open(plan.stage, os.O_RDONLY | os.O_DIRECTORY)
                 for layer in plan.layers:
                     layer_fds[layer.mountpoint] = os.open(layer.layer_dir, os.O_RDONLY | os.O_DIRECTORY)
             try:

@@ -1,0 +1,256 @@
+"""The DPkg::Pre-Install-Pkgs hook: rehearse apt's exact transaction first.
+
+apt runs this before dpkg, with the version-3 stream on fd 20 (InfoFD). Exit
+0 lets apt go on; exit 10 stops it before dpkg has touched anything. It runs
+on every apt transaction, so the paths that do nothing (disabled, nothing to
+rehearse, a verdict already known) import as little as possible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import time
+
+from apt_rehearse.errors import EXIT_BLOCKED, EXIT_GO, RehearsalError
+from apt_rehearse.hookstream import HookInput, HookInputError, parse, to_transaction
+
+INFO_FD = 20
+DEFAULT_CACHE_DIR = "/var/cache/apt-rehearse"
+DEFAULT_MAX_AGE = 6 * 3600
+PREFIX = "apt-rehearse:"
+
+
+def _say(message: str) -> None:
+    sys.stderr.write(f"{PREFIX} {message}\n")
+    sys.stderr.flush()
+
+
+def read_stream() -> str:
+    """Everything apt sent; read to the end so apt never writes into a closed pipe."""
+    try:
+        os.fstat(INFO_FD)
+        fd = INFO_FD
+    except OSError:
+        fd = sys.stdin.fileno()
+    chunks = []
+    while True:
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks).decode("utf-8", "surrogateescape")
+
+
+def is_unattended(hook: HookInput | None) -> bool:
+    if os.environ.get("DEBIAN_FRONTEND", "") == "noninteractive":
+        return True
+    if hook is not None:
+        if hook.get_bool("APT::Get::Assume-Yes") or "unattended-upgrade" in hook.get("CommandLine::AsString"):
+            return True
+    try:
+        with open("/dev/tty", "rb"):
+            return False
+    except OSError:
+        return True
+
+
+def on_error_policy(hook: HookInput | None, unattended: bool) -> str:
+    """What to do when the rehearsal itself fails: "allow" or "block"."""
+    default = "block" if unattended else "allow"
+    if hook is None:
+        return default
+    specific = hook.get("APT::Rehearse::On-Error::" + ("Unattended" if unattended else "Interactive"))
+    value = (specific or hook.get("APT::Rehearse::On-Error") or default).strip().lower()
+    return value if value in ("allow", "block") else default
+
+
+def _file_sha256(path: str) -> str:
+    try:
+        with open(path, "rb") as handle:
+            return hashlib.file_digest(handle, "sha256").hexdigest() if hasattr(hashlib, "file_digest") else _slow_sha(handle)
+    except OSError as error:
+        raise HookInputError(f"apt named {path}, which cannot be read: {error.strerror}") from None
+
+
+def _slow_sha(handle) -> str:  # noqa: ANN001
+    digest = hashlib.sha256()
+    for block in iter(lambda: handle.read(1 << 20), b""):
+        digest.update(block)
+    return digest.hexdigest()
+
+
+def _auto_flags(root: str) -> dict[tuple[str, str], bool]:
+    """apt's extended_states: which packages are automatically installed."""
+    flags: dict[tuple[str, str], bool] = {}
+    path = os.path.join(root, "var/lib/apt/extended_states")
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            text = handle.read()
+    except OSError:
+        return flags
+    for paragraph in text.split("\n\n"):
+        fields = {}
+        for line in paragraph.splitlines():
+            key, _, value = line.partition(":")
+            fields[key.strip().lower()] = value.strip()
+        if "package" in fields:
+            flags[(fields["package"], fields.get("architecture", ""))] = fields.get("auto-installed") == "1"
+    return flags
+
+
+def _installed_versions(root: str) -> dict[str, str | None]:
+    """package:arch -> installed version, from dpkg's status file."""
+    versions: dict[str, str | None] = {}
+    with open(os.path.join(root, "var/lib/dpkg/status"), encoding="utf-8", errors="replace") as handle:
+        for paragraph in handle.read().split("\n\n"):
+            fields = {}
+            for line in paragraph.splitlines():
+                if line[:1] not in (" ", "\t"):
+                    key, _, value = line.partition(":")
+                    fields[key] = value.strip()
+            if "Package" in fields and fields.get("Status", "").endswith(" installed"):
+                name = f"{fields['Package']}:{fields.get('Architecture', 'all')}"
+                versions[name] = fields.get("Version")
+                versions.setdefault(fields["Package"], fields.get("Version"))
+    return versions
+
+
+def main() -> int:
+    started = time.monotonic()
+    try:
+        text = read_stream()
+    except OSError as error:
+        _say(f"cannot read apt's hook input ({error.strerror}); the rehearsal is skipped")
+        return EXIT_GO
+    if os.environ.get("APT_REHEARSE", "") == "0":
+        # Also the guard inside the sandbox: a rehearsal never rehearses itself.
+        return EXIT_GO
+    hook: HookInput | None = None
+    unattended = is_unattended(None)
+    try:
+        hook = parse(text)
+        unattended = is_unattended(hook)
+        if not hook.get_bool("APT::Rehearse::Enable", True):
+            return EXIT_GO
+        root = hook.get("Dir", "/") or "/"
+        root = os.path.realpath(root)
+        with open(os.path.join(root, "var/lib/dpkg/status"), "rb") as handle:
+            status_sha = _slow_sha(handle)
+        flags = _auto_flags(root)
+        transaction = to_transaction(hook, root, status_sha, _file_sha256,
+                                     lambda package, arch: flags.get((package, arch), flags.get((package, ""), False)))  # fmt: skip
+        if transaction.is_empty:
+            return EXIT_GO
+        cache_dir = hook.get("APT::Rehearse::Cache-Dir", DEFAULT_CACHE_DIR)
+        max_age = float(hook.get("APT::Rehearse::Cache-Max-Age", str(DEFAULT_MAX_AGE)) or DEFAULT_MAX_AGE)
+        from apt_rehearse import verdict_cache
+
+        cached = verdict_cache.lookup(cache_dir, transaction, max_age, _installed_versions(root))
+        if cached is not None:
+            return _cached_verdict(cached, transaction.identity, time.monotonic() - started)
+        return _rehearse_now(hook, transaction, unattended, cache_dir)
+    except RehearsalError as error:
+        return _failed(str(error), error.exit_code, hook, unattended)
+    except KeyboardInterrupt:
+        return _failed("interrupted", 1, hook, unattended)
+    except Exception as error:  # noqa: BLE001 - the hook must answer apt, whatever happens
+        if os.environ.get("APT_REHEARSE_DEBUG"):
+            import traceback
+
+            traceback.print_exc()
+        return _failed(f"internal error: {error.__class__.__name__}: {error}", 1, hook, unattended)
+
+
+def _cached_verdict(entry: dict, identity: str, seconds: float) -> int:
+    verdict = entry.get("verdict", "block")
+    where = f"; report {entry['report']}" if entry.get("report") else ""
+    kind = "the unattended set approved by 'apt-rehearse gate'" if entry.get("kind") == "approval" else "an earlier rehearsal"
+    _say(f"transaction {identity[:12]} already rehearsed ({kind}): {verdict.upper()}{where}")
+    if verdict == "block":
+        _say("stopping apt before dpkg runs, as the policy says (APT_REHEARSE=0 lets an emergency fix through)")
+        return EXIT_BLOCKED
+    return EXIT_GO
+
+
+def _failed(reason: str, code: int, hook: HookInput | None, unattended: bool) -> int:
+    policy = on_error_policy(hook, unattended)
+    mode = "unattended" if unattended else "interactive"
+    if policy == "allow":
+        _say(f"WARNING: could not rehearse this transaction ({reason}); On-Error for {mode} runs is 'allow': "
+             "apt goes on UNREHEARSED")  # fmt: skip
+        return EXIT_GO
+    _say(f"could not rehearse this transaction ({reason}); On-Error for {mode} runs is 'block': apt stops before "
+         "dpkg runs. To go on anyway: APT_REHEARSE=0 apt-get ...")  # fmt: skip
+    return EXIT_BLOCKED
+
+
+def _load_config(hook: HookInput) -> None:
+    """Make apt_pkg's configuration the one apt dumped (with apt's -o in it)."""
+    import apt_pkg
+
+    apt_pkg.init_config()
+    for key, values in hook.config.items():
+        if key.endswith("::"):
+            apt_pkg.config.clear(key[:-2])
+    for key, values in hook.config.items():
+        for value in values:
+            apt_pkg.config.set(key, value)
+    apt_pkg.config.set("Dir::Cache::pkgcache", "")
+    apt_pkg.config.set("Dir::Cache::srcpkgcache", "")
+    apt_pkg.init_system()
+
+
+def _rehearse_now(hook: HookInput, transaction, unattended: bool, cache_dir: str) -> int:  # noqa: ANN001
+    import apt_pkg
+
+    from apt_rehearse import config, report, verdict_cache
+    from apt_rehearse.progress import for_stream
+    from apt_rehearse.rehearse import rehearse
+
+    began = time.monotonic()
+    _load_config(hook)
+    settings = config.read_settings()
+    _say(f"rehearsing this transaction ({len(transaction.changes)} packages) on a throw-away copy of the system ...")
+    progress = for_stream(sys.stderr, quiet=unattended)
+    # The real run's Dpkg::Options, -o ones included, go to the replay too.
+    dpkg_options = [f"DPkg::Options::={value}" for value in hook.values("DPkg::Options")]
+    rehearsal = rehearse(transaction, settings, progress, lookup=apt_pkg.config.find, extra_apt_options=dpkg_options,
+                         unattended=unattended)
+    document = report.finish(rehearsal, settings, duration_s=time.monotonic() - began)
+    verdict_cache.record(cache_dir, transaction, rehearsal.verdict, document.get("report_path"))
+    text = report.render_text(document, color=not unattended and not os.environ.get("NO_COLOR")
+                              and apt_pkg.config.find_b("APT::Color", True))  # fmt: skip
+    if unattended:
+        # Only what matters ends up in apt's output and unattended-upgrades' log.
+        for finding in document["findings"]:
+            if finding["severity"] in ("block", "warn"):
+                _say(f"{finding['severity'].upper()} {finding['message']}")
+        _say(f"verdict {rehearsal.verdict.upper()}; report {document.get('report_path', '(not saved)')}")
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        _say(f"report {document.get('report_path', '(not saved)')}")
+    if rehearsal.verdict == "block":
+        _say("stopping apt before dpkg runs, as the policy says (APT_REHEARSE=0 lets an emergency fix through)")
+        return EXIT_BLOCKED
+    if rehearsal.verdict == "warn" and not unattended:
+        return EXIT_GO if _ask_tty("Continue with the real run? [y/N] ") else EXIT_BLOCKED
+    return EXIT_GO
+
+
+def _ask_tty(question: str) -> bool:
+    """apt owns stdin: ask on the terminal itself."""
+    try:
+        with open("/dev/tty", "r+", encoding="utf-8", errors="replace") as tty:
+            tty.write(question)
+            tty.flush()
+            answer = tty.readline().strip().lower()
+    except OSError:
+        return False
+    return answer in ("y", "yes")
+
+
+def run() -> None:
+    sys.exit(main())
