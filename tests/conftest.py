@@ -80,6 +80,15 @@ def host_snapshot() -> dict[str, Any]:
                     cmdline = handle.read().replace(b"\0", b" ").decode("utf-8", "replace")
             except OSError:
                 continue
-            if "apt_rehearse" in cmdline or "apt-rehearse" in cmdline:
+            words = cmdline.split()
+            # What a rehearsal starts runs as "python3 -m apt_rehearse", "apt-rehearse" or the apt hook.
+            if "apt_rehearse" in words or any(w.endswith(("/apt-rehearse", "/apt-hook")) or w == "apt-rehearse" for w in words):
                 processes.append(pid)
     return {"mounts": mounts, "processes": sorted(processes)}
+
+
+def assert_host_clean(before: dict[str, Any]) -> None:
+    """No mount added or removed, no process of ours left running."""
+    after = host_snapshot()
+    assert after["mounts"] == before["mounts"]
+    assert not set(after["processes"]) - set(before["processes"]), after["processes"]

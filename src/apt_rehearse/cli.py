@@ -111,12 +111,12 @@ def _rehearse_request(command: str, packages: list[str], options: Options) -> in
     from apt_rehearse.sandbox import check_supported
 
     began = time.monotonic()
+    check_supported()
     root = os.path.realpath(options.root)
     if not os.path.isdir(root):
         raise UsageError(f"target root {options.root} does not exist or is not a directory")
     if not os.path.isfile(os.path.join(root, "var/lib/dpkg/status")):
         raise UsageError(f"{options.root} is not a Debian system (no var/lib/dpkg/status)")
-    check_supported()
     config.init_apt_config(root, options.apt_options)
     settings = config.read_settings()
     interactive = not options.json_output and sys.stdout.isatty()

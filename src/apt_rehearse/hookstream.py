@@ -87,6 +87,8 @@ def parse(text: str) -> HookInput:
     if version != SUPPORTED_VERSION:
         raise HookInputError(f"hook protocol version {version} is not supported; set "
                              "DPkg::Tools::Options::/usr/lib/apt-rehearse/apt-hook::Version \"3\"")  # fmt: skip
+    if "\n\n" not in text:
+        raise HookInputError("hook input ends inside the configuration dump (truncated stream)")
     config: dict[str, list[str]] = {}
     index = 1
     while True:

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import host_snapshot, run_cli, run_json
+from conftest import SRC, assert_host_clean, host_snapshot, run_cli, run_json
 from lib.localrepo import LocalRepo, build_deb
 from lib.trees import bookworm_tree, dpkg_status_digest, tree_hash
 
@@ -174,7 +174,60 @@ def test_tree_and_host_unchanged(scenario: dict) -> None:
     before = host_snapshot()
     proc, _ = rehearse(scenario, "dist-upgrade")
     assert proc.returncode == 10
-    assert host_snapshot() == before
+    assert_host_clean(before)
     assert dpkg_status_digest(scenario["tree"]) == scenario["status"]
     assert tree_hash(scenario["tree"]) == scenario["hash"]
     assert not any(name.startswith(("rh-", "apt-rehearse")) for name in os.listdir("/run"))
+
+
+def test_disk_upper_on_request(scenario: dict) -> None:
+    upper_base = scenario["base"] / "uppers"
+    proc, document = rehearse(scenario, "-o", f"APT::Rehearse::Upper-Dir={upper_base}", "install", "rh-clean")
+    assert proc.returncode == 0, proc.stderr
+    assert document["verdict"] == "pass"
+    assert document["upper_bytes"]["/"] > 0
+    assert list(upper_base.iterdir()) == []  # the disk upper is gone afterwards
+
+
+def test_full_tmpfs_upper_is_a_rehearsal_limit(scenario: dict) -> None:
+    before = host_snapshot()
+    proc = run_cli("--root", str(scenario["tree"]), "-o", "APT::Rehearse::Tmpfs-Size=256k", "install", "rh-clean")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("E: the rehearsal ran out of room") and "APT::Rehearse::Tmpfs-Size" in line
+    assert "rh-clean" not in line  # never a verdict on the package
+    assert_host_clean(before)
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "words"),
+    [
+        (("--root", "/nonexistent/tree", "upgrade"), 2, "does not exist"),
+        (("-o", "NoEqualsSign", "upgrade"), 2, "is not of the form Key=Value"),
+        (("upgrade", "extra"), 2, "Got unexpected extra argument"),
+        (("install",), 2, "Missing argument"),
+        (("frobnicate",), 2, "No such command"),
+        (("dist-upgrade", "--release", "Trixie!"), 2, "is not a release codename"),
+    ],
+)
+def test_bad_input_is_one_line_and_an_exit_code(scenario: dict, args: tuple[str, ...], code: int, words: str) -> None:
+    proc = run_cli("--root", str(scenario["tree"]), *args) if args[0] != "--root" else run_cli(*args)
+    assert proc.returncode == code, proc.stdout + proc.stderr
+    assert words in proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+
+def test_unsupported_systems_exit_3(scenario: dict) -> None:
+    tree = str(scenario["tree"])
+    # Not root.
+    proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "env", "PYTHONPATH=" + str(SRC),
+                           "/usr/bin/python3", "-m", "apt_rehearse", "--root", tree, "upgrade"],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stderr.startswith("E: apt-rehearse must run as root")
+    # Root, but without CAP_SYS_ADMIN (as in an unprivileged container).
+    proc = subprocess.run(["setpriv", "--inh-caps=-sys_admin", "--bounding-set=-sys_admin", "env", "PYTHONPATH=" + str(SRC),
+                           "/usr/bin/python3", "-m", "apt_rehearse", "--root", tree, "install", "rh-clean"],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert proc.returncode == 3, proc.stderr
+    assert "CAP_SYS_ADMIN" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -58,6 +58,15 @@ VARIANTS: dict[str, dict[str, tuple[str, ...]]] = {
         "include": ("systemd-sysv", "dbus"),
         "customize": (),
     },
+    # A machine with every apt front-end the hook must stop, and what the
+    # apt-rehearse package depends on.
+    "frontends": {
+        "include": (
+            "systemd-sysv", "dbus", "python3-apt", "python3-debian", "python3-click",
+            "aptitude", "unattended-upgrades",
+        ),
+        "customize": (),
+    },
 }  # fmt: skip
 
 # Pauses between the attempts of a build: 3 attempts in all, because a

@@ -1,0 +1,234 @@
+"""The apt hook, installed from the real .deb, on a bookworm tree run as a machine.
+
+The tree is the "host" of these tests: commands run chrooted into it in
+private namespaces with a fresh /proc, /dev, /run and /tmp, so apt, aptitude,
+python-apt and unattended-upgrades really run there, really call the hook,
+and the hook really builds its (nested) sandbox on that tree.
+"""
+
+from __future__ import annotations
+
+import glob
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+from lib.localrepo import LocalRepo, build_deb
+from lib.trees import bookworm_tree, dpkg_status_digest
+
+pytestmark = pytest.mark.integration
+
+TREE_SETUP = r"""
+set -e
+R=$1; shift
+mount -t proc proc "$R/proc"
+mount -t tmpfs -o mode=755,size=16m tmpfs "$R/dev"
+mknod -m 666 "$R/dev/null" c 1 3; mknod -m 666 "$R/dev/zero" c 1 5; mknod -m 666 "$R/dev/full" c 1 7
+mknod -m 666 "$R/dev/random" c 1 8; mknod -m 666 "$R/dev/urandom" c 1 9; mknod -m 666 "$R/dev/tty" c 5 0
+mkdir "$R/dev/pts" "$R/dev/shm"; mount -t devpts -o newinstance,ptmxmode=0666 devpts "$R/dev/pts"; ln -s pts/ptmx "$R/dev/ptmx"
+ln -s /proc/self/fd "$R/dev/fd"
+mount -t tmpfs -o mode=755 tmpfs "$R/run"; mkdir -p "$R/run/lock"
+mount -t tmpfs -o mode=1777 tmpfs "$R/tmp"
+exec chroot "$R" /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
+  LANG=C.UTF-8 "$@"
+"""
+
+
+def in_tree(tree: Path, command: str, env: dict[str, str] | None = None, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    """Run a shell command in the tree as if it were the machine."""
+    assignments = [f"{key}={value}" for key, value in (env or {"DEBIAN_FRONTEND": "noninteractive"}).items()]
+    return subprocess.run(
+        ["unshare", "--mount", "--pid", "--ipc", "--uts", "--fork", "--propagation", "private", "sh", "-c", TREE_SETUP,
+         "sh", str(tree), *assignments, "sh", "-c", command],
+        capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False,
+    )  # fmt: skip
+
+
+def build_package() -> Path:
+    proc = subprocess.run(["make", "-C", str(REPO), "deb"], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    debs = sorted(glob.glob(str(REPO / "build" / "apt-rehearse_*_all.deb")))
+    assert debs, "make deb built no .deb"
+    return Path(debs[-1])
+
+
+GOOD = ("rh-good-aptget", "rh-good-apt", "rh-good-aptitude", "rh-good-pyapt", "rh-good-cached")
+BAD = ("rh-bad", "rh-bad-escape")
+
+
+@pytest.fixture(scope="module")
+def machine(sandbox_capable: None):
+    base = Path(tempfile.mkdtemp(prefix="rh-hook-", dir="/var/tmp"))
+    try:
+        deb = build_package()
+        tree = bookworm_tree(base / "tree", variant="frontends")
+        debs = base / "debs"
+        v1 = [build_deb(debs, name, "1.0", files={f"/usr/share/{name}/v": "1\n"}) for name in GOOD + BAD]
+        v1.append(build_deb(debs, "rh-keep", "1.0", files={"/usr/share/rh-keep/v": "1\n"}))
+        v1.append(build_deb(debs, "rh-app", "1.0", files={"/usr/share/rh-app/v": "1\n"}))
+        v2 = [build_deb(debs, name, "2.0", files={f"/usr/share/{name}/v": "2\n"}) for name in GOOD]
+        v2 += [build_deb(debs, name, "2.0", files={f"/usr/share/{name}/v": "2\n"},
+                         postinst=f'echo "{name}: cannot start" >&2\nexit 1\n') for name in BAD]  # fmt: skip
+        v2.append(build_deb(debs, "rh-app", "2.0", files={"/usr/share/rh-app/v": "2\n"}, conflicts="rh-keep"))
+        repo = LocalRepo(tree / "srv/rh-repo")
+        for package in v1 + v2:
+            repo.add(package)
+        repo.publish()
+        (tree / "etc/apt/sources.list").write_text("deb [trusted=yes] file:/srv/rh-repo ./\n")
+        for extra in (tree / "etc/apt/sources.list.d").glob("*"):
+            extra.unlink()
+        shutil.copy(deb, tree / "tmp")
+        for package in v1:
+            shutil.copy(package, tree / "tmp")
+        (tree / "etc/apt/apt.conf.d/51rh-unattended").write_text(
+            'Unattended-Upgrade::Origins-Pattern { "origin=apt-rehearse-tests"; };\n'
+            'Unattended-Upgrade::Package-Blacklist { "rh-good-"; "rh-bad-escape"; "rh-app"; "rh-keep"; };\n'
+        )
+        # /tmp is a fresh tmpfs inside: install from a directory of the tree.
+        (tree / "root/debs").mkdir()
+        for item in (tree / "tmp").glob("*.deb"):
+            shutil.move(str(item), tree / "root/debs")
+        proc = in_tree(tree, f"dpkg -i /root/debs/{deb.name} && APT_REHEARSE=0 dpkg -i /root/debs/rh-*.deb && "
+                             "APT_REHEARSE=0 apt-get update -q")  # fmt: skip
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        yield {"tree": tree, "deb": deb}
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def status(machine: dict) -> str:
+    return dpkg_status_digest(machine["tree"])
+
+
+def installed_version(machine: dict, package: str) -> str:
+    proc = in_tree(machine["tree"], f"dpkg-query -W -f='${{Version}}' {package}")
+    return proc.stdout.strip()
+
+
+@pytest.mark.parametrize(
+    "frontend",
+    [
+        "apt-get -y install rh-bad",
+        "apt -y install rh-bad",
+        "aptitude -y install rh-bad",
+        "python3 -c \"import apt; c = apt.Cache(); c['rh-bad'].mark_install(); c.commit()\"",
+        "apt-get -y install rh-app",  # removes the manually installed rh-keep through Conflicts
+    ],
+)
+def test_breaking_transaction_is_stopped_before_dpkg(machine: dict, frontend: str) -> None:
+    before = status(machine)
+    proc = in_tree(machine["tree"], frontend)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output[-3000:]
+    assert "apt-rehearse:" in output
+    assert "BLOCK" in output
+    assert "stopping apt before dpkg runs" in output
+    assert "/var/log/apt-rehearse/" in output  # the report is named
+    assert status(machine) == before  # dpkg never ran
+    assert installed_version(machine, "rh-bad") == "1.0"
+
+
+@pytest.mark.parametrize(
+    ("frontend", "package"),
+    [
+        ("apt-get -y install rh-good-aptget", "rh-good-aptget"),
+        ("apt -y install rh-good-apt", "rh-good-apt"),
+        ("aptitude -y install rh-good-aptitude", "rh-good-aptitude"),
+        ("python3 -c \"import apt; c = apt.Cache(); c['rh-good-pyapt'].mark_install(); c.commit()\"", "rh-good-pyapt"),
+    ],
+)
+def test_harmless_upgrade_goes_through(machine: dict, frontend: str, package: str) -> None:
+    proc = in_tree(machine["tree"], frontend)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-3000:]
+    assert "apt-rehearse: verdict PASS" in output
+    assert installed_version(machine, package) == "2.0"
+
+
+def test_unattended_upgrades_is_gated(machine: dict) -> None:
+    """The real unattended-upgrade: the gate rehearses its whole set once; its
+    blocked step is stopped by the hook, and its log names the report."""
+    tree = machine["tree"]
+    gate = in_tree(tree, "apt-rehearse gate")
+    assert gate.returncode == 10, gate.stdout[-2000:] + gate.stderr[-2000:]
+    assert "rh-bad: postinst failed" in gate.stdout
+    before = status(machine)
+    proc = in_tree(tree, "unattended-upgrade -v")
+    output = proc.stdout + proc.stderr
+    logs = tree / "var/log/unattended-upgrades"
+    log = (logs / "unattended-upgrades.log").read_text()
+    everything = output + log + (logs / "unattended-upgrades-dpkg.log").read_text()
+    assert "already rehearsed" in everything and ": BLOCK" in everything
+    assert "rehearsing this transaction" not in everything  # the gate's verdict served every step
+    assert "Installing the upgrades failed!" in log
+    assert "/var/log/apt-rehearse/" in everything
+    assert status(machine) == before
+    assert installed_version(machine, "rh-bad") == "1.0"
+
+
+def test_cli_rehearsal_primes_the_cache(machine: dict) -> None:
+    tree = machine["tree"]
+    first = in_tree(tree, "apt-rehearse install rh-good-cached")
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    second = in_tree(tree, "apt-get -y install rh-good-cached")
+    output = second.stdout + second.stderr
+    assert second.returncode == 0, output[-2000:]
+    assert "already rehearsed (an earlier rehearsal): PASS" in output
+    assert "rehearsing this transaction" not in output
+    assert installed_version(machine, "rh-good-cached") == "2.0"
+
+
+def test_on_error_policy(machine: dict) -> None:
+    tree = machine["tree"]
+    before = status(machine)
+    # A rehearsal that cannot complete (its upper runs out of room): unattended default is block.
+    proc = in_tree(tree, "apt-get -y -o APT::Rehearse::Tmpfs-Size=256k install rh-bad-escape")
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "could not rehearse this transaction" in output and "'block'" in output
+    assert status(machine) == before
+    # The same failure with On-Error=allow: apt goes on (and dpkg reports the broken postinst itself).
+    proc = in_tree(tree, "apt-get -y -o APT::Rehearse::Tmpfs-Size=256k -o APT::Rehearse::On-Error::Unattended=allow "
+                         "install rh-bad-escape")  # fmt: skip
+    output = proc.stdout + proc.stderr
+    assert "apt goes on UNREHEARSED" in output
+    assert "rh-bad-escape: cannot start" in output  # dpkg ran
+    in_tree(tree, "APT_REHEARSE=0 dpkg --force-all -P rh-bad-escape; APT_REHEARSE=0 dpkg -i /root/debs/rh-bad-escape_1.0_all.deb")
+
+
+def test_escape_hatches(machine: dict) -> None:
+    tree = machine["tree"]
+    proc = in_tree(tree, "apt-get -y -o APT::Rehearse::Enable=false install rh-bad-escape")
+    output = proc.stdout + proc.stderr
+    assert "apt-rehearse:" not in output
+    assert "rh-bad-escape: cannot start" in output  # dpkg ran: nothing stopped it
+    in_tree(tree, "APT_REHEARSE=0 dpkg --force-all -P rh-bad-escape; APT_REHEARSE=0 dpkg -i /root/debs/rh-bad-escape_1.0_all.deb")
+    proc = in_tree(tree, "apt-get -y install rh-bad-escape", env={"DEBIAN_FRONTEND": "noninteractive", "APT_REHEARSE": "0"})
+    output = proc.stdout + proc.stderr
+    assert "apt-rehearse:" not in output
+    assert "rh-bad-escape: cannot start" in output
+
+
+@pytest.mark.parametrize(
+    ("stream", "words"),
+    [
+        ("VERSION 3\nAPT::Architecture=amd64\n", "truncated"),
+        ("VERSION 7\nA=1\n\n", "version 7 is not supported"),
+        ("VERSION 3\nA=1\n\nrh-x - - none < 2.0 all none /var/cache/apt/archives/missing_2.0_all.deb\n", "cannot be read"),
+    ],
+)
+def test_malformed_hook_input(machine: dict, stream: str, words: str) -> None:
+    tree = machine["tree"]
+    (tree / "root/stream").write_text(stream)
+    proc = in_tree(tree, "/usr/lib/apt-rehearse/apt-hook < /root/stream")
+    assert proc.returncode == 10  # unattended: On-Error block
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and words in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_lintian_finds_no_error(machine: dict) -> None:
+    proc = subprocess.run(["lintian", "--fail-on", "error", str(machine["deb"])], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
