@@ -40,7 +40,11 @@ system: deps
 # Build the .deb (and the native source package) out of tree, from the files
 # git would see (tracked, plus untracked that are not ignored: uncommitted
 # work is included, build litter is not), so the working tree stays clean.
-# Results go to ./build/; lintian must find no error.
+# Results go to ./build/; lintian must find no error. The build sees only
+# Debian's own tools (a clean environment: no pyenv or virtualenv python).
+DEB_ENV = env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME="$$HOME" LC_ALL=C.UTF-8 TMPDIR="$$tmp" \
+	$${DEB_BUILD_OPTIONS:+DEB_BUILD_OPTIONS="$$DEB_BUILD_OPTIONS"}
+
 deb: deps
 	@set -e; top=$$(pwd); tmp=$$(mktemp -d /tmp/apt-rehearse-deb.XXXXXX); \
 	trap 'rm -rf "$$tmp"' EXIT INT TERM; \
@@ -54,7 +58,7 @@ deb: deps
 	  tar -c --exclude=./build --exclude=./.pybuild --exclude=./.git --exclude=./.pytest_cache \
 	    --exclude='*.egg-info' --exclude=__pycache__ -f - . | tar -x -C "$$src" -f -; \
 	fi; \
-	(cd "$$src" && dpkg-buildpackage -us -uc --build=full) >"$$tmp/build.log" 2>&1 \
+	(cd "$$src" && $(DEB_ENV) dpkg-buildpackage -us -uc --build=full) >"$$tmp/build.log" 2>&1 \
 	  || { tail -n 60 "$$tmp/build.log"; echo "deb: dpkg-buildpackage failed (log above)"; exit 1; }; \
 	mkdir -p "$$top/build"; \
 	cp "$$tmp"/apt-rehearse_$${version}_all.deb "$$tmp"/apt-rehearse_$${version}.dsc \
@@ -62,7 +66,7 @@ deb: deps
 	   "$$tmp"/apt-rehearse_$${version}_*.buildinfo "$$top/build/"; \
 	cp "$$tmp/build.log" "$$top/build/apt-rehearse_$${version}.build"; \
 	echo "deb: built build/apt-rehearse_$${version}_all.deb"; \
-	lintian --fail-on error --display-info \
+	$(DEB_ENV) lintian --fail-on error \
 	  "$$top"/build/apt-rehearse_$${version}_*.changes
 
 clean:
