@@ -243,13 +243,22 @@ def _rehearse_now(hook: HookInput, transaction, unattended: bool, cache_dir: str
 def _ask_tty(question: str) -> bool:
     """apt owns stdin: ask on the terminal itself."""
     try:
-        with open("/dev/tty", "r+", encoding="utf-8", errors="replace") as tty:
-            tty.write(question)
-            tty.flush()
-            answer = tty.readline().strip().lower()
+        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
     except OSError:
         return False
-    return answer in ("y", "yes")
+    try:
+        os.write(fd, question.encode())
+        answer = b""
+        while not answer.endswith(b"\n"):
+            chunk = os.read(fd, 1)
+            if not chunk:
+                break
+            answer += chunk
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return answer.decode("utf-8", "replace").strip().lower() in ("y", "yes")
 
 
 def run() -> None:

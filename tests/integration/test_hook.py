@@ -9,6 +9,7 @@ and the hook really builds its (nested) sandbox on that tree.
 from __future__ import annotations
 
 import glob
+import os
 import shutil
 import subprocess
 import tempfile
@@ -55,7 +56,7 @@ def build_package() -> Path:
     return Path(debs[-1])
 
 
-GOOD = ("rh-good-aptget", "rh-good-apt", "rh-good-aptitude", "rh-good-pyapt", "rh-good-cached")
+GOOD = ("rh-good-aptget", "rh-good-apt", "rh-good-aptitude", "rh-good-pyapt", "rh-good-cached", "rh-uu-good")
 BAD = ("rh-bad", "rh-bad-escape")
 
 
@@ -169,6 +170,24 @@ def test_unattended_upgrades_is_gated(machine: dict) -> None:
     assert installed_version(machine, "rh-bad") == "1.0"
 
 
+def test_unattended_upgrades_harmless_set_goes_through(machine: dict) -> None:
+    tree = machine["tree"]
+    extra = tree / "etc/apt/apt.conf.d/52rh-unattended-only-good"
+    extra.write_text('Unattended-Upgrade::Package-Blacklist { "rh-bad"; };\n')
+    try:
+        gate = in_tree(tree, "apt-rehearse gate")
+        assert gate.returncode == 0, gate.stdout[-2000:] + gate.stderr[-2000:]
+        assert "Verdict: PASS" in gate.stdout
+        proc = in_tree(tree, "unattended-upgrade -v")
+        logs = tree / "var/log/unattended-upgrades"
+        everything = proc.stdout + proc.stderr + (logs / "unattended-upgrades-dpkg.log").read_text()
+        assert "already rehearsed" in everything and ": PASS" in everything
+        assert installed_version(machine, "rh-uu-good") == "2.0"
+        assert installed_version(machine, "rh-bad") == "1.0"
+    finally:
+        extra.unlink()
+
+
 def test_cli_rehearsal_primes_the_cache(machine: dict) -> None:
     tree = machine["tree"]
     first = in_tree(tree, "apt-rehearse install rh-good-cached")
@@ -196,7 +215,7 @@ def test_on_error_policy(machine: dict) -> None:
     output = proc.stdout + proc.stderr
     assert "apt goes on UNREHEARSED" in output
     assert "rh-bad-escape: cannot start" in output  # dpkg ran
-    in_tree(tree, "APT_REHEARSE=0 dpkg --force-all -P rh-bad-escape; APT_REHEARSE=0 dpkg -i /root/debs/rh-bad-escape_1.0_all.deb")
+    restore_bad_escape(tree)
 
 
 def test_escape_hatches(machine: dict) -> None:
@@ -205,11 +224,18 @@ def test_escape_hatches(machine: dict) -> None:
     output = proc.stdout + proc.stderr
     assert "apt-rehearse:" not in output
     assert "rh-bad-escape: cannot start" in output  # dpkg ran: nothing stopped it
-    in_tree(tree, "APT_REHEARSE=0 dpkg --force-all -P rh-bad-escape; APT_REHEARSE=0 dpkg -i /root/debs/rh-bad-escape_1.0_all.deb")
+    restore_bad_escape(tree)
     proc = in_tree(tree, "apt-get -y install rh-bad-escape", env={"DEBIAN_FRONTEND": "noninteractive", "APT_REHEARSE": "0"})
     output = proc.stdout + proc.stderr
     assert "apt-rehearse:" not in output
     assert "rh-bad-escape: cannot start" in output
+    restore_bad_escape(tree)
+
+
+def restore_bad_escape(tree: Path) -> None:
+    """Put back rh-bad-escape 1.0 after a test let its broken 2.0 through."""
+    proc = in_tree(tree, "dpkg --force-all -P rh-bad-escape && dpkg -i /root/debs/rh-bad-escape_1.0_all.deb")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 @pytest.mark.parametrize(
@@ -231,4 +257,90 @@ def test_malformed_hook_input(machine: dict, stream: str, words: str) -> None:
 
 def test_lintian_finds_no_error(machine: dict) -> None:
     proc = subprocess.run(["lintian", "--fail-on", "error", str(machine["deb"])], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _drive_on_a_terminal(tree: Path, command: str, answers: list[tuple[str, str]], timeout: float = 300) -> tuple[int, str]:
+    """Run a command with a real terminal (a pty as controlling tty), answering prompts as they appear."""
+    import fcntl
+    import select
+    import termios
+    import time
+
+    master, slave = os.openpty()
+
+    def controlling_tty() -> None:
+        os.setsid()
+        fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+
+    argv = ["unshare", "--mount", "--pid", "--ipc", "--uts", "--fork", "--propagation", "private", "sh", "-c", TREE_SETUP,
+            "sh", str(tree), "TERM=dumb", "sh", "-c", command]  # fmt: skip
+    proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, preexec_fn=controlling_tty, close_fds=True)
+    os.close(slave)
+    seen, pending = "", list(answers)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 1.0)
+        if ready:
+            try:
+                chunk = os.read(master, 65536).decode("utf-8", "replace")
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+            for prompt, answer in list(pending):
+                if prompt in seen[-400:]:
+                    os.write(master, answer.encode())
+                    pending.remove((prompt, answer))
+                    seen += "\n"  # one answer per appearance
+        elif proc.poll() is not None:
+            break
+    if proc.poll() is None:  # an unanswered prompt: end what we started
+        os.killpg(proc.pid, 9)
+    code = proc.wait(timeout=60)
+    os.close(master)
+    return code, seen
+
+
+def test_interactive_run_asks_on_the_terminal(machine: dict) -> None:
+    tree = machine["tree"]
+    # rh-conf: a conffile changed locally and by the new version: a warning, so the hook asks.
+    debs = tree / "root/debs"
+    repo = LocalRepo(tree / "srv/rh-repo")  # the pool already holds the other packages
+    for deb in (build_deb(debs, "rh-conf", "1.0", conffiles={"/etc/rh-conf.conf": "a=1\n"}),
+                build_deb(debs, "rh-conf", "2.0", conffiles={"/etc/rh-conf.conf": "a=2\n"})):  # fmt: skip
+        repo.add(deb)
+    repo.publish()
+    proc = in_tree(tree, "APT_REHEARSE=0 apt-get update -q && dpkg -i /root/debs/rh-conf_1.0_all.deb && echo 'a=local' > /etc/rh-conf.conf")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    before = status(machine)
+    code, screen = _drive_on_a_terminal(tree, "apt-get install rh-conf", [("[Y/n]", "y\n"), ("[y/N]", "n\n")])
+    assert "Continue with the real run? [y/N]" in screen, screen[-3000:]
+    assert "/etc/rh-conf.conf" in screen
+    assert code != 0
+    assert status(machine) == before
+    code, screen = _drive_on_a_terminal(tree, "apt-get install rh-conf", [("[Y/n]", "y\n"), ("[y/N]", "y\n"), ("[default=N] ?", "N\n")])
+    assert code == 0, screen[-3000:]
+    assert installed_version(machine, "rh-conf") == "2.0"
+
+
+def test_package_upgrades_and_purges_cleanly(machine: dict) -> None:
+    """Runs last: reinstall (the upgrade path of the maintainer scripts), then purge."""
+    tree = machine["tree"]
+    deb = machine["deb"].name
+    proc = in_tree(tree, f"APT_REHEARSE=0 dpkg -i /root/debs/{deb} && apt-rehearse install rh-bad >/dev/null; dpkg -L apt-rehearse")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    owned = [line for line in proc.stdout.splitlines() if line.startswith("/")]
+    files = [path for path in owned if not (tree / path.lstrip("/")).is_dir()]
+    assert "/usr/lib/apt-rehearse/apt-hook" in owned and "/etc/apt/apt.conf.d/20apt-rehearse" in owned
+    assert (tree / "var/log/apt-rehearse").exists() and (tree / "var/cache/apt-rehearse").exists()
+    proc = in_tree(tree, "APT_REHEARSE=0 dpkg -P apt-rehearse")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    left = [path for path in files if os.path.lexists(tree / path.lstrip("/"))]
+    assert left == []
+    for runtime in ("var/log/apt-rehearse", "var/cache/apt-rehearse", "var/tmp/apt-rehearse", "usr/lib/apt-rehearse"):
+        assert not (tree / runtime).exists(), runtime
+    # apt still works without the package.
+    proc = in_tree(tree, "apt-get -y install rh-good-cached && apt-get -y --reinstall install rh-good-cached")
     assert proc.returncode == 0, proc.stdout + proc.stderr
