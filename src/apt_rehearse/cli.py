@@ -28,13 +28,14 @@ class Options:
     json_output: bool = False
     apt_options: list[str] = dataclasses.field(default_factory=list)
     debug: bool = False
+    no_services: bool = False
 
 
 def _merge(ctx: click.Context, name: str, value: Any) -> None:
     options: Options = ctx.ensure_object(Options)
     if name == "apt_options":
         options.apt_options.extend(value or ())
-    elif name in ("json_output", "debug"):
+    elif name in ("json_output", "debug", "no_services"):
         setattr(options, name, getattr(options, name) or bool(value))
     elif value is not None:
         setattr(options, name, value)
@@ -58,6 +59,9 @@ def common_options(function: Callable[..., Any]) -> Callable[..., Any]:
                      callback=_callback("json_output"), help="Write only the JSON report to stdout."),
         click.option("-o", "--option", "apt_options", multiple=True, metavar="KEY=VALUE", expose_value=False,
                      callback=_callback("apt_options"), help="Set an apt configuration option, as apt-get -o."),
+        click.option("--no-services", "no_services", is_flag=True, default=None, expose_value=False,
+                     callback=_callback("no_services"),
+                     help="Do not boot the system's services: a quick, dpkg-only rehearsal."),
         click.option("--debug", is_flag=True, default=None, expose_value=False, callback=_callback("debug"),
                      help="Print the sandbox plan, and tracebacks on errors."),
     ]  # fmt: skip
@@ -117,7 +121,7 @@ def _rehearse_request(command: str, packages: list[str], options: Options) -> in
         raise UsageError(f"target root {options.root} does not exist or is not a directory")
     if not os.path.isfile(os.path.join(root, "var/lib/dpkg/status")):
         raise UsageError(f"{options.root} is not a Debian system (no var/lib/dpkg/status)")
-    config.init_apt_config(root, options.apt_options)
+    config.init_apt_config(root, options.apt_options + (["APT::Rehearse::Services=false"] if options.no_services else []))
     settings = config.read_settings()
     interactive = not options.json_output and sys.stdout.isatty()
     progress = for_stream(sys.stdout, quiet=not interactive)

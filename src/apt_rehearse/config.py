@@ -31,6 +31,10 @@ class Settings:
     log_dir: str = LOG_DIR
     cache_dir: str = CACHE_DIR
     save_report: bool = True
+    services: bool = True  # boot the system's own init and compare its services
+    boot_timeout: float = 90.0
+    memory_max: int | None = None
+    http_urls: list[str] = dataclasses.field(default_factory=list)
 
 
 def parse_option(option: str) -> tuple[str, str]:
@@ -90,6 +94,11 @@ def read_settings() -> Settings:
     settings.log_dir = config.find("APT::Rehearse::Log-Dir", settings.log_dir)
     settings.cache_dir = config.find("APT::Rehearse::Cache-Dir", settings.cache_dir)
     settings.save_report = config.find_b("APT::Rehearse::Save-Report", True)
+    settings.services = config.find_b("APT::Rehearse::Services", True)
+    settings.boot_timeout = float(config.find_i("APT::Rehearse::Boot-Timeout", int(settings.boot_timeout)))
+    memory = config.find("APT::Rehearse::Memory-Max", "")
+    settings.memory_max = _size_bytes(memory) if memory else None
+    settings.http_urls = list(config.value_list("APT::Rehearse::Http-Urls"))
     return settings
 
 

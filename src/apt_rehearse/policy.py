@@ -26,6 +26,14 @@ DEFAULTS: dict[str, tuple[str, str]] = {
     "Conffile-Prompt-Unattended": ("block", "the same, in a run with nobody to answer (no --force-conf* option)"),
     "Mismatch": ("warn", "apt did something else than the transaction said"),
     "Timeout": ("block", "the replay did not finish in time (a hanging maintainer script?)"),
+    "Service-Failed": ("block", "a service active before the upgrade is failed or gone after it (or after a reboot)"),
+    "Lost-Socket": ("block", "a port that was listening before no longer is"),
+    "Http-Changed": ("block", "an HTTP page changes status or content type, stops answering, or serves PHP source"),
+    "Http-Body-Changed": ("warn", "a page that was stable serves a different body"),
+    "Module-Lost": ("block", "apache2ctl -M or php -m loses a module"),
+    "Config-Test": ("block", "a daemon's config test (apache2ctl -t, nginx -t, ...) passed before and fails after"),
+    "Sshd-Config": ("block", "sshd -t fails after the upgrade: the next sshd restart loses the machine"),
+    "Probe-Failed": ("block", "a probe of /etc/apt-rehearse/probes.d passed before and fails after"),
 }
 
 

@@ -19,7 +19,11 @@ from apt_rehearse.errors import RehearsalError, RehearsalLimit, UnsupportedSyste
 from apt_rehearse.policy import Finding, apply_policy, verdict
 from apt_rehearse.progress import Progress
 from apt_rehearse.replay import ReplayPlan, replay_inside
+from apt_rehearse.boot import HELD_BACK, BootedSandbox, find_init
+from apt_rehearse.cgroups import SandboxCgroup, cgroup2_mount
+from apt_rehearse.observe import observe, settle
 from apt_rehearse.sandbox import INSIDE_SHARE, SandboxRunner, SandboxSpec, check_supported, cleanup_upper_dir, plan_sandbox
+from apt_rehearse.service_checks import service_findings
 from apt_rehearse.transaction import INSTALLING_ACTIONS, REMOVING_ACTIONS, Transaction
 
 CONF_FORCE_OPTIONS = ("--force-confold", "--force-confnew", "--force-confdef", "--force-confmiss", "--force-confask")
@@ -37,6 +41,8 @@ class Rehearsal:
     notes: list[str] = dataclasses.field(default_factory=list)
     sandbox_plan: list[str] = dataclasses.field(default_factory=list)
     replay_log: str = ""  # apt's and dpkg's own output during the replay
+    # The booted services before the upgrade, after it, and after a reboot.
+    observations: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 class PhaseClock:
@@ -149,14 +155,30 @@ def rehearse(
         lists_inside = f"{INSIDE_SHARE}/lists"
         binds[private_lists] = lists_inside
 
+    notes = []
+    init = None
+    if settings.services:
+        init = find_init(transaction.root)
+        if init is None:
+            notes.append(f"services are not rehearsed: {transaction.root} does not boot with systemd "
+                         "(a container, or another init); only the packages were rehearsed")  # fmt: skip
+        elif cgroup2_mount() is None:
+            init = None
+            notes.append("services are not rehearsed: no cgroup2 hierarchy is mounted here for the booted "
+                         "system; only the packages were rehearsed")  # fmt: skip
+    else:
+        notes.append("services are not rehearsed (--no-services / APT::Rehearse::Services \"false\")")
     upper_dir = _choose_upper(transaction, settings)
+    observations: dict[str, Any] = {}
     try:
         spec = SandboxSpec(root=transaction.root, tmpfs_size=settings.tmpfs_size, upper_dir=upper_dir,
-                           read_only_binds=binds, hostname=_hostname(transaction.root))  # fmt: skip
+                           read_only_binds=binds, hostname=_hostname(transaction.root), boot=init is not None)  # fmt: skip
         plan = plan_sandbox(spec)
         if debug:
             for line in plan.describe():
                 debug(f"sandbox: {line}")
+            if init:
+                debug(f"sandbox: boot {init} as PID 1 of the sandbox, services held back: {', '.join(HELD_BACK)}, all timers")
         replay_plan = ReplayPlan(
             transaction=transaction,
             deb_paths=deb_paths,
@@ -164,8 +186,12 @@ def rehearse(
             timeout=settings.timeout,
             private_lists=lists_inside,
             sources_rewrite=sources_rewrite or {},
+            services_live=init is not None,
         )
-        result = _run(SandboxRunner(spec, plan), replay_plan, progress, clock)
+        if init:
+            result, observations = _run_booted(plan, init, replay_plan, progress, clock, settings, transaction.identity)
+        else:
+            result = _run(SandboxRunner(spec, plan), replay_plan, progress, clock)
     finally:
         progress.done()
         if upper_dir:
@@ -184,8 +210,9 @@ def rehearse(
         dpkg_options = transaction.apt_config.get("DPkg::Options", [])
         nobody_answers = unattended and not any(o.startswith(CONF_FORCE_OPTIONS) for o in dpkg_options)
         findings += checks.conffile_findings(predicted_prompts, result["apt"]["output"], nobody_answers)
+        if observations.get("baseline"):
+            findings += service_findings(observations["baseline"], observations.get("upgraded"), observations.get("rebooted"))
         apply_policy(findings, lookup)
-    notes = []
     if transaction.root == "/":
         notes.append("the lower layer is the live system; files that changed during the rehearsal may differ")
     return Rehearsal(
@@ -199,6 +226,7 @@ def rehearse(
         notes=notes,
         sandbox_plan=plan.describe(),
         replay_log=result["apt"]["output"],
+        observations=observations,
     )
 
 
@@ -240,3 +268,64 @@ def _run(runner: SandboxRunner, replay_plan: ReplayPlan, progress: Progress, clo
     if result is None:
         raise RehearsalError("the sandbox ended without a result (killed? out of memory?)")
     return result
+
+
+def _inside(booted: BootedSandbox, function: Callable[..., dict[str, Any]], progress: Progress) -> dict[str, Any]:
+    """Run one function beside the booted services; its result or one clear error."""
+    result = None
+    for event in booted.run_inside(function):
+        kind = event.get("kind")
+        if kind == "progress":
+            progress.update(event["percent"], event["message"])
+        elif kind == "phase":
+            progress.phase(event["name"])
+        elif kind == "result":
+            result = event["result"]
+        elif kind == "error":
+            message = event.get("message", "").strip()
+            raise RehearsalError(f"inside the booted sandbox: {message.splitlines()[-1] if message else 'unknown error'}")
+    if result is None:
+        raise RehearsalError("a process inside the booted sandbox ended without a result (killed? out of memory?)")
+    return result
+
+
+def _run_booted(plan, init: str, replay_plan: ReplayPlan, progress: Progress, clock: PhaseClock,  # noqa: ANN001
+                settings: Settings, identity: str) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
+    """Boot, observe, upgrade with the services live, observe, reboot, observe."""
+    booted = BootedSandbox(plan, init, SandboxCgroup(identity[:12], settings.memory_max), settings.boot_timeout)
+    observations: dict[str, Any] = {}
+
+    def observe_now(channel: object) -> dict[str, Any]:
+        return observe(settings.http_urls)
+
+    def settle_now(channel: object) -> dict[str, Any]:
+        return settle(settings.boot_timeout)
+
+    try:
+        with clock.timed("sandbox"):
+            booted.start()
+        progress.phase("booting the rehearsed system")
+        with clock.timed("boot"):
+            booted.boot()
+            observations["boot"] = _inside(booted, settle_now, progress)
+        with clock.timed("observe"):
+            observations["baseline"] = _inside(booted, observe_now, progress)
+        started = time.monotonic()
+        result = _inside(booted, functools.partial(replay_inside, replay_plan, None), progress)
+        clock.add("replay", time.monotonic() - started)
+        with clock.timed("observe"):
+            observations["settle_after_upgrade"] = _inside(booted, settle_now, progress)
+            observations["upgraded"] = _inside(booted, observe_now, progress)
+        progress.phase("rebooting into the upgraded system")
+        with clock.timed("reboot"):
+            booted.poweroff()
+            booted.boot()
+            observations["reboot"] = _inside(booted, settle_now, progress)
+            observations["rebooted"] = _inside(booted, observe_now, progress)
+        measured = booted.measure()
+        booted.poweroff(timeout=0)  # nothing to keep: no need to wait for a clean shutdown
+        result["upper_bytes"] = measured["upper_bytes"]
+        result["upper_free_bytes"] = measured["free"]
+    finally:
+        booted.stop()
+    return result, observations

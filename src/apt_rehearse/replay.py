@@ -37,6 +37,9 @@ class ReplayPlan:
     timeout: float
     private_lists: str | None = None  # inside path of a --release apt state to install
     sources_rewrite: dict[str, str] = dataclasses.field(default_factory=dict)  # path -> new content
+    # With the system booted, maintainer scripts stop and restart services
+    # exactly as the real run will; without it, a policy-rc.d keeps them down.
+    services_live: bool = False
 
 
 def sandbox_env() -> dict[str, str]:
@@ -217,7 +220,7 @@ def _install_release_state(plan: ReplayPlan) -> None:
                         dst.write(block)
 
 
-def replay_inside(plan: ReplayPlan, session: SandboxSession, channel: Channel) -> dict[str, Any]:
+def replay_inside(plan: ReplayPlan, session: SandboxSession | None, channel: Channel) -> dict[str, Any]:
     """The function the sandbox runs: observe, apply, observe."""
     timings: dict[str, float] = {}
     channel.send("phase", name="replay")
@@ -229,12 +232,14 @@ def replay_inside(plan: ReplayPlan, session: SandboxSession, channel: Channel) -
     if os.path.lexists(POLICY_RC_D):
         with open(POLICY_RC_D, "rb") as handle:
             saved_policy = handle.read()
-    # Services stay down during the replay: a later phase boots them.
-    _write(POLICY_RC_D, "#!/bin/sh\n# apt-rehearse: no service starts during the replay\nexit 101\n", 0o755)
+    if not plan.services_live:
+        _write(POLICY_RC_D, "#!/bin/sh\n# apt-rehearse: no service starts during the replay\nexit 101\n", 0o755)
     try:
         apt_run = _run_apt(plan, channel, plan.timeout)
     finally:
-        if saved_policy is None:
+        if plan.services_live:
+            pass
+        elif saved_policy is None:
             os.unlink(POLICY_RC_D)
         else:
             with open(POLICY_RC_D, "wb") as handle:
@@ -250,7 +255,7 @@ def replay_inside(plan: ReplayPlan, session: SandboxSession, channel: Channel) -
     after = package_states()
     audit_status, audit_output = run_command(["dpkg", "--audit"])
     check_status, check_output = run_command(["apt-get", "check", "-o", "Dir::Etc::sourcelist=/dev/null", "-o", f"Dir::Etc::sourceparts={EMPTY_DIR}"])
-    upper = session.upper_bytes()
+    upper = session.upper_bytes() if session else {}
     timings["inspect"] = time.monotonic() - started
     return {
         "before": before,
@@ -259,6 +264,6 @@ def replay_inside(plan: ReplayPlan, session: SandboxSession, channel: Channel) -
         "audit": {"exit_status": audit_status, "output": audit_output},
         "check": {"exit_status": check_status, "output": check_output},
         "upper_bytes": upper,
-        "upper_free_bytes": session.upper_free_bytes(),
+        "upper_free_bytes": session.upper_free_bytes() if session else 1 << 40,
         "timings": timings,
     }

@@ -43,7 +43,28 @@ def build(rehearsal: Rehearsal) -> dict[str, Any]:
         "phases": [{"name": name, "seconds": seconds} for name, seconds in rehearsal.phases],
         "upper_bytes": rehearsal.upper_bytes,
         "notes": rehearsal.notes,
+        "services": _services_summary(rehearsal.observations),
+        "observations": rehearsal.observations,
     }
+
+
+def _services_summary(observations: dict[str, Any]) -> dict[str, Any] | None:
+    if not observations.get("baseline"):
+        return None
+    summary: dict[str, Any] = {}
+    for phase in ("boot", "settle_after_upgrade", "reboot"):
+        if phase in observations:
+            summary[phase] = {"state": observations[phase]["state"], "seconds": observations[phase]["seconds"]}
+    for phase in ("baseline", "upgraded", "rebooted"):
+        if phase in observations:
+            units = observations[phase]["units"]
+            summary[phase] = {
+                "active_services": sum(1 for n, u in units.items() if n.endswith(".service") and u["active"] == "active"),
+                "failed": sorted(n for n, u in units.items() if u["active"] == "failed"),
+                "listening": sorted({f"{s['proto']}/{s['port']}" for s in observations[phase]["sockets"]}),
+                "http": {k: v["status"] for k, v in observations[phase]["http"].items()},
+            }
+    return summary
 
 
 def _finding_order(finding: Any) -> tuple[int, str, str]:

@@ -197,8 +197,22 @@ DEVICE_NODES = {
 
 
 @dataclasses.dataclass
+class Cgroup2(Step):
+    """The sandbox's own cgroup subtree (cgroup namespace), for its systemd."""
+
+    target: str
+
+    def describe(self) -> str:
+        return f"cgroup2 on {self.target} (the sandbox's own subtree, through its cgroup namespace)"
+
+    def execute(self, ctx: Context) -> None:
+        syscalls.mount("cgroup2", self.target, "cgroup2", syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC)
+
+
+@dataclasses.dataclass
 class PrivateDev(Step):
     target: str
+    console: bool = False  # a booted init wants /dev/console: a private null node, never the host's
 
     def describe(self) -> str:
         return f"private /dev on {self.target}: tmpfs with {', '.join(DEVICE_NODES)} made by mknod, own devpts"
@@ -216,6 +230,8 @@ class PrivateDev(Step):
             "newinstance,ptmxmode=0666,mode=0620,gid=5",
         )  # fmt: skip
         os.symlink("pts/ptmx", f"{self.target}/ptmx")
+        if self.console:
+            os.mknod(f"{self.target}/console", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
         syscalls.mount("tmpfs", f"{self.target}/shm", "tmpfs", syscalls.MS_NOSUID | syscalls.MS_NODEV, "mode=1777")
         for name, link in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
                            ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):  # fmt: skip
@@ -310,6 +326,7 @@ class SandboxSpec:
     upper_dir: str | None = None  # a host directory of ours for disk uppers
     read_only_binds: dict[str, str] = dataclasses.field(default_factory=dict)  # host dir -> inside path
     hostname: str | None = None
+    boot: bool = False  # the system's own init runs inside (services)
 
 
 @dataclasses.dataclass
@@ -318,6 +335,17 @@ class SandboxPlan:
     layers: list[Layer]
     new_root: str
     stage: str = STAGE
+    # steps[:first_boot_step] build the layers (once); the rest make one boot
+    # of them (fresh /proc, /dev, /run, ...), again for every boot.
+    first_boot_step: int = 0
+
+    @property
+    def layer_steps(self) -> list[Step]:
+        return self.steps[: self.first_boot_step]
+
+    @property
+    def boot_steps(self) -> list[Step]:
+        return self.steps[self.first_boot_step :]
 
     def describe(self) -> list[str]:
         return [step.describe() for step in self.steps]
@@ -362,20 +390,30 @@ def plan_sandbox(spec: SandboxSpec, mounts: list[MountEntry] | None = None) -> S
     for layer in layers:
         target = new_root if layer.mountpoint == "/" else new_root + layer.mountpoint
         steps.append(Overlay(layer.lower, layer.layer_dir, target, layer.mountpoint))
+    # Host directories are bound into the staging area while their pinned
+    # descriptors are still of this mount namespace; each boot (a copy of
+    # it) binds them on from there.
+    staged_binds = {}
+    for index, (host_path, inside) in enumerate(spec.read_only_binds.items()):
+        staged = f"{stage}/binds/{index}"
+        steps.append(BindReadOnly(host_path, staged))
+        staged_binds[staged] = inside
+    first_boot_step = len(steps)
+    steps += [Proc(f"{new_root}/proc"), SysfsReadOnly(f"{new_root}/sys")]
+    if spec.boot:
+        steps.append(Cgroup2(f"{new_root}/sys/fs/cgroup"))
     steps += [
-        Proc(f"{new_root}/proc"),
-        SysfsReadOnly(f"{new_root}/sys"),
-        PrivateDev(f"{new_root}/dev"),
+        PrivateDev(f"{new_root}/dev", console=spec.boot),
         Tmpfs(f"{new_root}/run", "mode=0755"),
         Tmpfs(f"{new_root}/tmp", "mode=1777"),
     ]
-    for host_path, inside in spec.read_only_binds.items():
-        steps.append(BindReadOnly(host_path, new_root + inside))
+    for staged, inside in staged_binds.items():
+        steps.append(BindReadOnly(staged, new_root + inside))
     steps.append(LoopbackUp())
     if spec.hostname:
         steps.append(Hostname(spec.hostname))
     steps.append(PivotRoot(new_root) if visible is None else ChrootInto(new_root))
-    return SandboxPlan(steps, layers, new_root, stage)
+    return SandboxPlan(steps, layers, new_root, stage, first_boot_step)
 
 
 def check_supported() -> None:

@@ -79,3 +79,8 @@ def prctl(option: int, arg: int) -> None:
 def sethostname(name: str) -> None:
     raw = name.encode()
     _check(_libc.sethostname(raw, ctypes.c_size_t(len(raw))), "sethostname", name)
+
+
+def setns(fd: int, nstype: int = 0) -> None:
+    # os.setns arrived in Python 3.12; bookworm has 3.11.
+    _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns", str(nstype))

@@ -125,7 +125,7 @@ def test_breaking_transaction_is_stopped_before_dpkg(machine: dict, frontend: st
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0, output[-3000:]
     assert "apt-rehearse:" in output
-    assert "BLOCK" in output
+    assert "BLOCK" in output, output[-3000:]
     assert "stopping apt before dpkg runs" in output
     assert "/var/log/apt-rehearse/" in output  # the report is named
     assert status(machine) == before  # dpkg never ran

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import SRC, assert_host_clean, host_snapshot, run_cli, run_json
 from lib.localrepo import LocalRepo, build_deb
-from lib.trees import bookworm_tree, dpkg_status_digest, tree_hash
+from lib.trees import bookworm_tree, dpkg_status_digest, install_into, tree_hash
 
 pytestmark = pytest.mark.integration
 
@@ -45,18 +45,6 @@ def _packages(debs: Path) -> tuple[list[Path], list[Path]]:
         build_deb(debs, "rh-conf", "2.0", conffiles={"/etc/rh-conf.conf": CONF_V2}),
     ]  # fmt: skip
     return v1, v2
-
-
-def install_into(tree: Path, debs: list[Path]) -> None:
-    """Install .debs with the tree's own dpkg (the host's would resolve the
-    tree's statoverride groups against the host's group database)."""
-    staging = tree / "tmp/rh-debs"
-    staging.mkdir()
-    for deb in debs:
-        shutil.copy(deb, staging)
-    proc = subprocess.run(["chroot", str(tree), "sh", "-c", "dpkg -i /tmp/rh-debs/*.deb"], capture_output=True, text=True)
-    shutil.rmtree(staging)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 @pytest.fixture(scope="module")

@@ -321,3 +321,16 @@ def _clear_dir(path: Path) -> None:
             shutil.rmtree(child)
         else:
             child.unlink()
+
+
+def install_into(tree: Path, debs: list[Path]) -> None:
+    """Install .debs with the tree's own dpkg (the host's would resolve the
+    tree's statoverride groups against the host's group database)."""
+    staging = tree / "tmp/rh-debs"
+    staging.mkdir()
+    for deb in debs:
+        shutil.copy(deb, staging)
+    proc = subprocess.run(["chroot", str(tree), "sh", "-c", "dpkg -i /tmp/rh-debs/*.deb"], capture_output=True, text=True)
+    shutil.rmtree(staging)
+    if proc.returncode != 0:
+        raise RuntimeError(f"dpkg -i in {tree} failed: {proc.stdout[-2000:]}{proc.stderr[-2000:]}")

@@ -1,0 +1,370 @@
+"""Boot the rehearsed system's own init, and run code beside its services.
+
+A keeper process holds a private mount namespace with the overlay layers
+(built once); each boot is a child of it in fresh pid, net, ipc, uts, cgroup
+and mount namespaces whose PID 1 execs the system's init (systemd) on those
+layers, with fresh /proc, /dev, /run and /tmp. Booting again after the
+upgrade boots the very same layers: a reboot into the upgraded system.
+
+Code runs inside through ``run_inside``: a process that joins the booted
+PID 1's namespaces (setns) and its root, so apt, systemctl and the probes
+see exactly what the services see. Everything dies with the keeper: boots
+with their pid namespace, layers with the keeper's mount namespace.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import traceback
+from typing import Any, Callable, Iterator
+
+from apt_rehearse import syscalls
+from apt_rehearse.cgroups import SandboxCgroup
+from apt_rehearse.errors import RehearsalError, RehearsalLimit, UnsupportedSystem
+from apt_rehearse.sandbox import Channel, Context, SandboxPlan, _tree_bytes
+
+INIT_CANDIDATES = ("/sbin/init", "/lib/systemd/systemd", "/usr/lib/systemd/systemd")
+SIGRTMIN = 34
+POWEROFF = SIGRTMIN + 4  # systemd: "start poweroff.target"
+
+# Held back inside the sandbox: what acts on the outside world or on time
+# (jobs, mail runs, backups, network set-up and waits, terminals). Every
+# *.timer is masked too.
+HELD_BACK = (
+    "cron.service", "anacron.service", "atd.service", "unattended-upgrades.service", "apt-daily.service",
+    "apt-daily-upgrade.service", "man-db.service", "logrotate.service", "e2scrub_reap.service", "fstrim.service",
+    "getty@.service", "serial-getty@.service", "console-getty.service", "container-getty@.service",
+    "systemd-networkd-wait-online.service", "NetworkManager-wait-online.service", "ifupdown-wait-online.service",
+    "networking.service", "NetworkManager.service", "systemd-networkd.service", "wpa_supplicant.service",
+    "ModemManager.service", "dhcpcd.service", "systemd-timesyncd.service", "chrony.service", "ntp.service",
+    "ntpsec.service", "rsync.service", "smartmontools.service", "systemd-firstboot.service",
+)  # fmt: skip
+UNIT_DIRS = ("etc/systemd/system", "lib/systemd/system", "usr/lib/systemd/system")
+
+
+def find_init(root: str) -> str | None:
+    """The system's init when it is systemd; None for systems without it."""
+    for candidate in INIT_CANDIDATES:
+        path = os.path.join(root, candidate.lstrip("/"))
+        for _ in range(10):  # resolve links inside the tree, not on the host
+            if not os.path.islink(path):
+                break
+            link = os.readlink(path)
+            path = os.path.join(root, link.lstrip("/")) if link.startswith("/") else os.path.join(os.path.dirname(path), link)
+        if os.path.isfile(path) and os.path.basename(path) == "systemd":
+            return candidate
+    return None
+
+
+def hold_back(root: str) -> list[str]:
+    """Mask, in the overlay only, what must not run inside the sandbox."""
+    masked = []
+    names = set(HELD_BACK)
+    for directory in UNIT_DIRS:
+        full = os.path.join(root, directory)
+        if os.path.isdir(full):
+            names.update(name for name in os.listdir(full) if name.endswith(".timer"))
+    target_dir = os.path.join(root, "etc/systemd/system")
+    os.makedirs(target_dir, exist_ok=True)
+    for name in sorted(names):
+        path = os.path.join(target_dir, name)
+        if os.path.lexists(path) and not os.path.islink(path):
+            continue
+        if os.path.lexists(path):
+            os.unlink(path)
+        os.symlink("/dev/null", path)
+        masked.append(name)
+    return masked
+
+
+class BootedSandbox:
+    """The keeper, its boots, and code run beside the services."""
+
+    def __init__(self, plan: SandboxPlan, init: str, cgroup: SandboxCgroup, boot_timeout: float = 90.0) -> None:
+        self.plan = plan
+        self.init = init
+        self.cgroup = cgroup
+        self.boot_timeout = boot_timeout
+        self.keeper: int | None = None
+        self.pid1: int | None = None
+        self.boots = 0
+        self.masked: list[str] = []
+
+    # -- the keeper ----------------------------------------------------------
+
+    def start(self) -> None:
+        command_read, command_write = os.pipe2(os.O_CLOEXEC)
+        reply_read, reply_write = os.pipe2(os.O_CLOEXEC)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the keeper
+            os.close(command_write)
+            os.close(reply_read)
+            self._keeper(command_read, reply_write)
+        os.close(command_read)
+        os.close(reply_write)
+        self.keeper = pid
+        self._commands = os.fdopen(command_write, "w", buffering=1)
+        self._replies = os.fdopen(reply_read, "r")
+        self.cgroup.adopt(pid)
+        self._ask({"do": "go", "cgroup": self.cgroup.path})
+
+    def _ask(self, command: dict[str, Any]) -> dict[str, Any]:
+        self._commands.write(json.dumps(command) + "\n")
+        self._commands.flush()
+        line = self._replies.readline()
+        if not line:
+            raise RehearsalError("the sandbox keeper died (killed? out of memory?)")
+        reply = json.loads(line)
+        if reply.get("error"):
+            kind = reply.get("kind")
+            cls = UnsupportedSystem if kind == "unsupported" else RehearsalLimit if kind == "limit" else RehearsalError
+            raise cls(reply["error"])
+        return reply
+
+    def _keeper(self, command_read: int, reply_write: int) -> None:  # pragma: no cover - runs in the child
+        replies = os.fdopen(reply_write, "w", buffering=1)
+        commands = os.fdopen(command_read, "r")
+
+        def reply(**payload: Any) -> None:
+            replies.write(json.dumps(payload) + "\n")
+            replies.flush()
+
+        ctx = Context()
+        boot_child = pid1 = None
+        cgroup_path = ""
+        try:
+            syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
+            for line in commands:
+                command = json.loads(line)
+                action = command["do"]
+                try:
+                    if action == "go":
+                        cgroup_path = command["cgroup"]
+                        syscalls.unshare(syscalls.CLONE_NEWNS)
+                        for step in self.plan.layer_steps:
+                            step.execute(ctx)
+                        reply(masked=hold_back(self.plan.new_root))
+                    elif action == "boot":
+                        boot_child, pid1 = self._boot(ctx, os.path.join(cgroup_path, f"boot-{command['n']}"))
+                        reply(pid1=pid1)
+                    elif action == "poweroff":
+                        reply(clean=self._poweroff(boot_child, pid1, command.get("timeout", 60)))
+                        boot_child = pid1 = None
+                    elif action == "measure":
+                        bytes_by_layer = {}
+                        for layer in self.plan.layers:
+                            fd = os.open(layer.layer_dir, os.O_RDONLY | os.O_DIRECTORY)
+                            try:
+                                bytes_by_layer[layer.mountpoint] = _tree_bytes(fd, "upper")
+                            finally:
+                                os.close(fd)
+                        info = os.statvfs(self.plan.layers[0].layer_dir)
+                        reply(upper_bytes=bytes_by_layer, free=info.f_bavail * info.f_frsize)
+                    elif action == "exit":
+                        self._poweroff(boot_child, pid1, 0)
+                        boot_child = pid1 = None
+                        reply(bye=True)
+                        break
+                except UnsupportedSystem as error:
+                    reply(error=str(error), kind="unsupported")
+                except OSError as error:
+                    reply(error=f"{action}: {error}", kind="unsupported" if action == "go" else "failed")
+        except BaseException:  # noqa: BLE001
+            try:
+                reply(error=traceback.format_exc().strip().splitlines()[-1], kind="failed")
+            except OSError:
+                pass
+        if pid1:
+            self._poweroff(boot_child, pid1, 5)
+        os._exit(0)
+
+    def _boot(self, ctx: Context, cgroup_path: str) -> tuple[int, int]:  # pragma: no cover - in the keeper
+        os.makedirs(cgroup_path, exist_ok=True)
+        pid_read, pid_write = os.pipe()
+        # Closed by the execve of init (O_CLOEXEC): EOF on it means init runs,
+        # so nothing joins the new PID 1 before its mounts and pivot_root are done.
+        exec_read, exec_write = os.pipe2(os.O_CLOEXEC)
+        child = os.fork()
+        if child == 0:
+            try:
+                os.close(pid_read)
+                os.close(exec_read)
+                # Dies with the keeper; its PID 1 dies with it, and with that
+                # PID 1 every process of the boot.
+                syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
+                with open(os.path.join(cgroup_path, "cgroup.procs"), "w", encoding="ascii") as handle:
+                    handle.write(str(os.getpid()))
+                syscalls.unshare(syscalls.CLONE_NEWNS | syscalls.CLONE_NEWPID | syscalls.CLONE_NEWNET
+                                 | syscalls.CLONE_NEWIPC | syscalls.CLONE_NEWUTS | syscalls.CLONE_NEWCGROUP)  # fmt: skip
+                pid1 = os.fork()
+                if pid1 == 0:
+                    self._exec_init(ctx, exec_write)
+                os.close(exec_write)
+                os.write(pid_write, f"{pid1}\n".encode())
+                os.close(pid_write)
+                while True:
+                    try:
+                        os.waitpid(pid1, 0)
+                        break
+                    except InterruptedError:
+                        continue
+            except BaseException:  # noqa: BLE001
+                os.write(exec_write, traceback.format_exc().strip().splitlines()[-1].encode())
+                os.write(pid_write, b"0\n")
+            os._exit(0)
+        os.close(pid_write)
+        os.close(exec_write)
+        with os.fdopen(pid_read) as handle:
+            pid1 = int(handle.readline().strip() or "0")
+        with os.fdopen(exec_read, "rb") as handle:
+            failure = handle.read().decode("utf-8", "replace").strip()
+        if not pid1 or failure:
+            os.waitpid(child, 0)
+            raise RehearsalError(f"the sandbox could not start the system's init: {failure or 'unknown error'}")
+        return child, pid1
+
+    def _exec_init(self, ctx: Context, exec_write: int) -> None:  # pragma: no cover - becomes the sandbox's PID 1
+        try:
+            syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
+            for step in self.plan.boot_steps:
+                step.execute(ctx)
+            for fd in ctx.pinned.values():
+                os.close(fd)
+            env = {"container": "apt-rehearse", "TERM": "dumb", "LANG": "C.UTF-8",
+                   "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}  # fmt: skip
+            null = os.open("/dev/null", os.O_RDWR)
+            # The console of the booted system is /dev/null (its journal
+            # keeps what matters); APT_REHEARSE_DEBUG shows it on stderr.
+            for fd in (0, 1, 2) if not os.environ.get("APT_REHEARSE_DEBUG") else (0,):
+                os.dup2(null, fd)
+            os.execve(self.init, [self.init], env)
+        except BaseException as error:  # noqa: BLE001
+            os.write(exec_write, f"{error.__class__.__name__}: {error}".encode())
+            os._exit(127)
+
+    @staticmethod
+    def _poweroff(child: int | None, pid1: int | None, timeout: float) -> bool:  # pragma: no cover - in the keeper
+        if not child or not pid1:
+            return True
+        clean = True
+        try:
+            os.kill(pid1, POWEROFF if timeout > 0 else signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            done, _ = os.waitpid(child, os.WNOHANG)
+            if done:
+                return clean
+            time.sleep(0.05)
+        clean = False
+        try:
+            os.kill(pid1, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        os.waitpid(child, 0)
+        return clean
+
+    # -- what the rehearsal drives ------------------------------------------------
+
+    def boot(self) -> int:
+        self.boots += 1
+        self.pid1 = self._ask({"do": "boot", "n": self.boots})["pid1"]
+        return self.pid1
+
+    def poweroff(self, timeout: float = 60) -> bool:
+        """A clean shutdown (services stop as on a real reboot); timeout 0 just ends it."""
+        clean = self._ask({"do": "poweroff", "timeout": timeout})["clean"]
+        self.pid1 = None
+        return clean
+
+    def measure(self) -> dict[str, Any]:
+        return self._ask({"do": "measure"})
+
+    def stop(self) -> None:
+        """End everything: the keeper's death takes boots and layers with it."""
+        if self.keeper is None:
+            return
+        try:
+            self._ask({"do": "exit"})
+        except (RehearsalError, OSError, ValueError):
+            pass
+        try:
+            os.kill(self.keeper, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            os.waitpid(self.keeper, 0)
+        except ChildProcessError:
+            pass
+        self.keeper = None
+        for stream in (self._commands, self._replies):
+            try:
+                stream.close()
+            except OSError:
+                pass
+        self.cgroup.remove()
+
+    def run_inside(self, function: Callable[[Channel], dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """Run ``function`` in the booted system's namespaces; yield its events."""
+        if self.pid1 is None:
+            raise RehearsalError("nothing is booted")
+        pid1 = self.pid1
+        names = ("ipc", "uts", "net", "cgroup", "pid", "mnt")
+        fds = {name: os.open(f"/proc/{pid1}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC) for name in names}
+        root_fd = os.open(f"/proc/{pid1}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - joins the sandbox
+            code = 1
+            try:
+                os.close(read_fd)
+                syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
+                for name in names:
+                    syscalls.setns(fds[name], 0)
+                os.fchdir(root_fd)
+                os.chroot(".")
+                os.chdir("/")
+                worker = os.fork()  # only children enter the pid namespace
+                if worker == 0:
+                    channel = Channel(write_fd)
+                    try:
+                        channel.send("result", result=function(channel))
+                        os._exit(0)
+                    except RehearsalError as error:
+                        channel.send("error", error="failed", message=str(error))
+                    except BaseException:  # noqa: BLE001
+                        channel.send("error", error="internal", message=traceback.format_exc())
+                    os._exit(1)
+                os.close(write_fd)
+                _, status = os.waitpid(worker, 0)
+                code = os.waitstatus_to_exitcode(status)
+            except BaseException:  # noqa: BLE001
+                try:
+                    Channel(write_fd).send("error", error="internal", message=traceback.format_exc())
+                except OSError:
+                    pass
+            os._exit(code if 0 <= code < 256 else 1)
+        os.close(write_fd)
+        for fd in (*fds.values(), root_fd):
+            os.close(fd)
+        buffer = b""
+        try:
+            with os.fdopen(read_fd, "rb", buffering=0) as stream:
+                while chunk := stream.read(65536):
+                    buffer += chunk
+                    while b"\n" in buffer:
+                        line, buffer = buffer.split(b"\n", 1)
+                        if line.strip():
+                            yield json.loads(line)
+        finally:
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+                if not done:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass

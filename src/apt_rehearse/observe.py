@@ -1,0 +1,283 @@
+"""Inside the booted sandbox: what the services look like right now.
+
+An observation is plain data (JSON): every unit's state, the sockets each
+unit listens on, what every HTTP port answers, the daemons' own config
+tests, and the sysadmin's probes. The checks compare observations taken
+before the upgrade, after it, and after a reboot into it.
+
+Runs in a process that joined the sandbox's namespaces, so it reads the
+sandbox's /proc and reaches the services on the sandbox's loopback only.
+"""
+
+from __future__ import annotations
+
+import encodings.idna
+import glob
+import hashlib
+import http.client
+import os
+import re
+import shlex
+import socket
+import ssl
+import subprocess
+import time
+from typing import Any
+
+from apt_rehearse.replay import run_command
+
+PROBES_DIR = "/etc/apt-rehearse/probes.d"
+HTTP_TIMEOUT = 5.0
+BODY_LIMIT = 256 << 10
+
+CONFIG_TESTS = (
+    # name, command, file that must exist
+    ("apache2ctl -t", ["apache2ctl", "-t"], "/usr/sbin/apache2ctl"),
+    ("apache2ctl -M", ["apache2ctl", "-M"], "/usr/sbin/apache2ctl"),
+    ("nginx -t", ["nginx", "-t"], "/usr/sbin/nginx"),
+    ("sshd -t", ["/usr/sbin/sshd", "-t"], "/usr/sbin/sshd"),
+    ("php -m", ["php", "-m"], "/usr/bin/php"),
+    ("postfix check", ["postfix", "check"], "/usr/sbin/postfix"),
+    ("named-checkconf", ["named-checkconf"], "/usr/sbin/named-checkconf"),
+    ("visudo -c", ["visudo", "-c"], "/usr/sbin/visudo"),
+)
+TCP_STATES = {"0A": "listen"}
+
+
+def settle(timeout: float) -> dict[str, Any]:
+    """Wait until systemd says the boot is over (running or degraded)."""
+    started = time.monotonic()
+    state = ""
+    while time.monotonic() - started < timeout:
+        code, output = run_command(["systemctl", "is-system-running"], timeout=10)
+        state = output.strip().splitlines()[-1] if output.strip() else ""
+        if state in ("running", "degraded", "maintenance", "stopping") or code == 127:
+            break
+        time.sleep(0.1)
+    _, jobs = run_command(["systemctl", "list-jobs", "--no-legend", "--no-pager"], timeout=10)
+    return {"state": state or "unknown", "seconds": round(time.monotonic() - started, 3),
+            "jobs": [line for line in jobs.splitlines() if line.strip()][:20]}  # fmt: skip
+
+
+def units() -> dict[str, dict[str, str]]:
+    code, output = run_command(
+        ["systemctl", "list-units", "--all", "--plain", "--no-legend", "--no-pager", "--full", "--type=service,socket"],
+        timeout=30,
+    )
+    result = {}
+    for line in output.splitlines():
+        parts = line.split(None, 4)
+        if len(parts) >= 4 and "." in parts[0]:
+            result[parts[0]] = {"load": parts[1], "active": parts[2], "sub": parts[3]}
+    return result
+
+
+def journal(unit: str, lines: int = 15) -> list[str]:
+    _, output = run_command(["journalctl", "--no-pager", "-o", "cat", "-n", str(lines), "-u", unit], timeout=20)
+    return [line for line in output.splitlines() if line.strip() and not line.startswith("-- ")][-lines:]
+
+
+def _socket_inodes() -> dict[str, str]:
+    """socket inode -> the systemd unit of the process holding it."""
+    owners: dict[str, str] = {}
+    for fd_dir in glob.glob("/proc/[0-9]*/fd"):
+        pid = fd_dir.split("/")[2]
+        try:
+            with open(f"/proc/{pid}/cgroup", encoding="utf-8") as handle:
+                cgroup = handle.read().strip().rsplit("/", 1)[-1]
+            for fd in os.listdir(fd_dir):
+                try:
+                    target = os.readlink(f"{fd_dir}/{fd}")
+                except OSError:
+                    continue
+                if target.startswith("socket:["):
+                    owners.setdefault(target[8:-1], cgroup)
+        except OSError:
+            continue
+    return owners
+
+
+def _parse_address(text: str, v6: bool) -> tuple[str, int]:
+    address, port = text.split(":")
+    raw = bytes.fromhex(address)
+    if v6:
+        raw = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
+        host = socket.inet_ntop(socket.AF_INET6, raw)
+    else:
+        host = socket.inet_ntop(socket.AF_INET, raw[::-1])
+    return host, int(port, 16)
+
+
+def sockets() -> list[dict[str, Any]]:
+    owners = _socket_inodes()
+    found = []
+    for proto in ("tcp", "tcp6", "udp", "udp6"):
+        try:
+            with open(f"/proc/net/{proto}", encoding="ascii") as handle:
+                rows = handle.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if len(fields) < 10:
+                continue
+            state = fields[3]
+            if proto.startswith("tcp") and state != "0A":
+                continue
+            if proto.startswith("udp") and state != "07":
+                continue
+            host, port = _parse_address(fields[1], proto.endswith("6"))
+            found.append({"proto": proto.rstrip("6"), "family": 6 if proto.endswith("6") else 4, "address": host,
+                          "port": port, "unit": owners.get(fields[9], "")})  # fmt: skip
+    unique = {(s["proto"], s["family"], s["address"], s["port"]): s for s in found}
+    return sorted(unique.values(), key=lambda s: (s["proto"], s["port"], s["family"], s["address"]))
+
+
+def http_get(host: str, port: int, path: str = "/", tls: bool = False) -> dict[str, Any] | None:
+    """One GET on the sandbox's loopback; None when the port does not speak HTTP."""
+    connection_class = http.client.HTTPSConnection if tls else http.client.HTTPConnection
+    kwargs: dict[str, Any] = {"timeout": HTTP_TIMEOUT}
+    if tls:
+        kwargs["context"] = ssl._create_unverified_context()  # the sandbox's own self-signed certificates
+    try:
+        connection = connection_class(host, port, **kwargs)
+        connection.request("GET", path, headers={"Host": "localhost", "User-Agent": "apt-rehearse"})
+        response = connection.getresponse()
+        body = response.read(BODY_LIMIT)
+        connection.close()
+    except (OSError, http.client.HTTPException, ValueError):
+        return None
+    return {
+        "status": response.status,
+        "content_type": (response.getheader("Content-Type") or "").split(";")[0].strip(),
+        "sha256": hashlib.sha256(body).hexdigest(),
+        "length": len(body),
+        "snippet": body[:300].decode("utf-8", "replace"),
+        "php_source": b"<?php" in body,
+    }
+
+
+def http_pages(listening: list[dict[str, Any]], extra_urls: list[str]) -> dict[str, Any]:
+    """GET / on every TCP port that answers HTTP, twice: a page that changes
+    by itself (a clock, a session) is not compared by its body."""
+    pages: dict[str, Any] = {}
+    targets = []
+    for sock in listening:
+        if sock["proto"] != "tcp":
+            continue
+        host = "127.0.0.1" if sock["family"] == 4 else "::1"
+        if sock["address"] not in ("0.0.0.0", "::", "127.0.0.1", "::1"):
+            host = sock["address"]
+        targets.append((host, sock["port"], "/"))
+    for url in extra_urls:
+        match = re.match(r"^(https?)://([^/:]+)(?::(\d+))?(/.*)?$", url)
+        if match:
+            port = int(match.group(3) or (443 if match.group(1) == "https" else 80))
+            targets.append((match.group(2), port, match.group(4) or "/"))
+    for host, port, path in dict.fromkeys(targets):
+        first = http_get(host, port, path)
+        if first is None and port in (443, 8443):
+            first = http_get(host, port, path, tls=True)
+        if first is None:
+            continue
+        second = http_get(host, port, path)
+        first["stable"] = second is not None and second["sha256"] == first["sha256"]
+        pages[f"{port}{path}"] = first
+    return pages
+
+
+def config_tests() -> dict[str, dict[str, Any]]:
+    results = {}
+    for name, argv, needed in CONFIG_TESTS:
+        if not os.path.exists(needed):
+            continue
+        code, output = run_command(argv, timeout=60)
+        entry: dict[str, Any] = {"exit_status": code, "output": output.strip().splitlines()[-10:]}
+        if name == "apache2ctl -M":
+            entry["modules"] = sorted(m.group(1) for m in re.finditer(r"^\s*(\w+_module)\b", output, re.M))
+            entry.pop("output")
+        if name == "php -m":
+            entry["modules"] = sorted(line.strip() for line in output.splitlines() if line.strip() and not line.startswith("["))
+            entry.pop("output")
+        results[name] = entry
+    return results
+
+
+def read_probes(directory: str = PROBES_DIR) -> list[dict[str, str]]:
+    """/etc/apt-rehearse/probes.d/*.probe: deb822 stanzas (Type: http, tcp or command)."""
+    probes = []
+    for path in sorted(glob.glob(os.path.join(directory, "*.probe"))):
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+        for index, stanza in enumerate(re.split(r"\n\s*\n", text)):
+            fields: dict[str, str] = {}
+            key = None
+            for line in stanza.splitlines():
+                if not line.strip() or line.lstrip().startswith("#"):
+                    continue
+                if line[0] in " \t" and key:
+                    fields[key] += "\n" + line.strip()
+                    continue
+                key, _, value = line.partition(":")
+                key = key.strip().lower()
+                fields[key] = value.strip()
+            if fields:
+                fields.setdefault("name", f"{os.path.basename(path)}#{index + 1}")
+                probes.append(fields)
+    return probes
+
+
+def run_probe(probe: dict[str, str]) -> dict[str, Any]:
+    kind = probe.get("type", "command").lower()
+    if kind == "http":
+        match = re.match(r"^(https?)://([^/:]+)(?::(\d+))?(/.*)?$", probe.get("url", ""))
+        if not match:
+            return {"ok": False, "detail": "bad URL"}
+        port = int(match.group(3) or (443 if match.group(1) == "https" else 80))
+        page = http_get(match.group(2), port, match.group(4) or "/", tls=match.group(1) == "https")
+        if page is None:
+            return {"ok": False, "detail": "no HTTP answer"}
+        want = int(probe.get("expect-status", "200"))
+        contains = probe.get("expect-body", "")
+        ok = page["status"] == want and (not contains or contains in page["snippet"])
+        return {"ok": ok, "detail": f"HTTP {page['status']} {page['content_type']}"}
+    if kind == "tcp":
+        try:
+            with socket.create_connection((probe.get("host", "127.0.0.1"), int(probe.get("port", "0"))), timeout=5):
+                return {"ok": True, "detail": "connected"}
+        except OSError as error:
+            return {"ok": False, "detail": str(error)}
+    command = probe.get("command", "")
+    try:
+        argv = shlex.split(command)
+    except ValueError:
+        return {"ok": False, "detail": "bad command"}
+    if not argv:
+        return {"ok": False, "detail": "no command"}
+    code, output = run_command(argv, timeout=float(probe.get("timeout", "60")))
+    want = int(probe.get("expect-exit", "0"))
+    contains = probe.get("expect-output", "")
+    ok = code == want and (not contains or contains in output)
+    return {"ok": ok, "detail": f"exit {code}: {output.strip()[-200:]}"}
+
+
+def observe(extra_urls: list[str]) -> dict[str, Any]:
+    started = time.monotonic()
+    unit_states = units()
+    listening = sockets()
+    observation = {
+        "units": unit_states,
+        "sockets": listening,
+        "http": http_pages(listening, extra_urls),
+        "config_tests": config_tests(),
+        "probes": {probe["name"]: {**run_probe(probe), "probe": probe} for probe in read_probes()},
+    }
+    failed = [name for name, state in unit_states.items() if state["active"] == "failed"]
+    observation["journal"] = {name: journal(name) for name in failed[:20]}
+    observation["seconds"] = round(time.monotonic() - started, 3)
+    return observation
+
+
+# Imported here, before any process joins the sandbox: a module imported
+# later would come from the rehearsed system's Python, not ours.
+_PRELOADED = (subprocess, ssl, encodings.idna)  # idna: http.client encodes host names with it

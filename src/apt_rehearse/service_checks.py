@@ -1,0 +1,131 @@
+"""Compare observations of the booted services: before, after, after a reboot.
+
+Pure functions over the JSON observations (observe.py), so each rule can be
+tested without booting anything. Only what worked in the baseline can break:
+a unit already failed before the upgrade is not a finding.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from apt_rehearse.policy import Finding
+
+GOOD_STATES = ("active", "reloading", "activating")
+
+
+def _units_lost(before: dict[str, Any], after: dict[str, Any], when: str) -> list[Finding]:
+    findings = []
+    for name, state in sorted(before["units"].items()):
+        if state["active"] != "active" or not name.endswith(".service"):
+            continue
+        now = after["units"].get(name)
+        if now is not None and now["active"] in GOOD_STATES:
+            continue
+        if now is not None and now["active"] == "inactive" and state["sub"] == "exited":
+            continue  # a oneshot that ran at boot and is not run again by an upgrade
+        what = "gone" if now is None or now["load"] == "not-found" else now["active"] + (f" ({now['sub']})" if now else "")
+        findings.append(Finding("service", ["Service-Failed"], name, f"{name} was active before and is {what} {when}",
+                                {"before": state, "after": now, "when": when,
+                                 "journal": after.get("journal", {}).get(name, [])[-15:],
+                                 "output_tail": after.get("journal", {}).get(name, [])[-5:]}))  # fmt: skip
+    return findings
+
+
+def _sockets_lost(before: dict[str, Any], after: dict[str, Any], when: str) -> list[Finding]:
+    findings = []
+    now = {(s["proto"], s["port"]) for s in after["sockets"]}
+    reported = set()
+    for sock in before["sockets"]:
+        key = (sock["proto"], sock["port"])
+        if key in now or key in reported:
+            continue
+        reported.add(key)
+        unit = sock.get("unit") or "a process"
+        new_ports = sorted({s["port"] for s in after["sockets"] if s.get("unit") == sock.get("unit") and sock.get("unit")})
+        elsewhere = f"; {unit} now listens on {', '.join(map(str, new_ports))}" if new_ports else ""
+        findings.append(Finding("socket", ["Lost-Socket"], unit,
+                                f"{sock['proto'].upper()} port {sock['port']} ({unit}) no longer listens {when}{elsewhere}",
+                                {"before": sock, "now_listening": new_ports, "when": when}))  # fmt: skip
+    return findings
+
+
+def _http_changed(before: dict[str, Any], after: dict[str, Any], when: str) -> list[Finding]:
+    findings = []
+    for key, page in sorted(before["http"].items()):
+        new = after["http"].get(key)
+        port = key.split("/", 1)[0]
+        subject = f"http://localhost:{key}"
+        if new is None:
+            findings.append(Finding("http", ["Http-Changed"], subject,
+                                    f"{subject} answered HTTP {page['status']} before and does not answer {when}",
+                                    {"before": page, "after": None, "when": when}))  # fmt: skip
+            continue
+        if new.get("php_source") and not page.get("php_source"):
+            message = f"{subject} now serves PHP source instead of its page ({new['content_type'] or 'no type'}) {when}"
+        elif new["status"] != page["status"]:
+            message = f"{subject} answered HTTP {page['status']} before, HTTP {new['status']} {when}"
+        elif new["content_type"] != page["content_type"]:
+            message = f"{subject} changed content type from {page['content_type']} to {new['content_type']} {when}"
+        elif page.get("stable") and new["sha256"] != page["sha256"]:
+            findings.append(Finding("http", ["Http-Body-Changed"], subject,
+                                    f"{subject} serves a different page {when} (same status {new['status']})",
+                                    {"before": page, "after": new, "when": when, "port": int(port)}))  # fmt: skip
+            continue
+        else:
+            continue
+        findings.append(Finding("http", ["Http-Changed"], subject, message,
+                                {"before": page, "after": new, "when": when, "port": int(port)}))  # fmt: skip
+    return findings
+
+
+def _config_tests(before: dict[str, Any], after: dict[str, Any], when: str) -> list[Finding]:
+    findings = []
+    for name, result in sorted(before["config_tests"].items()):
+        new = after["config_tests"].get(name)
+        if "modules" in result:
+            if new is None:
+                continue
+            lost = sorted(set(result["modules"]) - set(new.get("modules", [])))
+            if lost:
+                owner = "apache" if name.startswith("apache") else "php"
+                findings.append(Finding("module", ["Module-Lost"], owner,
+                                        f"{owner} loses module(s) {', '.join(lost)} {when} ({name})",
+                                        {"lost": lost, "test": name, "when": when}))  # fmt: skip
+            continue
+        if result["exit_status"] != 0 or new is None or new["exit_status"] == 0:
+            continue
+        kinds = ["Config-Test"] + (["Sshd-Config"] if name.startswith("sshd") else [])
+        findings.append(Finding("config-test", kinds, name.split()[0],
+                                f"'{name}' passed before and fails {when} (exit status {new['exit_status']})",
+                                {"test": name, "output_tail": new.get("output", []), "when": when}))  # fmt: skip
+    return findings
+
+
+def _probes(before: dict[str, Any], after: dict[str, Any], when: str) -> list[Finding]:
+    findings = []
+    for name, result in sorted(before["probes"].items()):
+        new = after["probes"].get(name)
+        if not result["ok"] or new is None or new["ok"]:
+            continue
+        findings.append(Finding("probe", ["Probe-Failed"], name, f"probe {name} passed before and fails {when}: {new['detail']}",
+                                {"before": result["detail"], "after": new["detail"], "when": when}))  # fmt: skip
+    return findings
+
+
+def compare(before: dict[str, Any], after: dict[str, Any], when: str) -> list[Finding]:
+    findings = []
+    for rule in (_units_lost, _sockets_lost, _http_changed, _config_tests, _probes):
+        findings += rule(before, after, when)
+    return findings
+
+
+def service_findings(baseline: dict[str, Any], upgraded: dict[str, Any] | None, rebooted: dict[str, Any] | None) -> list[Finding]:
+    """Findings after the upgrade; those that show only after a reboot say so."""
+    findings = compare(baseline, upgraded, "after the upgrade") if upgraded else []
+    seen = {(f.check, f.subject) for f in findings}
+    if rebooted:
+        for finding in compare(baseline, rebooted, "after a reboot"):
+            if (finding.check, finding.subject) not in seen:
+                findings.append(finding)
+    return findings

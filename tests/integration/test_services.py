@@ -1,0 +1,137 @@
+"""Services: the rehearsed system boots its own systemd, and what breaks shows.
+
+Small real packages ship real systemd services (python3's http.server);
+version 2.0 of each breaks its service in one way. The bookworm tree boots
+inside the sandbox, the upgrade runs with the services live, then the tree
+boots again (a reboot into the upgraded system).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+from conftest import assert_host_clean, host_snapshot, run_json
+from lib.localrepo import LocalRepo, build_deb
+from lib.trees import bookworm_tree, dpkg_status_digest, install_into, tree_hash
+
+pytestmark = pytest.mark.integration
+
+POSTINST = """\
+if [ "$1" = configure ]; then
+    systemctl enable {name}.service >/dev/null 2>&1 || true
+    deb-systemd-invoke restart {name}.service >/dev/null 2>&1 || true
+fi
+"""
+
+
+def service_package(debs: Path, name: str, version: str, exec_start: str, files: dict[str, str] | None = None) -> Path:
+    unit = (f"[Unit]\nDescription={name} test service\n\n[Service]\nExecStart={exec_start}\n\n"
+            "[Install]\nWantedBy=multi-user.target\n")  # fmt: skip
+    content = {f"/lib/systemd/system/{name}.service": unit, **(files or {})}
+    return build_deb(debs, name, version, files=content, postinst=POSTINST.format(name=name))
+
+
+def http_server(port: int, directory: str) -> str:
+    return f"/usr/bin/python3 -m http.server {port} --bind 127.0.0.1 --directory {directory}"
+
+
+@pytest.fixture(scope="module")
+def services_tree(sandbox_capable: None):
+    base = Path(tempfile.mkdtemp(prefix="rh-svc-", dir="/var/tmp"))
+    try:
+        tree = bookworm_tree(base / "tree", variant="frontends")
+        debs = base / "debs"
+        web = "/usr/share/rh-web"
+        v1 = [
+            service_package(debs, "rh-web", "1.0", http_server(8080, web), {f"{web}/index.html": "<h1>version one</h1>\n"}),
+            service_package(debs, "rh-port", "1.0", http_server(8081, "/usr/share/rh-port"), {"/usr/share/rh-port/x": "x\n"}),
+            service_package(debs, "rh-crash", "1.0", http_server(8083, "/usr/share/rh-crash"), {"/usr/share/rh-crash/x": "x\n"}),
+            build_deb(debs, "rh-quiet", "1.0", files={"/usr/share/rh-quiet/v": "1\n"}),
+        ]
+        v2 = [
+            service_package(debs, "rh-web", "2.0", http_server(8080, web), {f"{web}/index.html": "<h1>version two</h1>\n"}),
+            service_package(debs, "rh-port", "2.0", http_server(8082, "/usr/share/rh-port"), {"/usr/share/rh-port/x": "x\n"}),
+            service_package(debs, "rh-crash", "2.0",
+                            "/bin/sh -c 'echo \"rh-crash: cannot read /etc/rh-crash.conf\" >&2; exit 1'",
+                            {"/usr/share/rh-crash/x": "x\n"}),
+            build_deb(debs, "rh-quiet", "2.0", files={"/usr/share/rh-quiet/v": "2\n"}),
+        ]  # fmt: skip
+        install_into(tree, v1)
+        repo = LocalRepo(base / "repo")
+        for deb in v1 + v2:
+            repo.add(deb)
+        repo.publish()
+        (tree / "etc/apt/sources.list").write_text(repo.sources_line() + "\n")
+        for extra in (tree / "etc/apt/sources.list.d").glob("*"):
+            extra.unlink()
+        subprocess.run(["apt-get", "-q", "-o", f"Dir={tree}/", "update"], check=True, capture_output=True)
+        yield {"tree": tree, "base": base, "hash": tree_hash(tree), "status": dpkg_status_digest(tree)}
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def rehearse(tree_info: dict, *args: str):
+    return run_json("--root", str(tree_info["tree"]), "-o", f"APT::Rehearse::Log-Dir={tree_info['base']}/log", *args)
+
+
+def findings(document: dict, check: str) -> list[dict]:
+    return [f for f in document["findings"] if f["check"] == check]
+
+
+def test_service_that_fails_to_start_blocks(services_tree: dict) -> None:
+    proc, document = rehearse(services_tree, "install", "rh-crash")
+    assert proc.returncode == 10, (proc.stderr, document["findings"])
+    assert document["services"]["baseline"]["active_services"] > 5
+    assert "tcp/8083" in document["services"]["baseline"]["listening"]
+    [finding] = [f for f in findings(document, "service") if f["subject"] == "rh-crash.service"]
+    assert finding["severity"] == "block"
+    assert "was active before" in finding["message"] and "failed" in finding["message"]
+    assert any("cannot read /etc/rh-crash.conf" in line for line in finding["details"]["journal"])
+
+
+def test_service_on_another_port_is_a_lost_socket(services_tree: dict) -> None:
+    proc, document = rehearse(services_tree, "install", "rh-port")
+    assert proc.returncode == 10, (proc.stderr, document["findings"])
+    [finding] = findings(document, "socket")
+    assert finding["details"]["before"]["port"] == 8081
+    assert finding["details"]["now_listening"] == [8082]
+    assert "TCP port 8081 (rh-port.service) no longer listens after the upgrade" in finding["message"]
+    assert not findings(document, "service")
+
+
+def test_changed_page_is_reported(services_tree: dict) -> None:
+    proc, document = rehearse(services_tree, "install", "rh-web")
+    assert proc.returncode == 0, (proc.stderr, document["findings"])
+    [finding] = findings(document, "http")
+    assert finding["subject"] == "http://localhost:8080/"
+    assert finding["severity"] == "warn"
+    assert "version one" in finding["details"]["before"]["snippet"]
+    assert "version two" in finding["details"]["after"]["snippet"]
+
+
+def test_no_false_alarm_and_nothing_left(services_tree: dict) -> None:
+    before = host_snapshot()
+    proc, document = rehearse(services_tree, "install", "rh-quiet")
+    assert proc.returncode == 0, (proc.stderr, document["findings"])
+    assert document["verdict"] == "pass", document["findings"]
+    services = document["services"]
+    assert services["boot"]["state"] in ("running", "degraded")
+    assert services["reboot"]["state"] in ("running", "degraded")
+    assert services["baseline"]["listening"] == services["upgraded"]["listening"] == services["rebooted"]["listening"]
+    assert_host_clean(before)
+    assert not [name for name in os.listdir("/sys/fs/cgroup/unified" if os.path.isdir("/sys/fs/cgroup/unified")
+                                            else "/sys/fs/cgroup") if name.startswith("apt-rehearse-")]  # fmt: skip
+    assert tree_hash(services_tree["tree"]) == services_tree["hash"]
+    assert dpkg_status_digest(services_tree["tree"]) == services_tree["status"]
+
+
+def test_no_services_option(services_tree: dict) -> None:
+    proc, document = rehearse(services_tree, "-o", "APT::Rehearse::Services=false", "install", "rh-crash")
+    assert proc.returncode == 0, (proc.stderr, document["findings"])
+    assert document["services"] is None
+    assert any("services are not rehearsed" in note for note in document["notes"])
