@@ -100,11 +100,14 @@ def removal_findings(transaction: Transaction, facts: dict[str, RemovalFacts]) -
                 kinds.append("Remove-Module")
                 marks.append("ships " + ", ".join(sorted({m.split(":")[0] for m in fact.web_modules})) + " module(s)")
         verb = "PURGED" if change.action == "purge" else "REMOVED"
+        replacement = transaction.replacements.get(change.package)
+        if replacement and len(kinds) > 1:
+            marks.append(f"likely replaced by {replacement}")
         message = f"{change.package} {change.from_version} would be {verb}" + (f" ({'; '.join(marks)})" if marks else "")
         findings.append(Finding("removal", kinds, change.package, message, {
             "arch": change.arch, "version": change.from_version, "manual": change.manual,
             "requested": change.requested, "enabled_services": fact.enabled_services,
-            "web_modules": fact.web_modules, "action": change.action,
+            "web_modules": fact.web_modules, "action": change.action, "replacement": replacement,
         }))  # fmt: skip
     return findings
 

@@ -29,12 +29,13 @@ class Options:
     apt_options: list[str] = dataclasses.field(default_factory=list)
     debug: bool = False
     no_services: bool = False
+    also: list[str] = dataclasses.field(default_factory=list)
 
 
 def _merge(ctx: click.Context, name: str, value: Any) -> None:
     options: Options = ctx.ensure_object(Options)
-    if name == "apt_options":
-        options.apt_options.extend(value or ())
+    if name in ("apt_options", "also"):
+        getattr(options, name).extend(value or ())
     elif name in ("json_output", "debug", "no_services"):
         setattr(options, name, getattr(options, name) or bool(value))
     elif value is not None:
@@ -68,6 +69,11 @@ def common_options(function: Callable[..., Any]) -> Callable[..., Any]:
     for decorator in reversed(decorators):
         function = decorator(function)
     return function
+
+
+def also_option(function: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--also", "also", multiple=True, metavar="PKG", expose_value=False, callback=_callback("also"),
+                        help="Install PKG on top of the upgrade (e.g. a replacement the rehearsal suggested).")(function)
 
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
@@ -126,7 +132,7 @@ def _rehearse_request(command: str, packages: list[str], options: Options) -> in
     interactive = not options.json_output and sys.stdout.isatty()
     progress = for_stream(sys.stdout, quiet=not interactive)
     clock = PhaseClock()
-    request = planner.Request(command, packages, root, options.release, options.apt_options)
+    request = planner.Request(command, packages, root, options.release, options.apt_options, options.also)
     archive_dir = os.path.join(settings.cache_dir, "archives")
     os.makedirs(settings.cache_dir, mode=0o700, exist_ok=True)
 
@@ -172,6 +178,7 @@ def _rehearse_request(command: str, packages: list[str], options: Options) -> in
 
 @main.command("upgrade")
 @common_options
+@also_option
 def upgrade_command() -> None:
     """Rehearse 'apt-get upgrade'."""
     _run_request("upgrade", ())
@@ -179,6 +186,7 @@ def upgrade_command() -> None:
 
 @main.command("dist-upgrade")
 @common_options
+@also_option
 def dist_upgrade_command() -> None:
     """Rehearse 'apt-get dist-upgrade' (with --release: a release upgrade)."""
     _run_request("dist-upgrade", ())
@@ -186,6 +194,7 @@ def dist_upgrade_command() -> None:
 
 @main.command("full-upgrade")
 @common_options
+@also_option
 def full_upgrade_command() -> None:
     """Rehearse 'apt full-upgrade' (the same as dist-upgrade)."""
     _run_request("full-upgrade", ())

@@ -157,11 +157,36 @@ def http_get(host: str, port: int, path: str = "/", tls: bool = False) -> dict[s
     }
 
 
+SITE_CONFIGS = ("/etc/apache2/sites-enabled/*", "/etc/nginx/sites-enabled/*", "/etc/nginx/conf.d/*.conf")
+INDEX_NAMES = ("index.php", "index.html", "index.htm")
+
+
+def site_index_paths() -> list[str]:
+    """The sites' own index files: a page that breaks (PHP source instead of
+    the page) hides behind a default index.html at "/"."""
+    roots = set()
+    for pattern in SITE_CONFIGS:
+        for path in glob.glob(pattern):
+            try:
+                with open(path, encoding="utf-8", errors="replace") as handle:
+                    text = handle.read()
+            except OSError:
+                continue
+            roots.update(m.group(1).strip('"') for m in re.finditer(r"^\s*(?:DocumentRoot|root)\s+([^;\s]+)", text, re.M))
+    found = []
+    for root in sorted(roots):
+        for name in INDEX_NAMES:
+            if os.path.isfile(os.path.join(root, name)):
+                found.append("/" + name)
+    return sorted(set(found))
+
+
 def http_pages(listening: list[dict[str, Any]], extra_urls: list[str]) -> dict[str, Any]:
     """GET / on every TCP port that answers HTTP, twice: a page that changes
     by itself (a clock, a session) is not compared by its body."""
     pages: dict[str, Any] = {}
     targets = []
+    index_paths = site_index_paths()
     for sock in listening:
         if sock["proto"] != "tcp":
             continue
@@ -169,6 +194,8 @@ def http_pages(listening: list[dict[str, Any]], extra_urls: list[str]) -> dict[s
         if sock["address"] not in ("0.0.0.0", "::", "127.0.0.1", "::1"):
             host = sock["address"]
         targets.append((host, sock["port"], "/"))
+        if sock["port"] in (80, 443, 8080):
+            targets += [(host, sock["port"], path) for path in index_paths]
     for url in extra_urls:
         match = re.match(r"^(https?)://([^/:]+)(?::(\d+))?(/.*)?$", url)
         if match:

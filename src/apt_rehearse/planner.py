@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import re
 import sys
 
 import apt
@@ -30,11 +31,13 @@ class Request:
     root: str = "/"
     release: str | None = None
     options: list[str] = dataclasses.field(default_factory=list)
+    also: list[str] = dataclasses.field(default_factory=list)  # installed on top of an upgrade
 
     def describe(self) -> str:
         words = [self.command, *self.packages]
         if self.release:
             words.append(f"--release {self.release}")
+        words += [f"--also {name}" for name in self.also]
         return " ".join(words)
 
 
@@ -97,6 +100,9 @@ def mark_request(cache: apt.Cache, request: Request) -> set[str]:
         if request.packages:
             raise UsageError(f"'{request.command}' takes no package names (use 'install PKG' to upgrade one package)")
         cache.upgrade(dist_upgrade=request.command != "upgrade")
+        if request.also:
+            # "dist-upgrade, and install these too": the fix a rehearsal suggested.
+            _mark_installs(cache, request.also, requested)
         return requested
     if not request.packages:
         raise UsageError(f"'{request.command}' needs at least one package name")
@@ -126,6 +132,61 @@ def mark_request(cache: apt.Cache, request: Request) -> set[str]:
             except SystemError as error:
                 raise UsageError(f"apt cannot satisfy this request: {str(error).strip()}") from error
     return requested
+
+
+def _mark_installs(cache: apt.Cache, specs: list[str], requested: set[str]) -> None:
+    depcache = cache._depcache
+    resolver = apt_pkg.ProblemResolver(depcache)
+    with cache.actiongroup():
+        for spec in specs:
+            name, version, release = _split_spec(spec)
+            pkg = _find_package(cache, name)
+            _select_version(pkg, version, release)
+            if pkg.candidate is None:
+                raise UsageError(f"package '{name}' has no installation candidate")
+            requested.add(pkg.name)
+            depcache.mark_install(pkg._pkg, True, True)
+            resolver.clear(pkg._pkg)
+            resolver.protect(pkg._pkg)
+        if depcache.broken_count:
+            try:
+                resolver.resolve(True)
+            except SystemError as error:
+                raise UsageError(f"apt cannot satisfy this request: {str(error).strip()}") from error
+
+
+VERSION_IN_NAME = re.compile(r"\d+(?:\.\d+)*")
+
+
+def replacement_pattern(name: str) -> re.Pattern[str] | None:
+    """php8.2-mysql -> ^php[\\d.]+-mysql$: the same name with any version in it."""
+    parts = VERSION_IN_NAME.split(name)
+    if len(parts) == 1:
+        return None
+    return re.compile("^" + r"[\d.]+".join(re.escape(part) for part in parts) + "$")
+
+
+def suggest_replacements(cache: apt.Cache, removed: list[str]) -> dict[str, str]:
+    """For each removed package, the package of the target release that
+    most likely replaces it: the same name with another version number in
+    it (php8.2-mysql -> php8.4-mysql), else one that provides what it
+    provided. Found in the archive's own names, not in a table."""
+    suggestions: dict[str, str] = {}
+    for name in removed:
+        pattern = replacement_pattern(name)
+        if pattern is None:
+            continue
+        candidates = [pkg for pkg in cache if pkg.name != name and pattern.match(pkg.name) and not pkg.marked_delete
+                      and pkg.candidate is not None and pkg.candidate.downloadable]  # fmt: skip
+        if not candidates and name in cache and cache[name].installed is not None:
+            provided = set(cache[name].installed.provides)
+            candidates = [pkg for pkg in cache if pkg.name != name and not pkg.marked_delete and pkg.candidate is not None
+                          and pkg.candidate.downloadable and provided & set(pkg.candidate.provides)]  # fmt: skip
+        if candidates:
+            # The newest version in the name wins (php8.4 over php8.3).
+            best = max(candidates, key=lambda p: ([int(x) for x in re.findall(r"\d+", p.name)], p.name))
+            suggestions[name] = best.name
+    return suggestions
 
 
 def _deb_filename(package: str, version: str, arch: str) -> str:
@@ -224,6 +285,7 @@ def plan_transaction(request: Request, archive_dir: str, progress: bool, private
         raise UsageError(f"apt cannot satisfy this request (broken: {broken})")
     changes = changes_from_cache(cache, request, requested)
     held = kept_back(cache, request)
+    replacements = suggest_replacements(cache, [c.package for c in changes if c.action in ("remove", "purge")])
     if changes:
         fetched = fetch_debs(cache, archive_dir, progress)
         changes = attach_debs(changes, cache, archive_dir, fetched)
@@ -236,4 +298,5 @@ def plan_transaction(request: Request, archive_dir: str, progress: bool, private
         kept_back=held,
         release=request.release,
         private_apt_dir=private_apt_dir,
+        replacements=replacements,
     )

@@ -43,9 +43,31 @@ def build(rehearsal: Rehearsal) -> dict[str, Any]:
         "phases": [{"name": name, "seconds": seconds} for name, seconds in rehearsal.phases],
         "upper_bytes": rehearsal.upper_bytes,
         "notes": rehearsal.notes,
+        "suggestion": _suggestion(rehearsal),
         "services": _services_summary(rehearsal.observations),
         "observations": rehearsal.observations,
     }
+
+
+FIX_KINDS = ("Remove-Module", "Remove-Service", "Remove-Manual")
+
+
+def _suggestion(rehearsal: Rehearsal) -> dict[str, Any] | None:
+    """The command that rehearses the same upgrade with the replacements added."""
+    tx = rehearsal.transaction
+    also = sorted({f.details["replacement"] for f in rehearsal.findings
+                   if f.check == "removal" and f.details.get("replacement") and set(f.kinds) & set(FIX_KINDS)})  # fmt: skip
+    if not also or not tx.request.split()[:1] or tx.request.split()[0] not in ("upgrade", "dist-upgrade", "full-upgrade"):
+        return None
+    words = ["apt-rehearse"]
+    if tx.root != "/":
+        words += ["--root", tx.root]
+    words += [w for w in tx.request.split() if w]
+    missing = [name for name in also if name not in set(words)]
+    if not missing:
+        return None  # already rehearsed with them
+    words += [item for name in missing for item in ("--also", name)]
+    return {"also": missing, "command": " ".join(words)}
 
 
 def _services_summary(observations: dict[str, Any]) -> dict[str, Any] | None:
@@ -119,6 +141,10 @@ def render_text(report: dict[str, Any], color: bool = False, width: int = 80) ->
                 lines.append(f"          | {tail}")
     elif changes:
         lines.append("Rehearsal findings: none")
+    if report.get("suggestion"):
+        lines.append(f"N: the removed pieces have likely replacements: {', '.join(report['suggestion']['also'])}; "
+                     "rehearse the upgrade with them:")
+        lines.append(f"    {report['suggestion']['command']}")
     for note in report.get("notes", []):
         lines.append(f"N: {note}")
     blocking = sum(1 for f in findings if f["severity"] == "block")

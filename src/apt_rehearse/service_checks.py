@@ -22,8 +22,8 @@ def _units_lost(before: dict[str, Any], after: dict[str, Any], when: str) -> lis
         now = after["units"].get(name)
         if now is not None and now["active"] in GOOD_STATES:
             continue
-        if now is not None and now["active"] == "inactive" and state["sub"] == "exited":
-            continue  # a oneshot that ran at boot and is not run again by an upgrade
+        if state["sub"] == "exited" and (now is None or now["active"] != "failed"):
+            continue  # a oneshot that ran at boot: only its failure means something
         what = "gone" if now is None or now["load"] == "not-found" else now["active"] + (f" ({now['sub']})" if now else "")
         findings.append(Finding("service", ["Service-Failed"], name, f"{name} was active before and is {what} {when}",
                                 {"before": state, "after": now, "when": when,

@@ -85,6 +85,9 @@ class Transaction:
     release: str | None = None
     # Private apt state (sources and lists) of a --release rehearsal.
     private_apt_dir: str | None = None
+    # removed package -> the target release's likely replacement (advice,
+    # not part of the identity)
+    replacements: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def identity(self) -> str:
@@ -115,6 +118,7 @@ class Transaction:
             "dpkg_status_sha256": self.dpkg_status_sha256,
             "changes": [c.to_json() for c in sorted(self.changes, key=lambda c: (c.package, c.arch))],
             "kept_back": sorted(self.kept_back),
+            "replacements": dict(sorted(self.replacements.items())),
         }
 
 
