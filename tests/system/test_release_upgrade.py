@@ -47,7 +47,32 @@ def test_release_upgrade_reports_php_removals_and_leaves_tree_unchanged(lamp_tre
     assert any(m.startswith("apache: ") for m in module["details"]["web_modules"])
     assert not [f for f in document["findings"] if f["check"] in ("script-failure", "package-state", "apt")]
     print(f"release upgrade rehearsal: {document['duration_s']} s, upper {document['upper_bytes']} bytes, "
-          f"phases {document['phases']}")
+          f"phases {document['phases']}, services {document['services']}")
+    # The services: Apache still answers, but PHP is gone from it.
+    services = document["services"]
+    assert services["boot"]["state"] in ("running", "degraded")
+    assert {"tcp/80", "tcp/22", "tcp/3306"} <= set(services["baseline"]["listening"])
+    [lost] = [f for f in document["findings"] if f["check"] == "module"]
+    assert "php_module" in lost["details"]["lost"] and lost["severity"] == "block"
+    [source] = [f for f in document["findings"] if f["check"] == "http" and f["subject"].endswith("/index.php")]
+    assert "now serves PHP source" in source["message"] and source["severity"] == "block"
+    assert "<?php" in source["details"]["after"]["snippet"] and "<?php" not in source["details"]["before"]["snippet"]
+    assert module["details"]["replacement"] == "libapache2-mod-php8.4"
+    assert findings["php8.2-mysql"]["details"]["replacement"] == "php8.4-mysql"
+    suggestion = document["suggestion"]
+    assert {"libapache2-mod-php8.4", "php8.4-mysql"} <= set(suggestion["also"])
+    assert suggestion["command"].startswith(f"apt-rehearse --root {tree} dist-upgrade --release trixie --also ")
+
+    # The fix it suggests, rehearsed: the site works again.
+    also = [word for name in suggestion["also"] for word in ("--also", name)]
+    proc, fixed = run_json("--root", str(tree), "-o", f"APT::Rehearse::Log-Dir={base}/log",
+                           "dist-upgrade", "--release", "trixie", *also)  # fmt: skip
+    assert proc.returncode in (0, 10), proc.stderr
+    installed = {c["package"] for c in fixed["transaction"]["changes"] if c["action"] == "install"}
+    assert "libapache2-mod-php8.4" in installed
+    assert not [f for f in fixed["findings"] if f["check"] in ("module", "http", "service", "socket")], fixed["findings"]
+    assert fixed["services"]["rebooted"]["http"]["80/index.php"] == 200
+    assert fixed["suggestion"] is None
     assert tree_hash(tree) == before_hash
     assert dpkg_status_digest(tree) == before_status
     assert_host_clean(before_host)
@@ -83,6 +108,10 @@ def test_host_upgrade_completes_and_changes_nothing(sandbox_capable: None) -> No
     assert proc.returncode in (0, 10), proc.stderr
     assert document["root"] == "/"
     assert not [f for f in document["findings"] if f["check"] in ("apt", "timeout")], document["findings"]
+    # No false alarm: a point-release upgrade breaks none of the host's services.
+    assert not [f for f in document["findings"] if f["check"] in ("service", "socket", "http", "module", "config-test")]
+    if document["services"]:
+        assert document["services"]["boot"]["state"] in ("running", "degraded")
     print(f"host upgrade rehearsal: {len(document['transaction']['changes'])} changes, {document['duration_s']} s, "
           f"verdict {document['verdict']}")
     after = {
