@@ -92,3 +92,49 @@ def assert_host_clean(before: dict[str, Any]) -> None:
     after = host_snapshot()
     assert after["mounts"] == before["mounts"]
     assert not set(after["processes"]) - set(before["processes"]), after["processes"]
+
+
+def run_on_terminal(argv: list[str], answers: list[tuple[str, str]], timeout: float = 300,
+                    env: dict[str, str] | None = None) -> tuple[int, str]:  # fmt: skip
+    """Run a command with a real terminal (a pty as its controlling tty),
+    typing each answer once its prompt shows; (exit status, screen)."""
+    import fcntl
+    import select
+    import termios
+    import time
+
+    master, slave = os.openpty()
+
+    def controlling_tty() -> None:
+        os.setsid()
+        fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+
+    environment = dict(os.environ, PYTHONPATH=str(SRC), TERM="dumb", **(env or {}))
+    proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, preexec_fn=controlling_tty, close_fds=True,
+                            env=environment)  # fmt: skip
+    os.close(slave)
+    seen, pending = "", list(answers)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 1.0)
+        if ready:
+            try:
+                chunk = os.read(master, 65536).decode("utf-8", "replace")
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+            for prompt, answer in list(pending):
+                if prompt in seen[-400:]:
+                    os.write(master, answer.encode())
+                    pending.remove((prompt, answer))
+                    seen += "\n"  # one answer per appearance
+                    break
+        elif proc.poll() is not None:
+            break
+    if proc.poll() is None:  # an unanswered prompt: end what we started
+        os.killpg(proc.pid, 9)
+    code = proc.wait(timeout=60)
+    os.close(master)
+    return code, seen

@@ -308,14 +308,40 @@ class BootedSandbox:
                 pass
         self.cgroup.remove()
 
-    def run_inside(self, function: Callable[[Channel], dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        """Run ``function`` in the booted system's namespaces; yield its events."""
+    def _namespace_fds(self) -> tuple[dict[str, int], int]:
         if self.pid1 is None:
             raise RehearsalError("nothing is booted")
-        pid1 = self.pid1
-        names = ("ipc", "uts", "net", "cgroup", "pid", "mnt")
-        fds = {name: os.open(f"/proc/{pid1}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC) for name in names}
-        root_fd = os.open(f"/proc/{pid1}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fds = {name: os.open(f"/proc/{self.pid1}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC) for name in JOIN_ORDER}
+        return fds, os.open(f"/proc/{self.pid1}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def shell(self, argv: list[str], env: dict[str, str]) -> int:
+        """An interactive program inside the booted system, on our terminal."""
+        fds, root_fd = self._namespace_fds()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - joins the sandbox
+            try:
+                syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
+                _join(fds, root_fd)
+                child = os.fork()
+                if child == 0:
+                    os.execvpe(argv[0], argv, env)
+                _, status = os.waitpid(child, 0)
+                os._exit(max(0, os.waitstatus_to_exitcode(status)) & 0xFF)
+            except BaseException:  # noqa: BLE001
+                traceback.print_exc()
+                os._exit(127)
+        for fd in (*fds.values(), root_fd):
+            os.close(fd)
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C belongs to the shell
+        try:
+            _, status = os.waitpid(pid, 0)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        return os.waitstatus_to_exitcode(status)
+
+    def run_inside(self, function: Callable[[Channel], dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """Run ``function`` in the booted system's namespaces; yield its events."""
+        fds, root_fd = self._namespace_fds()
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         pid = os.fork()
         if pid == 0:  # pragma: no cover - joins the sandbox
@@ -323,11 +349,7 @@ class BootedSandbox:
             try:
                 os.close(read_fd)
                 syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
-                for name in names:
-                    syscalls.setns(fds[name], 0)
-                os.fchdir(root_fd)
-                os.chroot(".")
-                os.chdir("/")
+                _join(fds, root_fd)
                 worker = os.fork()  # only children enter the pid namespace
                 if worker == 0:
                     channel = Channel(write_fd)
@@ -368,3 +390,15 @@ class BootedSandbox:
                     os.waitpid(pid, 0)
             except ChildProcessError:
                 pass
+
+
+JOIN_ORDER = ("ipc", "uts", "net", "cgroup", "pid", "mnt")
+
+
+def _join(fds: dict[str, int], root_fd: int) -> None:  # pragma: no cover - in a child
+    """Enter the booted system's namespaces and its root (as nsenter -a -r -w)."""
+    for name in JOIN_ORDER:
+        syscalls.setns(fds[name], 0)
+    os.fchdir(root_fd)
+    os.chroot(".")
+    os.chdir("/")

@@ -29,6 +29,7 @@ class Options:
     apt_options: list[str] = dataclasses.field(default_factory=list)
     debug: bool = False
     no_services: bool = False
+    shell: bool = False
     also: list[str] = dataclasses.field(default_factory=list)
 
 
@@ -158,6 +159,7 @@ def _rehearse_request(command: str, packages: list[str], options: Options) -> in
         debug=debug if options.debug else None,
         clock=clock,
         unattended=command == "gate",
+        shell=options.shell,
     )
     color = interactive and not os.environ.get("NO_COLOR") and apt_pkg.config.find_b("APT::Color", True)
     document = report.finish(rehearsal, settings, duration_s=time.monotonic() - began)
@@ -210,6 +212,26 @@ def gate_command() -> None:
     a blocked set is stopped before dpkg runs.
     """
     _run_request("gate", ())
+
+
+@main.command("shell")
+@common_options
+@also_option
+@click.argument("request", nargs=-1, metavar="[upgrade|dist-upgrade|full-upgrade|install PKG...|remove PKG...|purge PKG...]")
+def shell_command(request: tuple[str, ...]) -> None:
+    """Open a shell in the rehearsed system, after the upgrade, services running.
+
+    Rehearses the request (dist-upgrade when none is given), reboots into the
+    result, and opens a shell there; leaving the shell tears it all down.
+    """
+    words = list(request) or ["dist-upgrade"]
+    if words[0] not in ("upgrade", "dist-upgrade", "full-upgrade", "install", "remove", "purge"):
+        raise click.UsageError(f"'{words[0]}' is not a request apt-rehearse shell can rehearse")
+    options: Options = click.get_current_context().find_root().ensure_object(Options)
+    if not sys.stdin.isatty():
+        raise click.UsageError("apt-rehearse shell needs a terminal")
+    options.shell = True
+    _run_request(words[0], tuple(words[1:]))
 
 
 @main.command("install")

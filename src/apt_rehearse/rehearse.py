@@ -125,6 +125,7 @@ def rehearse(
     debug: Callable[[str], None] | None = None,
     clock: PhaseClock | None = None,
     unattended: bool = False,
+    shell: bool = False,
 ) -> Rehearsal:
     started = datetime.datetime.now(datetime.timezone.utc)
     began = time.monotonic()
@@ -168,6 +169,9 @@ def rehearse(
                          "system; only the packages were rehearsed")  # fmt: skip
     else:
         notes.append("services are not rehearsed (--no-services / APT::Rehearse::Services \"false\")")
+    if shell and init is None:
+        raise UnsupportedSystem("'apt-rehearse shell' needs a system that boots with systemd, and services on "
+                                "(" + (notes[-1] if notes else "no init") + ")")
     upper_dir = _choose_upper(transaction, settings)
     observations: dict[str, Any] = {}
     try:
@@ -189,7 +193,8 @@ def rehearse(
             services_live=init is not None,
         )
         if init:
-            result, observations = _run_booted(plan, init, replay_plan, progress, clock, settings, transaction.identity)
+            result, observations = _run_booted(plan, init, replay_plan, progress, clock, settings, transaction.identity,
+                                               shell)
         else:
             result = _run(SandboxRunner(spec, plan), replay_plan, progress, clock)
     finally:
@@ -290,7 +295,7 @@ def _inside(booted: BootedSandbox, function: Callable[..., dict[str, Any]], prog
 
 
 def _run_booted(plan, init: str, replay_plan: ReplayPlan, progress: Progress, clock: PhaseClock,  # noqa: ANN001
-                settings: Settings, identity: str) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
+                settings: Settings, identity: str, shell: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
     """Boot, observe, upgrade with the services live, observe, reboot, observe."""
     booted = BootedSandbox(plan, init, SandboxCgroup(identity[:12], settings.memory_max), settings.boot_timeout)
     observations: dict[str, Any] = {}
@@ -323,9 +328,28 @@ def _run_booted(plan, init: str, replay_plan: ReplayPlan, progress: Progress, cl
             observations["reboot"] = _inside(booted, settle_now, progress)
             observations["rebooted"] = _inside(booted, observe_now, progress)
         measured = booted.measure()
+        if shell:
+            progress.done()
+            _interactive_shell(booted, result)
         booted.poweroff(timeout=0)  # nothing to keep: no need to wait for a clean shutdown
         result["upper_bytes"] = measured["upper_bytes"]
         result["upper_free_bytes"] = measured["free"]
     finally:
         booted.stop()
     return result, observations
+
+
+def _interactive_shell(booted: BootedSandbox, result: dict[str, Any]) -> None:
+    """The sysadmin looks around the upgraded, running system by hand."""
+    import sys
+
+    exit_status = result["apt"]["exit_status"]
+    sys.stderr.write(
+        "apt-rehearse: a shell in the rehearsed system, after the upgrade (apt exited "
+        f"{exit_status}), rebooted, services running, on its own loopback network.\n"
+        "apt-rehearse: nothing you do here reaches this machine; leave the shell to end the rehearsal.\n"
+    )
+    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8",
+           "TERM": os.environ.get("TERM", "xterm"), "PS1": "(rehearsal) \\u@\\h:\\w\\$ ", "APT_REHEARSE": "0"}  # fmt: skip
+    shell = "/bin/bash" if os.path.exists(os.path.join("/proc", str(booted.pid1), "root/bin/bash")) else "/bin/sh"
+    booted.shell([shell, "--norc", "-i"] if shell.endswith("bash") else [shell, "-i"], env)

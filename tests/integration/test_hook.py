@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, run_on_terminal
 from lib.localrepo import LocalRepo, build_deb
 from lib.trees import bookworm_tree, dpkg_status_digest
 
@@ -260,47 +260,10 @@ def test_lintian_finds_no_error(machine: dict) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def _drive_on_a_terminal(tree: Path, command: str, answers: list[tuple[str, str]], timeout: float = 300) -> tuple[int, str]:
-    """Run a command with a real terminal (a pty as controlling tty), answering prompts as they appear."""
-    import fcntl
-    import select
-    import termios
-    import time
-
-    master, slave = os.openpty()
-
-    def controlling_tty() -> None:
-        os.setsid()
-        fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
-
+def _drive_on_a_terminal(tree: Path, command: str, answers: list[tuple[str, str]]) -> tuple[int, str]:
     argv = ["unshare", "--mount", "--pid", "--ipc", "--uts", "--fork", "--propagation", "private", "sh", "-c", TREE_SETUP,
             "sh", str(tree), "TERM=dumb", "sh", "-c", command]  # fmt: skip
-    proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, preexec_fn=controlling_tty, close_fds=True)
-    os.close(slave)
-    seen, pending = "", list(answers)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([master], [], [], 1.0)
-        if ready:
-            try:
-                chunk = os.read(master, 65536).decode("utf-8", "replace")
-            except OSError:
-                break
-            if not chunk:
-                break
-            seen += chunk
-            for prompt, answer in list(pending):
-                if prompt in seen[-400:]:
-                    os.write(master, answer.encode())
-                    pending.remove((prompt, answer))
-                    seen += "\n"  # one answer per appearance
-        elif proc.poll() is not None:
-            break
-    if proc.poll() is None:  # an unanswered prompt: end what we started
-        os.killpg(proc.pid, 9)
-    code = proc.wait(timeout=60)
-    os.close(master)
-    return code, seen
+    return run_on_terminal(argv, answers)
 
 
 def test_interactive_run_asks_on_the_terminal(machine: dict) -> None:

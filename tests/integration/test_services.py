@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import assert_host_clean, host_snapshot, run_json
+from conftest import assert_host_clean, cli_command, host_snapshot, run_json, run_on_terminal
 from lib.localrepo import LocalRepo, build_deb
 from lib.trees import bookworm_tree, dpkg_status_digest, install_into, tree_hash
 
@@ -135,3 +135,17 @@ def test_no_services_option(services_tree: dict) -> None:
     assert proc.returncode == 0, (proc.stderr, document["findings"])
     assert document["services"] is None
     assert any("services are not rehearsed" in note for note in document["notes"])
+
+
+def test_shell_in_the_rehearsed_system(services_tree: dict) -> None:
+    before = host_snapshot()
+    argv = [*cli_command(), "--root", str(services_tree["tree"]), "-o", f"APT::Rehearse::Log-Dir={services_tree['base']}/log",
+            "shell", "install", "rh-web"]  # fmt: skip
+    probe = ("python3 -c \"import urllib.request; print('PAGE:', urllib.request.urlopen('http://127.0.0.1:8080/').read().decode())\"; "
+             "echo RUNNING=$(systemctl is-active rh-web.service); exit\n")  # fmt: skip
+    code, screen = run_on_terminal(argv, [("(rehearsal) ", probe)])
+    assert code == 0, screen[-3000:]
+    assert "PAGE: <h1>version two</h1>" in screen
+    assert "RUNNING=active" in screen
+    assert_host_clean(before)
+    assert dpkg_status_digest(services_tree["tree"]) == services_tree["status"]
