@@ -62,6 +62,10 @@ def services_tree(sandbox_capable: None):
             build_deb(debs, "rh-quiet", "2.0", files={"/usr/share/rh-quiet/v": "2\n"}),
         ]  # fmt: skip
         install_into(tree, v1)
+        probes = tree / "etc/apt-rehearse/probes.d"
+        probes.mkdir(parents=True)
+        (probes / "web.probe").write_text("Name: web-version\nType: http\nURL: http://127.0.0.1:8080/\n"
+                                          "Expect-Status: 200\nExpect-Body: version one\n")  # fmt: skip
         repo = LocalRepo(base / "repo")
         for deb in v1 + v2:
             repo.add(deb)
@@ -104,14 +108,16 @@ def test_service_on_another_port_is_a_lost_socket(services_tree: dict) -> None:
     assert not findings(document, "service")
 
 
-def test_changed_page_is_reported(services_tree: dict) -> None:
+def test_changed_page_is_reported_and_the_probe_fails(services_tree: dict) -> None:
     proc, document = rehearse(services_tree, "install", "rh-web")
-    assert proc.returncode == 0, (proc.stderr, document["findings"])
+    assert proc.returncode == 10, (proc.stderr, document["findings"])
     [finding] = findings(document, "http")
     assert finding["subject"] == "http://localhost:8080/"
     assert finding["severity"] == "warn"
     assert "version one" in finding["details"]["before"]["snippet"]
     assert "version two" in finding["details"]["after"]["snippet"]
+    [probe] = findings(document, "probe")  # the sysadmin's own probe of /etc/apt-rehearse/probes.d
+    assert probe["subject"] == "web-version" and probe["severity"] == "block"
 
 
 def test_no_false_alarm_and_nothing_left(services_tree: dict) -> None:
@@ -144,7 +150,8 @@ def test_shell_in_the_rehearsed_system(services_tree: dict) -> None:
     probe = ("python3 -c \"import urllib.request; print('PAGE:', urllib.request.urlopen('http://127.0.0.1:8080/').read().decode())\"; "
              "echo RUNNING=$(systemctl is-active rh-web.service); exit\n")  # fmt: skip
     code, screen = run_on_terminal(argv, [("(rehearsal) ", probe)])
-    assert code == 0, screen[-3000:]
+    assert code in (0, 10), screen[-3000:]  # 10: the probe of web.probe blocks this upgrade
+    assert "Verdict: BLOCK" in screen
     assert "PAGE: <h1>version two</h1>" in screen
     assert "RUNNING=active" in screen
     assert_host_clean(before)
