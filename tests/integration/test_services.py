@@ -151,7 +151,7 @@ def test_shell_in_the_rehearsed_system(services_tree: dict) -> None:
              "echo RUNNING=$(systemctl is-active rh-web.service); exit\n")  # fmt: skip
     code, screen = run_on_terminal(argv, [("(rehearsal) ", probe)])
     assert code in (0, 10), screen[-3000:]  # 10: the probe of web.probe blocks this upgrade
-    assert "Verdict: BLOCK" in screen
+    assert "policy stops the real run" in screen
     assert "PAGE: <h1>version two</h1>" in screen
     assert "RUNNING=active" in screen
     assert_host_clean(before)
