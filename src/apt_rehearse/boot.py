@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator
 from apt_rehearse import syscalls
 from apt_rehearse.cgroups import SandboxCgroup
 from apt_rehearse.errors import RehearsalError, RehearsalLimit, UnsupportedSystem
-from apt_rehearse.sandbox import Channel, Context, SandboxPlan, _tree_bytes
+from apt_rehearse.sandbox import Channel, Context, SandboxPlan, _tree_bytes, read_events
 
 INIT_CANDIDATES = ("/sbin/init", "/lib/systemd/systemd", "/usr/lib/systemd/systemd")
 SIGRTMIN = 34
@@ -373,15 +373,8 @@ class BootedSandbox:
         os.close(write_fd)
         for fd in (*fds.values(), root_fd):
             os.close(fd)
-        buffer = b""
         try:
-            with os.fdopen(read_fd, "rb", buffering=0) as stream:
-                while chunk := stream.read(65536):
-                    buffer += chunk
-                    while b"\n" in buffer:
-                        line, buffer = buffer.split(b"\n", 1)
-                        if line.strip():
-                            yield json.loads(line)
+            yield from read_events(read_fd)
         finally:
             try:
                 done, _ = os.waitpid(pid, os.WNOHANG)

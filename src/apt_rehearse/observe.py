@@ -154,6 +154,7 @@ def http_get(host: str, port: int, path: str = "/", tls: bool = False) -> dict[s
         "length": len(body),
         "snippet": body[:300].decode("utf-8", "replace"),
         "php_source": b"<?php" in body,
+        "_body": body.decode("utf-8", "replace"),  # for probes only; dropped from observations
     }
 
 
@@ -209,6 +210,7 @@ def http_pages(listening: list[dict[str, Any]], extra_urls: list[str]) -> dict[s
             continue
         second = http_get(host, port, path)
         first["stable"] = second is not None and second["sha256"] == first["sha256"]
+        first.pop("_body", None)
         pages[f"{port}{path}"] = first
     return pages
 
@@ -266,7 +268,7 @@ def run_probe(probe: dict[str, str]) -> dict[str, Any]:
             return {"ok": False, "detail": "no HTTP answer"}
         want = int(probe.get("expect-status", "200"))
         contains = probe.get("expect-body", "")
-        ok = page["status"] == want and (not contains or contains in page["snippet"])
+        ok = page["status"] == want and (not contains or contains in page["_body"])
         return {"ok": ok, "detail": f"HTTP {page['status']} {page['content_type']}"}
     if kind == "tcp":
         try:

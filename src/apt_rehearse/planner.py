@@ -126,12 +126,17 @@ def mark_request(cache: apt.Cache, request: Request) -> set[str]:
                 resolver.clear(pkg._pkg)
                 resolver.protect(pkg._pkg)
                 resolver.remove(pkg._pkg)
-        if depcache.broken_count:
-            try:
-                resolver.resolve(True)
-            except SystemError as error:
-                raise UsageError(f"apt cannot satisfy this request: {str(error).strip()}") from error
+        _resolve(depcache, resolver)
     return requested
+
+
+def _resolve(depcache: apt_pkg.DepCache, resolver: apt_pkg.ProblemResolver) -> None:
+    """apt-get's own step: let the problem resolver fix what the marks broke."""
+    if depcache.broken_count:
+        try:
+            resolver.resolve(True)
+        except SystemError as error:
+            raise UsageError(f"apt cannot satisfy this request: {str(error).strip()}") from error
 
 
 def _mark_installs(cache: apt.Cache, specs: list[str], requested: set[str]) -> None:
@@ -148,11 +153,7 @@ def _mark_installs(cache: apt.Cache, specs: list[str], requested: set[str]) -> N
             depcache.mark_install(pkg._pkg, True, True)
             resolver.clear(pkg._pkg)
             resolver.protect(pkg._pkg)
-        if depcache.broken_count:
-            try:
-                resolver.resolve(True)
-            except SystemError as error:
-                raise UsageError(f"apt cannot satisfy this request: {str(error).strip()}") from error
+        _resolve(depcache, resolver)
 
 
 VERSION_IN_NAME = re.compile(r"\d+(?:\.\d+)*")

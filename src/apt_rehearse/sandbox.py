@@ -456,6 +456,18 @@ class Channel:
             view = view[written:]
 
 
+def read_events(read_fd: int) -> Iterator[dict[str, Any]]:
+    """The other end of a Channel: its JSON lines until the writer is gone."""
+    buffer = b""
+    with os.fdopen(read_fd, "rb", buffering=0) as stream:
+        while chunk := stream.read(65536):
+            buffer += chunk
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                if line.strip():
+                    yield json.loads(line)
+
+
 InsideFunction = Callable[["SandboxSession", Channel], dict[str, Any]]
 
 
@@ -506,18 +518,8 @@ class SandboxRunner:
             _child_main(self.plan, inside, write_fd)
         self.pid = pid
         os.close(write_fd)
-        buffer = b""
         try:
-            with os.fdopen(read_fd, "rb", buffering=0) as stream:
-                while True:
-                    chunk = stream.read(65536)
-                    if not chunk:
-                        break
-                    buffer += chunk
-                    while b"\n" in buffer:
-                        line, buffer = buffer.split(b"\n", 1)
-                        if line.strip():
-                            yield json.loads(line)
+            yield from read_events(read_fd)
         finally:
             self._reap()
 

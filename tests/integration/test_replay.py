@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import SRC, assert_host_clean, host_snapshot, run_cli, run_json
-from lib.localrepo import LocalRepo, build_deb
+from lib.localrepo import LocalRepo, build_deb, serve_to_tree
 from lib.trees import bookworm_tree, dpkg_status_digest, install_into, tree_hash
 
 pytestmark = pytest.mark.integration
@@ -59,10 +59,7 @@ def scenario(sandbox_capable: None):
         for deb in v1 + v2:
             repo.add(deb)
         repo.publish()
-        (tree / "etc/apt/sources.list").write_text(repo.sources_line() + "\n")
-        for extra in (tree / "etc/apt/sources.list.d").glob("*"):
-            extra.unlink()
-        subprocess.run(["apt-get", "-q", "-o", f"Dir={tree}/", "update"], check=True, capture_output=True)
+        serve_to_tree(tree, repo)
         log_dir = base / "log"
         yield {"base": base, "tree": tree, "log": log_dir,
                "hash": tree_hash(tree), "status": dpkg_status_digest(tree)}  # fmt: skip

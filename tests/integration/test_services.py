@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import assert_host_clean, cli_command, host_snapshot, run_json, run_on_terminal
-from lib.localrepo import LocalRepo, build_deb
+from lib.localrepo import LocalRepo, build_deb, serve_to_tree
 from lib.trees import bookworm_tree, dpkg_status_digest, install_into, tree_hash
 
 pytestmark = pytest.mark.integration
@@ -70,10 +70,7 @@ def services_tree(sandbox_capable: None):
         for deb in v1 + v2:
             repo.add(deb)
         repo.publish()
-        (tree / "etc/apt/sources.list").write_text(repo.sources_line() + "\n")
-        for extra in (tree / "etc/apt/sources.list.d").glob("*"):
-            extra.unlink()
-        subprocess.run(["apt-get", "-q", "-o", f"Dir={tree}/", "update"], check=True, capture_output=True)
+        serve_to_tree(tree, repo)
         yield {"tree": tree, "base": base, "hash": tree_hash(tree), "status": dpkg_status_digest(tree)}
     finally:
         shutil.rmtree(base, ignore_errors=True)

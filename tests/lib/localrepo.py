@@ -200,3 +200,12 @@ class LocalRepo:
         tmp.write_bytes(data)
         os.chmod(tmp, 0o644)
         os.replace(tmp, self.root / name)
+
+
+def serve_to_tree(tree: Path, repo: "LocalRepo") -> None:
+    """Make the repository the tree's only source, and update the tree's lists
+    (with the host's apt, Dir pointing at the tree)."""
+    (tree / "etc/apt/sources.list").write_text(repo.sources_line() + "\n")
+    for extra in (tree / "etc/apt/sources.list.d").glob("*"):
+        extra.unlink()
+    subprocess.run(["apt-get", "-q", "-o", f"Dir={tree}/", "update"], check=True, capture_output=True)

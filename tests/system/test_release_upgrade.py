@@ -88,17 +88,21 @@ def _digest_dir(path: str) -> str:
     return digest.hexdigest()
 
 
-def test_host_upgrade_completes_and_changes_nothing(sandbox_capable: None) -> None:
-    """apt-rehearse upgrade on the running machine itself."""
-    before = {
+def _host_state() -> dict[str, str]:
+    """What a rehearsal of / must leave exactly as it was."""
+    return {
         "status": dpkg_status_digest(Path("/")),
         "lists": _digest_dir("/var/lib/apt/lists"),
         "archives": _digest_dir("/var/cache/apt/archives"),
         "etc": tree_hash(Path("/etc")),
         "var_lib": tree_hash(Path("/var/lib")),
         "usr": tree_hash(Path("/usr"), content=False),
-        
     }
+
+
+def test_host_upgrade_completes_and_changes_nothing(sandbox_capable: None) -> None:
+    """apt-rehearse upgrade on the running machine itself."""
+    before = _host_state()
     before_host = host_snapshot()
     log_dir = tempfile.mkdtemp(prefix="rh-host-log-", dir="/var/tmp")
     try:
@@ -114,14 +118,6 @@ def test_host_upgrade_completes_and_changes_nothing(sandbox_capable: None) -> No
         assert document["services"]["boot"]["state"] in ("running", "degraded")
     print(f"host upgrade rehearsal: {len(document['transaction']['changes'])} changes, {document['duration_s']} s, "
           f"verdict {document['verdict']}")
-    after = {
-        "status": dpkg_status_digest(Path("/")),
-        "lists": _digest_dir("/var/lib/apt/lists"),
-        "archives": _digest_dir("/var/cache/apt/archives"),
-        "etc": tree_hash(Path("/etc")),
-        "var_lib": tree_hash(Path("/var/lib")),
-        "usr": tree_hash(Path("/usr"), content=False),
-        
-    }
+    after = _host_state()
     assert after == before
     assert_host_clean(before_host)
