@@ -309,6 +309,7 @@ def _run_booted(plan, init: str, replay_plan: ReplayPlan, progress: Progress, cl
     try:
         with clock.timed("sandbox"):
             booted.start()
+        observations["cgroup"] = {"path": booted.cgroup.path, "systemd_scope": booted.cgroup.scope}
         progress.phase("booting the rehearsed system")
         with clock.timed("boot"):
             booted.boot()

@@ -73,7 +73,7 @@ def _suggestion(rehearsal: Rehearsal) -> dict[str, Any] | None:
 def _services_summary(observations: dict[str, Any]) -> dict[str, Any] | None:
     if not observations.get("baseline"):
         return None
-    summary: dict[str, Any] = {}
+    summary: dict[str, Any] = {"cgroup": observations.get("cgroup")}
     for phase in ("boot", "settle_after_upgrade", "reboot"):
         if phase in observations:
             summary[phase] = {"state": observations[phase]["state"], "seconds": observations[phase]["seconds"]}

@@ -8,7 +8,6 @@ and the hook really builds its (nested) sandbox on that tree.
 
 from __future__ import annotations
 
-import glob
 import os
 import shutil
 import subprocess
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, run_on_terminal
 from lib.localrepo import LocalRepo, build_deb
-from lib.trees import bookworm_tree, dpkg_status_digest
+from lib.trees import bookworm_tree, build_package, dpkg_status_digest
 
 pytestmark = pytest.mark.integration
 
@@ -46,14 +45,6 @@ def in_tree(tree: Path, command: str, env: dict[str, str] | None = None, timeout
          "sh", str(tree), *assignments, "sh", "-c", command],
         capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False,
     )  # fmt: skip
-
-
-def build_package() -> Path:
-    proc = subprocess.run(["make", "-C", str(REPO), "deb"], capture_output=True, text=True, check=False)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    debs = sorted(glob.glob(str(REPO / "build" / "apt-rehearse_*_all.deb")))
-    assert debs, "make deb built no .deb"
-    return Path(debs[-1])
 
 
 GOOD = ("rh-good-aptget", "rh-good-apt", "rh-good-aptitude", "rh-good-pyapt", "rh-good-cached", "rh-uu-good")

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import assert_host_clean, cli_command, host_snapshot, run_json, run_on_terminal
 from lib.localrepo import LocalRepo, build_deb, serve_to_tree
-from lib.trees import bookworm_tree, dpkg_status_digest, install_into, tree_hash
+from lib.trees import bookworm_tree, build_package, dpkg_status_digest, install_into, tree_hash
 
 pytestmark = pytest.mark.integration
 
@@ -61,7 +61,7 @@ def services_tree(sandbox_capable: None):
                             {"/usr/share/rh-crash/x": "x\n"}),
             build_deb(debs, "rh-quiet", "2.0", files={"/usr/share/rh-quiet/v": "2\n"}),
         ]  # fmt: skip
-        install_into(tree, v1)
+        install_into(tree, [*v1, build_package()])  # apt-rehearse itself, for the nested test
         probes = tree / "etc/apt-rehearse/probes.d"
         probes.mkdir(parents=True)
         (probes / "web.probe").write_text("Name: web-version\nType: http\nURL: http://127.0.0.1:8080/\n"
@@ -153,3 +153,25 @@ def test_shell_in_the_rehearsed_system(services_tree: dict) -> None:
     assert "RUNNING=active" in screen
     assert_host_clean(before)
     assert dpkg_status_digest(services_tree["tree"]) == services_tree["status"]
+
+
+def test_on_a_systemd_host_the_sandbox_gets_a_delegated_scope(services_tree: dict) -> None:
+    """The case of real servers, whose PID 1 is systemd (cgroup v2): apt-rehearse
+    runs inside a booted rehearsal (a systemd host), asks that systemd for a
+    delegated scope, and boots a nested systemd there."""
+    argv = [*cli_command(), "--root", str(services_tree["tree"]), "-o", f"APT::Rehearse::Log-Dir={services_tree['base']}/log",
+            "shell", "install", "rh-quiet"]  # fmt: skip
+    nested = ("apt-rehearse remove rh-crash --json > /root/nested.json; echo NESTED=$?; "
+              "python3 -c \"import json; s = json.load(open('/root/nested.json'))['services']; "
+              "print('SCOPE', s['cgroup']['systemd_scope'], s['cgroup']['path'], s['boot']['state'], s['baseline']['listening'])\"; "
+              "echo LEFT=$(find /sys/fs/cgroup -name 'apt-rehearse-*' | wc -l); exit\n")  # fmt: skip
+    code, screen = run_on_terminal(argv, [("(rehearsal) ", nested)], timeout=600)
+    assert code == 0, screen[-3000:]
+    assert "NESTED=10" in screen, screen[-3000:]  # rh-crash ships an enabled service: its removal blocks
+    lines = [line for line in screen.splitlines() if line.startswith("SCOPE ")]
+    assert lines, screen[-3000:]
+    line = lines[0]
+    assert line.startswith("SCOPE True /sys/fs/cgroup/") and ".scope" in line and "apt-rehearse-" in line, line
+    assert "running" in line or "degraded" in line
+    assert "tcp/8083" in line  # the nested boot's own rh-crash service listened
+    assert "LEFT=0" in screen  # the scope is gone after the nested rehearsal

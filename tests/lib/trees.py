@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import fcntl
 import hashlib
 import json
@@ -334,3 +335,17 @@ def install_into(tree: Path, debs: list[Path]) -> None:
     shutil.rmtree(staging)
     if proc.returncode != 0:
         raise RuntimeError(f"dpkg -i in {tree} failed: {proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def build_package() -> Path:
+    """The apt-rehearse .deb, built by make deb (dh + pybuild) from this tree."""
+    proc = subprocess.run(["make", "-C", str(REPO_ROOT), "deb"], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError("make deb failed: " + proc.stdout[-3000:] + proc.stderr[-3000:])
+    debs = sorted(glob.glob(str(REPO_ROOT / "build" / "apt-rehearse_*_all.deb")))
+    if not debs:
+        raise RuntimeError("make deb built no .deb")
+    return Path(debs[-1])
