@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator
 from apt_rehearse import syscalls
 from apt_rehearse.cgroups import SandboxCgroup
 from apt_rehearse.errors import RehearsalError, RehearsalLimit, UnsupportedSystem
-from apt_rehearse.sandbox import Channel, Context, SandboxPlan, _tree_bytes, read_events
+from apt_rehearse.sandbox import Channel, Context, SandboxPlan, _tree_bytes, layer_growth, read_events
 
 INIT_CANDIDATES = ("/sbin/init", "/lib/systemd/systemd", "/usr/lib/systemd/systemd")
 SIGRTMIN = 34
@@ -154,15 +154,16 @@ class BootedSandbox:
                         reply(clean=self._poweroff(boot_child, pid1, command.get("timeout", 60)))
                         boot_child = pid1 = None
                     elif action == "measure":
-                        bytes_by_layer = {}
+                        bytes_by_layer, growth = {}, {}
                         for layer in self.plan.layers:
                             fd = os.open(layer.layer_dir, os.O_RDONLY | os.O_DIRECTORY)
                             try:
                                 bytes_by_layer[layer.mountpoint] = _tree_bytes(fd, "upper")
+                                growth[layer.mountpoint] = layer_growth(fd, ctx.pinned.get(layer.lower))
                             finally:
                                 os.close(fd)
                         info = os.statvfs(self.plan.layers[0].layer_dir)
-                        reply(upper_bytes=bytes_by_layer, free=info.f_bavail * info.f_frsize)
+                        reply(upper_bytes=bytes_by_layer, growth=growth, free=info.f_bavail * info.f_frsize)
                     elif action == "exit":
                         self._poweroff(boot_child, pid1, 0)
                         boot_child = pid1 = None

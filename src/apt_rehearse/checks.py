@@ -217,3 +217,31 @@ def conffile_findings(predicted: list[ConffilePrompt], output: str, nobody_answe
 def out_of_room(replay: dict[str, Any]) -> bool:
     output = replay["apt"]["output"]
     return replay.get("upper_free_bytes", 1 << 30) < (1 << 20) or any(marker in output for marker in NO_SPACE_MARKERS)
+
+
+def _megabytes(value: int) -> str:
+    return f"{value / 1e6:.0f} MB" if abs(value) >= 1e6 else f"{value / 1e3:.0f} kB"
+
+
+def disk_findings(rows: list[dict[str, Any]]) -> list[Finding]:
+    """Too little room on a real mount for what the run writes there.
+
+    dpkg writes each new file beside the old one before the rename, so the
+    largest replaced file is needed for a moment on top of the net growth.
+    """
+    findings = []
+    for row in rows:
+        needed = row["growth_bytes"] + row["peak_extra_bytes"]
+        if needed <= 0:
+            continue
+        left = row["free_bytes"] - needed
+        where = row["mount"]
+        if left < 0:
+            findings.append(Finding("disk", ["Disk-Space"], where,
+                                    f"{where} needs {_megabytes(needed)} more, has {_megabytes(row['free_bytes'])} free",
+                                    dict(row)))  # fmt: skip
+        elif left < max(row["size_bytes"] * 0.05, 0):
+            findings.append(Finding("disk", ["Disk-Margin"], where,
+                                    f"{where} keeps only {_megabytes(left)} free after the run (needs {_megabytes(needed)})",
+                                    dict(row)))  # fmt: skip
+    return findings

@@ -26,6 +26,8 @@ DEFAULTS: dict[str, tuple[str, str]] = {
     "Conffile-Prompt-Unattended": ("block", "the same, in a run with nobody to answer (no --force-conf* option)"),
     "Mismatch": ("warn", "apt did something else than the transaction said"),
     "Timeout": ("block", "the replay did not finish in time (a hanging maintainer script?)"),
+    "Disk-Space": ("block", "a mount has less free space than the run writes there (measured, not estimated)"),
+    "Disk-Margin": ("warn", "a mount keeps less than 5% free after the run"),
     "Service-Failed": ("block", "a service active before the upgrade is failed or gone after it (or after a reboot)"),
     "Lost-Socket": ("block", "a port that was listening before no longer is"),
     "Http-Changed": ("block", "an HTTP page changes status or content type, stops answering, or serves PHP source"),

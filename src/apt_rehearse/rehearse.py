@@ -43,6 +43,7 @@ class Rehearsal:
     replay_log: str = ""  # apt's and dpkg's own output during the replay
     # The booted services before the upgrade, after it, and after a reboot.
     observations: dict[str, Any] = dataclasses.field(default_factory=dict)
+    disk: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
 class PhaseClock:
@@ -215,6 +216,8 @@ def rehearse(
         dpkg_options = transaction.apt_config.get("DPkg::Options", [])
         nobody_answers = unattended and not any(o.startswith(CONF_FORCE_OPTIONS) for o in dpkg_options)
         findings += checks.conffile_findings(predicted_prompts, result["apt"]["output"], nobody_answers)
+        disk = disk_usage(transaction.root, result.get("growth", {}))
+        findings += checks.disk_findings(disk)
         if observations.get("baseline"):
             findings += service_findings(observations["baseline"], observations.get("upgraded"), observations.get("rebooted"))
         apply_policy(findings, lookup)
@@ -232,7 +235,25 @@ def rehearse(
         sandbox_plan=plan.describe(),
         replay_log=result["apt"]["output"],
         observations=observations,
+        disk=disk,
     )
+
+
+def disk_usage(root: str, growth: dict[str, dict[str, int]]) -> list[dict[str, Any]]:
+    """Per real mount: what the run needs there against what it has free."""
+    rows = []
+    for mountpoint, measured in sorted(growth.items()):
+        host_path = root if mountpoint == "/" else os.path.join(root, mountpoint.lstrip("/"))
+        try:
+            info = os.statvfs(host_path)
+        except OSError:
+            continue
+        rows.append({
+            "mount": mountpoint, "host_path": host_path, **measured,
+            # apt runs as root, which may use the blocks reserved for root: f_bfree.
+            "free_bytes": info.f_bfree * info.f_frsize, "size_bytes": info.f_blocks * info.f_frsize,
+        })  # fmt: skip
+    return rows
 
 
 def _hostname(root: str) -> str | None:
@@ -334,6 +355,7 @@ def _run_booted(plan, init: str, replay_plan: ReplayPlan, progress: Progress, cl
             _interactive_shell(booted, result)
         booted.poweroff(timeout=0)  # nothing to keep: no need to wait for a clean shutdown
         result["upper_bytes"] = measured["upper_bytes"]
+        result["growth"] = measured["growth"]
         result["upper_free_bytes"] = measured["free"]
     finally:
         booted.stop()

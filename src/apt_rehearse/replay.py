@@ -256,6 +256,7 @@ def replay_inside(plan: ReplayPlan, session: SandboxSession | None, channel: Cha
     audit_status, audit_output = run_command(["dpkg", "--audit"])
     check_status, check_output = run_command(["apt-get", "check", "-o", "Dir::Etc::sourcelist=/dev/null", "-o", f"Dir::Etc::sourceparts={EMPTY_DIR}"])
     upper = session.upper_bytes() if session else {}
+    growth = session.growth() if session else {}
     timings["inspect"] = time.monotonic() - started
     return {
         "before": before,
@@ -264,6 +265,7 @@ def replay_inside(plan: ReplayPlan, session: SandboxSession | None, channel: Cha
         "audit": {"exit_status": audit_status, "output": audit_output},
         "check": {"exit_status": check_status, "output": check_output},
         "upper_bytes": upper,
+        "growth": growth,
         "upper_free_bytes": session.upper_free_bytes() if session else 1 << 40,
         "timings": timings,
     }

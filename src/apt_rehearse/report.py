@@ -42,6 +42,7 @@ def build(rehearsal: Rehearsal) -> dict[str, Any]:
         "findings": [f.to_json() for f in sorted(rehearsal.findings, key=_finding_order)],
         "phases": [{"name": name, "seconds": seconds} for name, seconds in rehearsal.phases],
         "upper_bytes": rehearsal.upper_bytes,
+        "disk": rehearsal.disk,
         "notes": rehearsal.notes,
         "suggestion": _suggestion(rehearsal),
         "services": _services_summary(rehearsal.observations),

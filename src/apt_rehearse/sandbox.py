@@ -478,6 +478,10 @@ class SandboxSession:
     plan: SandboxPlan
     layer_fds: dict[str, int]  # mountpoint -> fd of its layer dir (reachable after pivot_root)
     stage_fd: int
+    lower_fds: dict[str, int] = dataclasses.field(default_factory=dict)  # mountpoint -> pinned lower
+
+    def growth(self) -> dict[str, dict[str, int]]:
+        return {mountpoint: layer_growth(fd, self.lower_fds.get(mountpoint)) for mountpoint, fd in self.layer_fds.items()}
 
     def upper_bytes(self) -> dict[str, int]:
         """Bytes allocated in each layer's upper directory (what the rehearsal wrote)."""
@@ -487,6 +491,50 @@ class SandboxSession:
         """Room left where the uppers live (the tmpfs, or the disk upper)."""
         info = os.fstatvfs(self.layer_fds.get("/", self.stage_fd))
         return info.f_bavail * info.f_frsize
+
+
+# apt's binary caches: the replay rebuilds them from dpkg's status and the
+# transaction's .debs only, the real run from all its lists; neither size
+# says anything about the real run.
+REGENERATED = {("var/cache/apt", "pkgcache.bin"), ("var/cache/apt", "srcpkgcache.bin")}
+# What the booted copy itself writes (its journal), not the transaction.
+BOOT_ONLY = ("var/log/journal",)
+
+
+def layer_growth(layer_fd: int, lower_fd: int | None) -> dict[str, int]:
+    """How much the target's own mount grows when the real run writes what
+    this layer's upper holds: each file's new allocation minus what the
+    file it replaces had, whiteouts as what they delete. The upper's own
+    size counts every replaced file whole, which is not the space the real
+    run needs."""
+    upper_total = growth = peak_extra = 0
+    for dirpath, _, files, fd in os.fwalk("upper", dir_fd=layer_fd):
+        relative_dir = dirpath[len("upper") :].lstrip("/")
+        for filename in files:
+            if (relative_dir, filename) in REGENERATED or relative_dir.startswith(BOOT_ONLY):
+                continue
+            try:
+                info = os.stat(filename, dir_fd=fd, follow_symlinks=False)
+            except OSError:
+                continue
+            lower_bytes = 0
+            if lower_fd is not None:
+                try:
+                    lower = os.stat(os.path.join(relative_dir, filename) if relative_dir else filename,
+                                    dir_fd=lower_fd, follow_symlinks=False)  # fmt: skip
+                    lower_bytes = lower.st_blocks * 512
+                except OSError:
+                    lower_bytes = 0
+            if stat.S_ISCHR(info.st_mode) and info.st_rdev == 0:  # an overlay whiteout: a deletion
+                growth -= lower_bytes
+                continue
+            allocated = info.st_blocks * 512
+            upper_total += allocated
+            growth += allocated - lower_bytes
+            # dpkg unpacks the new file beside the old one, then renames:
+            # for a moment both are there.
+            peak_extra = max(peak_extra, lower_bytes)
+    return {"upper_bytes": upper_total, "growth_bytes": growth, "peak_extra_bytes": peak_extra}
 
 
 def _tree_bytes(dir_fd: int, name: str) -> int:
@@ -595,9 +643,10 @@ def _init_main(plan: SandboxPlan, inside: InsideFunction, channel: Channel) -> N
                 raise
             except OSError as error:
                 raise UnsupportedSystem(f"sandbox step failed: {step.describe()}: {error}") from error
-        for fd in ctx.pinned.values():
+        lower_fds = {layer.mountpoint: ctx.pinned[layer.lower] for layer in plan.layers if layer.lower in ctx.pinned}
+        for fd in set(ctx.pinned.values()) - set(lower_fds.values()):
             os.close(fd)
-        session = SandboxSession(plan, layer_fds, stage_fd)
+        session = SandboxSession(plan, layer_fds, stage_fd, lower_fds)
         result = inside(session, channel)
         channel.send("result", result=result)
     except RehearsalLimit as error:
