@@ -135,7 +135,10 @@ def _rehearse_request(command: str, packages: list[str], options: Options) -> in
     clock = PhaseClock()
     request = planner.Request(command, packages, root, options.release, options.apt_options, options.also)
     archive_dir = os.path.join(settings.cache_dir, "archives")
-    os.makedirs(settings.cache_dir, mode=0o700, exist_ok=True)
+    # Readable by apt's _apt download user down to the archives; verdicts/
+    # inside is root's alone.
+    os.makedirs(settings.cache_dir, mode=0o755, exist_ok=True)
+    os.chmod(settings.cache_dir, 0o755)
 
     state = None
     with clock.timed("plan"):

@@ -120,3 +120,20 @@ def replay_apt_options(options: list[str]) -> list[str]:
             continue
         passed.append(option)
     return passed
+
+
+def apt_download_dir(path: str) -> str:
+    """A directory apt downloads into, laid out as apt's own: the directory
+    0755, its partial/ 0700 and owned by _apt, so apt keeps its download
+    sandbox (no "Download is performed unsandboxed as root")."""
+    import pwd
+
+    partial = os.path.join(path, "partial")
+    os.makedirs(partial, mode=0o700, exist_ok=True)
+    os.chmod(path, 0o755)
+    try:
+        os.chown(partial, pwd.getpwnam("_apt").pw_uid, 0)
+    except KeyError:
+        pass  # no _apt user: apt downloads as root anyway
+    os.chmod(partial, 0o700)
+    return path

@@ -18,6 +18,7 @@ import apt.progress.base
 import apt.progress.text
 import apt_pkg
 
+from apt_rehearse.config import apt_download_dir
 from apt_rehearse.errors import RehearsalError, UsageError
 from apt_rehearse.transaction import INSTALLING_ACTIONS, Change, Transaction, classify, sha256_file
 
@@ -235,7 +236,7 @@ def fetch_debs(cache: apt.Cache, archive_dir: str, progress: bool) -> dict[str, 
     Returns file name -> path of every .deb apt fetched or found: files from
     file: sources stay where they are, the others land in ``archive_dir``.
     """
-    os.makedirs(os.path.join(archive_dir, "partial"), mode=0o700, exist_ok=True)
+    apt_download_dir(archive_dir)
     apt_pkg.config.set("Dir::Cache::Archives", archive_dir)
     acquire_progress = apt.progress.text.AcquireProgress(sys.stdout) if progress else apt.progress.base.AcquireProgress()
     errors: list[str] = []

@@ -21,6 +21,7 @@ import apt.progress.text
 import apt_pkg
 from debian.deb822 import Deb822
 
+from apt_rehearse.config import apt_download_dir
 from apt_rehearse.errors import RehearsalError, UsageError
 
 CODENAME_RE = re.compile(r"^[a-z][a-z0-9-]*$")
@@ -119,8 +120,8 @@ def prepare(root: str, release: str, cache_dir: str) -> ReleaseState:
     directory = os.path.join(cache_dir, "releases", f"{release}-{key}")
     parts_dir = os.path.join(directory, "sources.list.d")
     lists_dir = os.path.join(directory, "lists")
-    for path in (parts_dir, os.path.join(lists_dir, "partial")):
-        os.makedirs(path, mode=0o700, exist_ok=True)
+    os.makedirs(parts_dir, mode=0o755, exist_ok=True)
+    apt_download_dir(lists_dir)
     for stale in os.listdir(parts_dir):
         os.unlink(os.path.join(parts_dir, stale))
     real_root = os.path.realpath(root)

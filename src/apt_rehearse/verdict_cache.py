@@ -55,9 +55,9 @@ def _read_trusted(path: str) -> dict[str, Any] | None:
 
 def _write(cache_dir: str, name: str, data: dict[str, Any]) -> str:
     directory = _directory(cache_dir)
-    for path in (cache_dir, directory):  # makedirs gives only the leaf its mode
-        os.makedirs(path, mode=0o700, exist_ok=True)
-        os.chmod(path, 0o700)
+    os.makedirs(cache_dir, mode=0o755, exist_ok=True)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    os.chmod(directory, 0o700)
     path = os.path.join(directory, name)
     temporary = f"{path}.{os.getpid()}.tmp"
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
