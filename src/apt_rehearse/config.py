@@ -125,15 +125,23 @@ def replay_apt_options(options: list[str]) -> list[str]:
 def apt_download_dir(path: str) -> str:
     """A directory apt downloads into, laid out as apt's own: the directory
     0755, its partial/ 0700 and owned by _apt, so apt keeps its download
-    sandbox (no "Download is performed unsandboxed as root")."""
+    sandbox (no "Download is performed unsandboxed as root").
+
+    A tree in a directory (--root) may sit where _apt cannot read its
+    keyrings; there apt downloads as root, as it would have to anyway."""
     import pwd
 
     partial = os.path.join(path, "partial")
     os.makedirs(partial, mode=0o700, exist_ok=True)
     os.chmod(path, 0o755)
-    try:
-        os.chown(partial, pwd.getpwnam("_apt").pw_uid, 0)
-    except KeyError:
-        pass  # no _apt user: apt downloads as root anyway
+    owner = 0
+    if apt_pkg.config.find("Dir", "/") in ("/", ""):
+        try:
+            owner = pwd.getpwnam(apt_pkg.config.find("APT::Sandbox::User", "_apt")).pw_uid
+        except KeyError:
+            owner = 0  # no _apt user: apt downloads as root anyway
+    else:
+        apt_pkg.config.set("APT::Sandbox::User", "root")
+    os.chown(partial, owner, 0)
     os.chmod(partial, 0o700)
     return path
