@@ -94,12 +94,6 @@ class SandboxCgroup:
             time.sleep(0.02)
         raise UnsupportedSystem(f"systemd did not move the sandbox into {unit}")
 
-    def child(self, label: str) -> str:
-        assert self.path is not None
-        path = os.path.join(self.path, label)
-        os.makedirs(path, exist_ok=True)
-        return path
-
     def remove(self) -> None:
         """Empty cgroups, deepest first; a scope systemd removes by itself."""
         if self.path and os.path.isdir(self.path):

@@ -147,7 +147,7 @@ def main() -> int:
         max_age = float(hook.get("APT::Rehearse::Cache-Max-Age", str(DEFAULT_MAX_AGE)) or DEFAULT_MAX_AGE)
         from apt_rehearse import verdict_cache
 
-        cached = verdict_cache.lookup(cache_dir, transaction, max_age, _installed_versions(root))
+        cached = verdict_cache.lookup(cache_dir, transaction, max_age, lambda: _installed_versions(root))
         if cached is not None:
             return _cached_verdict(cached, transaction.identity, time.monotonic() - started)
         return _rehearse_now(hook, transaction, unattended, cache_dir)

@@ -316,7 +316,6 @@ class Layer:
     mountpoint: str  # inside the target, "/" or "/var", ...
     lower: str  # host path
     layer_dir: str  # staging path holding upper/ and work/
-    host_mount: MountEntry | None = None
 
 
 @dataclasses.dataclass
@@ -386,7 +385,7 @@ def plan_sandbox(spec: SandboxSpec, mounts: list[MountEntry] | None = None) -> S
     layers = [Layer("/", root, f"{layers_base}/0")]
     for index, entry in enumerate(submounts, start=1):
         inside = "/" + os.path.relpath(entry.target, root)
-        layers.append(Layer(inside, entry.target, f"{layers_base}/{index}", entry))
+        layers.append(Layer(inside, entry.target, f"{layers_base}/{index}"))
     for layer in layers:
         target = new_root if layer.mountpoint == "/" else new_root + layer.mountpoint
         steps.append(Overlay(layer.lower, layer.layer_dir, target, layer.mountpoint))

@@ -18,7 +18,7 @@ import json
 import os
 import stat
 import time
-from typing import Any
+from typing import Any, Callable
 
 from apt_rehearse.transaction import INSTALLING_ACTIONS, Transaction
 
@@ -84,11 +84,18 @@ def record_approval(cache_dir: str, transaction: Transaction, verdict: str, repo
     })  # fmt: skip
 
 
-def lookup(cache_dir: str, transaction: Transaction, max_age: float, installed: dict[str, str | None]) -> dict[str, Any] | None:
+def lookup(
+    cache_dir: str,
+    transaction: Transaction,
+    max_age: float,
+    installed: dict[str, str | None] | Callable[[], dict[str, str | None]],
+) -> dict[str, Any] | None:
     """A trusted, fresh verdict for exactly this transaction, or None.
 
-    ``installed`` maps package:arch -> the version installed now; it is used
-    to check that a gate approval's step starts from a state on the way.
+    ``installed`` maps package:arch -> the version installed now (or is a
+    function that reads it: only a gate approval needs it, so an exact hit
+    on the hook's hot path never parses dpkg's status); it checks that an
+    approval's step starts from a state on the way.
     """
     directory = _directory(cache_dir)
     if not _trusted_dir(directory):
@@ -100,7 +107,7 @@ def lookup(cache_dir: str, transaction: Transaction, max_age: float, installed: 
         return entry
     approval = _read_trusted(os.path.join(directory, "approval.json"))
     if approval and now - float(approval.get("created", 0)) <= max_age and approval.get("root") == transaction.root:
-        if _covered(transaction, approval.get("changes", []), installed):
+        if _covered(transaction, approval.get("changes", []), installed() if callable(installed) else installed):
             return approval
     return None
 
