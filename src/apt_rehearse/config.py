@@ -35,6 +35,8 @@ class Settings:
     boot_timeout: float = 90.0
     memory_max: int | None = None
     http_urls: list[str] = dataclasses.field(default_factory=list)
+    # Software dpkg does not know about, beyond /opt, /usr/local and /srv.
+    library_paths: list[str] = dataclasses.field(default_factory=list)
 
 
 def parse_option(option: str) -> tuple[str, str]:
@@ -99,6 +101,7 @@ def read_settings() -> Settings:
     memory = config.find("APT::Rehearse::Memory-Max", "")
     settings.memory_max = _size_bytes(memory) if memory else None
     settings.http_urls = list(config.value_list("APT::Rehearse::Http-Urls"))
+    settings.library_paths = [p for p in config.value_list("APT::Rehearse::Library-Paths") if p.startswith("/")]
     return settings
 
 

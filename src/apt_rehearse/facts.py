@@ -159,3 +159,39 @@ def predict_prompts(root: str, package: str, arch: str, deb: str, installed: dic
             continue
         prompts.append(ConffilePrompt(package, path))
     return prompts
+
+
+def _canonical(root: str, path: str) -> str:
+    """A path as the /usr merge aliases it: /lib/x and /usr/lib/x are one file."""
+    for alias in ("/bin/", "/sbin/", "/lib/", "/lib32/", "/lib64/", "/libx32/"):
+        if path.startswith(alias) and os.path.islink(os.path.join(root, alias.strip("/"))):
+            return "/usr" + path
+    return path
+
+
+def owners_of(root: str, paths: list[str]) -> dict[str, str]:
+    """The package whose file list names each path (dpkg -S, read directly)."""
+    wanted = {_canonical(root, p): p for p in paths}
+    real_root = os.path.realpath(root)
+    for path in paths:
+        # ldconfig makes some soname links itself: the file they point to is listed.
+        real = os.path.realpath(os.path.join(real_root, path.lstrip("/")))
+        if real_root != "/" and real.startswith(real_root + "/"):
+            real = real[len(real_root):]
+        wanted.setdefault(_canonical(root, real), path)
+    owners: dict[str, str] = {}
+    info = os.path.join(root, "var/lib/dpkg/info")
+    try:
+        names = sorted(n for n in os.listdir(info) if n.endswith(".list"))
+    except OSError:
+        return owners
+    for name in names:
+        try:
+            with open(os.path.join(info, name), encoding="utf-8", errors="replace") as handle:
+                for line in handle:
+                    original = wanted.get(_canonical(root, line.rstrip("\n")))
+                    if original is not None:
+                        owners.setdefault(original, name[: -len(".list")].split(":", 1)[0])
+        except OSError:
+            continue
+    return owners

@@ -13,13 +13,14 @@ import os
 import time
 from typing import Any, Callable
 
-from apt_rehearse import checks, facts
+from apt_rehearse import checks, facts, hazard_checks
 from apt_rehearse.config import Settings
 from apt_rehearse.errors import RehearsalError, RehearsalLimit, UnsupportedSystem
 from apt_rehearse.policy import Finding, apply_policy, verdict
 from apt_rehearse.progress import Progress
 from apt_rehearse.replay import ReplayPlan, replay_inside
 from apt_rehearse.boot import HELD_BACK, BootedSandbox, find_init
+from apt_rehearse.libraries import summary as library_summary
 from apt_rehearse.cgroups import SandboxCgroup, cgroup2_mount
 from apt_rehearse.observe import observe, settle
 from apt_rehearse.sandbox import INSIDE_SHARE, SandboxRunner, SandboxSpec, check_supported, cleanup_upper_dir, plan_sandbox
@@ -44,6 +45,8 @@ class Rehearsal:
     # The booted services before the upgrade, after it, and after a reboot.
     observations: dict[str, Any] = dataclasses.field(default_factory=dict)
     disk: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    # Libraries per object, the boot chain, conffile leftovers (figures for fleet tools).
+    hazards: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 class PhaseClock:
@@ -192,6 +195,8 @@ def rehearse(
             private_lists=lists_inside,
             sources_rewrite=sources_rewrite or {},
             services_live=init is not None,
+            library_dirs=settings.library_paths,
+            release_upgrade=bool(sources_rewrite or private_lists),
         )
         if init:
             result, observations = _run_booted(plan, init, replay_plan, progress, clock, settings, transaction.identity,
@@ -216,6 +221,13 @@ def rehearse(
         dpkg_options = transaction.apt_config.get("DPkg::Options", [])
         nobody_answers = unattended and not any(o.startswith(CONF_FORCE_OPTIONS) for o in dpkg_options)
         findings += checks.conffile_findings(predicted_prompts, result["apt"]["output"], nobody_answers)
+        hazards = result.get("hazards")
+        if hazards:
+            findings += hazard_checks.conffile_detail_findings(hazards["conffile_leftovers"], findings)
+            owners = facts.owners_of(transaction.root, hazard_checks.lost_library_paths(hazards))
+            findings += hazard_checks.lost_library_findings(transaction, hazards, owners)
+            findings += hazard_checks.boot_findings(transaction, hazards)
+            findings += hazard_checks.release_findings(hazards)
         disk = disk_usage(transaction.root, result.get("growth", {}))
         findings += checks.disk_findings(disk)
         if observations.get("baseline"):
@@ -236,7 +248,20 @@ def rehearse(
         replay_log=result["apt"]["output"],
         observations=observations,
         disk=disk,
+        hazards=_hazard_figures(result.get("hazards")),
     )
+
+
+def _hazard_figures(hazards: dict[str, Any] | None) -> dict[str, Any]:
+    if not hazards:
+        return {}
+    return {
+        "libraries": library_summary(hazards["before"]["libraries"], hazards["libraries"]),
+        "boot": hazard_checks.boot_summary(hazards),
+        "conffile_leftovers": hazards["conffile_leftovers"],
+        "obsolete": hazards.get("obsolete"),
+        "auto_removable": hazards.get("autoremovable"),
+    }
 
 
 def disk_usage(root: str, growth: dict[str, dict[str, int]]) -> list[dict[str, Any]]:

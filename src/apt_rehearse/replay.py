@@ -17,6 +17,7 @@ import subprocess
 import time
 from typing import Any
 
+from apt_rehearse import bootchain, conffile_state, libraries
 from apt_rehearse.errors import RehearsalError
 from apt_rehearse.sandbox import Channel, SandboxSession
 from apt_rehearse.transaction import INSTALLING_ACTIONS, Transaction
@@ -40,6 +41,11 @@ class ReplayPlan:
     # With the system booted, maintainer scripts stop and restart services
     # exactly as the real run will; without it, a policy-rc.d keeps them down.
     services_live: bool = False
+    # Extra directories of software dpkg does not know about (beyond /opt,
+    # /usr/local, /srv), whose libraries must still resolve afterwards.
+    library_dirs: list[str] = dataclasses.field(default_factory=list)
+    # A release upgrade: report what no source offers any more afterwards.
+    release_upgrade: bool = False
 
 
 def sandbox_env() -> dict[str, str]:
@@ -220,6 +226,53 @@ def _install_release_state(plan: ReplayPlan) -> None:
                         dst.write(block)
 
 
+APT_QUIET_OPTIONS = ["-o", "Dir::Etc::sourcelist=/dev/null", "-o", f"Dir::Etc::sourceparts={EMPTY_DIR}",
+                     "-o", "APT::Color=false", "-o", "APT::Rehearse::Enable=false"]  # fmt: skip
+
+
+def autoremovable() -> list[str]:
+    """What 'apt autoremove' would remove now (the packages' own view of it)."""
+    code, output = run_command(["apt-get", "--simulate", "autoremove", *APT_QUIET_OPTIONS])
+    if code != 0:
+        return []
+    return sorted({line.split()[1] for line in output.splitlines() if line.startswith("Remv ") and len(line.split()) > 1})
+
+
+def obsolete() -> list[str]:
+    """Installed packages that no configured source offers (apt's ?obsolete)."""
+    code, output = run_command(["apt", "list", "-o", "APT::Color=false", "?and(?installed,?obsolete)"])
+    if code != 0:
+        return []
+    return sorted({line.split("/", 1)[0] for line in output.splitlines() if "/" in line and "[installed" in line})
+
+
+def _before_apt(plan: ReplayPlan) -> dict[str, Any]:
+    """What the checks compare against, taken in the sandbox just before apt runs."""
+    state: dict[str, Any] = {
+        "libraries": libraries.scan(plan.library_dirs),
+        "boot": bootchain.boot_state(),
+        "conffile_leftovers": conffile_state.leftovers(),
+    }
+    if plan.release_upgrade:
+        state["autoremovable"] = autoremovable()
+    return state
+
+
+def _after_apt(plan: ReplayPlan, before: dict[str, Any], recorders: dict[str, Any]) -> dict[str, Any]:
+    scanned = list(before["libraries"].get("objects", {}))
+    after: dict[str, Any] = {
+        "libraries": libraries.scan(plan.library_dirs, files=scanned),
+        "boot": bootchain.boot_state(),
+        "recorded_commands": bootchain.recorded_commands(),
+        "recorder_refused": recorders["refused"],
+        "conffile_leftovers": conffile_state.new_leftovers(before["conffile_leftovers"], conffile_state.leftovers()),
+    }
+    if plan.release_upgrade:
+        after["autoremovable"] = autoremovable()
+        after["obsolete"] = obsolete()
+    return after
+
+
 def replay_inside(plan: ReplayPlan, session: SandboxSession | None, channel: Channel) -> dict[str, Any]:
     """The function the sandbox runs: observe, apply, observe."""
     timings: dict[str, float] = {}
@@ -228,6 +281,10 @@ def replay_inside(plan: ReplayPlan, session: SandboxSession | None, channel: Cha
     _install_release_state(plan)
     os.makedirs(EMPTY_DIR, exist_ok=True)
     before = package_states()
+    hazards_before = _before_apt(plan)
+    recorders = bootchain.install_recorders()
+    plan = dataclasses.replace(plan, apt_options=[*plan.apt_options, recorders["dpkg_option"]])
+    timings["hazards_before"] = time.monotonic() - started
     saved_policy = None
     if os.path.lexists(POLICY_RC_D):
         with open(POLICY_RC_D, "rb") as handle:
@@ -253,6 +310,9 @@ def replay_inside(plan: ReplayPlan, session: SandboxSession | None, channel: Cha
     channel.send("phase", name="inspect")
     started = time.monotonic()
     after = package_states()
+    hazards = _after_apt(plan, hazards_before, recorders)
+    hazards["before"] = {"libraries": hazards_before["libraries"], "boot": hazards_before["boot"],
+                         "autoremovable": hazards_before.get("autoremovable")}  # fmt: skip
     audit_status, audit_output = run_command(["dpkg", "--audit"])
     check_status, check_output = run_command(["apt-get", "check", "-o", "Dir::Etc::sourcelist=/dev/null", "-o", f"Dir::Etc::sourceparts={EMPTY_DIR}"])
     upper = session.upper_bytes() if session else {}
@@ -268,4 +328,5 @@ def replay_inside(plan: ReplayPlan, session: SandboxSession | None, channel: Cha
         "growth": growth,
         "upper_free_bytes": session.upper_free_bytes() if session else 1 << 40,
         "timings": timings,
+        "hazards": hazards,
     }

@@ -43,6 +43,7 @@ def build(rehearsal: Rehearsal) -> dict[str, Any]:
         "phases": [{"name": name, "seconds": seconds} for name, seconds in rehearsal.phases],
         "upper_bytes": rehearsal.upper_bytes,
         "disk": rehearsal.disk,
+        **rehearsal.hazards,
         "notes": rehearsal.notes,
         "suggestion": _suggestion(rehearsal),
         "services": _services_summary(rehearsal.observations),

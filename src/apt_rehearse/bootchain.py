@@ -1,0 +1,209 @@
+"""The boot chain, inside the sandbox: kernels, initramfs, bootloader configs,
+and the commands that would write to disks or firmware.
+
+The sandbox has no block devices and a read-only /sys, so grub-install and
+friends could not touch hardware anyway; but failing there, they would fail a
+maintainer script that succeeds on the real machine. So they are diverted in
+the overlay (with dpkg-divert, as debootstrap and live-build divert
+start-stop-daemon) and replaced by a recorder: the call is written down with
+the maintainer script that made it, and reported ("would run grub-install
+/dev/vda"). A package that installs one of them during the run gets the
+recorder too: dpkg runs the placing script after each of its invocations
+(--post-invoke), and apt unpacks and configures in separate invocations.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shlex
+import subprocess
+from typing import Any
+
+STATE_DIR = "/run/apt-rehearse"
+RECORD_FILE = f"{STATE_DIR}/recorded-commands"
+PLACE_SCRIPT = f"{STATE_DIR}/place-recorders"
+DIVERTED_SUFFIX = ".apt-rehearse"
+MARKER = "apt-rehearse: recorded, not run"
+# Each command by the paths Debian packages have shipped it at (before and
+# after the /usr merge moved files).
+RECORDED_COMMANDS: dict[str, tuple[str, ...]] = {
+    "grub-install": ("/usr/sbin/grub-install",),
+    "grub-bios-setup": ("/usr/sbin/grub-bios-setup",),
+    "efibootmgr": ("/bin/efibootmgr", "/usr/bin/efibootmgr", "/sbin/efibootmgr", "/usr/sbin/efibootmgr"),
+    "os-prober": ("/usr/bin/os-prober",),
+    "flash-kernel": ("/usr/sbin/flash-kernel",),
+    "lilo": ("/sbin/lilo", "/usr/sbin/lilo"),
+    "zipl": ("/sbin/zipl", "/usr/sbin/zipl"),
+    "mokutil": ("/usr/bin/mokutil",),
+}
+RECORDER = f"""#!/bin/sh
+# {MARKER}: this command writes to disks or firmware.
+{{ printf '%s\\t%s\\t%s' "${{DPKG_MAINTSCRIPT_PACKAGE:-}}" "${{DPKG_MAINTSCRIPT_NAME:-}}" "${{0##*/}}"
+  for word in "$@"; do printf ' %s' "$word"; done; printf '\\n'; }} >>{RECORD_FILE} 2>/dev/null
+exit 0
+"""
+PATH_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
+GRUB_CONFIGS = ("/boot/grub/grub.cfg", "/boot/grub2/grub.cfg")
+LOADER_ENTRY_DIRS = ("/boot/loader/entries", "/boot/efi/loader/entries", "/efi/loader/entries")
+EXTLINUX_CONFIGS = ("/boot/extlinux/extlinux.conf",)
+BOOT_LINKS = ("/vmlinuz", "/vmlinuz.old", "/initrd.img", "/initrd.img.old", "/boot/vmlinuz", "/boot/vmlinuz.old",
+              "/boot/initrd.img", "/boot/initrd.img.old")  # fmt: skip
+GRUB_LINE_RE = re.compile(r"^\s*(?P<kind>linux|linux16|linuxefi|initrd|initrd16|initrdefi)\s+(?P<args>.+)$")
+KEYWORD_LINE_RE = re.compile(r"^\s*(?P<kind>linux|kernel|initrd)\s+(?P<args>.+)$", re.IGNORECASE)
+
+
+def _placing_script() -> str:
+    lines = ["#!/bin/sh", f"# {MARKER}: put the recorder where a diverted command was, once."]
+    for paths in RECORDED_COMMANDS.values():
+        for path in paths:
+            lines.append(
+                f'if [ -e "{path}{DIVERTED_SUFFIX}" ] && ! grep -qs "{MARKER}" "{path}"; then '
+                f'cat >"{path}" <<"APT_REHEARSE_EOF" && chmod 0755 "{path}"\n{RECORDER}APT_REHEARSE_EOF\nfi'
+            )
+    lines.append("exit 0")
+    return "\n".join(lines) + "\n"
+
+
+def install_recorders() -> dict[str, Any]:
+    """Divert every recorded command's paths; the recorder goes where one was.
+
+    Returns the dpkg option that keeps placing recorders during the run, and
+    the paths whose diversion dpkg refused (a package diverts them itself).
+    """
+    os.makedirs(STATE_DIR, exist_ok=True)
+    refused = []
+    for paths in RECORDED_COMMANDS.values():
+        for path in paths:
+            argv = ["dpkg-divert", "--quiet", "--local", "--divert", path + DIVERTED_SUFFIX, "--add", path]
+            # Only the first of several aliases of one file (/bin and /usr/bin
+            # after the /usr merge) has anything to move aside.
+            rename = os.path.lexists(path) and not os.path.lexists(path + DIVERTED_SUFFIX)
+            argv.insert(3, "--rename" if rename else "--no-rename")
+            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  env=PATH_ENV, check=False)  # fmt: skip
+            if proc.returncode != 0:
+                refused.append({"path": path, "why": proc.stdout.decode("utf-8", "replace").strip()[-200:]})
+    with open(PLACE_SCRIPT, "w", encoding="utf-8") as handle:
+        handle.write(_placing_script())
+    os.chmod(PLACE_SCRIPT, 0o755)
+    subprocess.run([PLACE_SCRIPT], stdin=subprocess.DEVNULL, env=PATH_ENV, check=False)
+    return {"dpkg_option": f"Dpkg::Options::=--post-invoke={PLACE_SCRIPT}", "refused": refused}
+
+
+def recorded_commands() -> list[dict[str, str]]:
+    try:
+        with open(RECORD_FILE, encoding="utf-8", errors="replace") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return []
+    calls = []
+    for line in lines:
+        package, script, command = (line.split("\t", 2) + ["", ""])[:3]
+        if command:
+            calls.append({"package": package, "script": script, "command": command})
+    return calls
+
+
+def _exists_on_boot(path: str, bases: tuple[str, ...]) -> bool:
+    # A bootloader path is relative to the file system it is on: "/vmlinuz-X"
+    # on a separate /boot, "/boot/vmlinuz-X" on the root.
+    path = re.sub(r"^\([^)]*\)", "", path)
+    return any(os.path.exists(os.path.join(base, path.lstrip("/"))) for base in bases)
+
+
+def _paths_in(args: str) -> list[str]:
+    try:
+        words = shlex.split(args, comments=False)
+    except ValueError:
+        words = args.split()
+    return [w for w in words if w.startswith(("/", "(")) and "$" not in w]
+
+
+def bootloader_references() -> list[dict[str, Any]]:
+    """Every kernel and initrd a bootloader config names, and whether it exists."""
+    references = []
+
+    def add(config: str, kind: str, path: str, bases: tuple[str, ...]) -> None:
+        references.append({"config": config, "kind": "initrd" if kind.lower().startswith("initrd") else "kernel",
+                           "path": path, "exists": _exists_on_boot(path, bases)})  # fmt: skip
+
+    for config in GRUB_CONFIGS:
+        for line in _read_lines(config):
+            match = GRUB_LINE_RE.match(line)
+            if match:
+                paths = _paths_in(match.group("args"))
+                for path in paths if match.group("kind").startswith("initrd") else paths[:1]:
+                    add(config, match.group("kind"), path, ("/", "/boot"))
+    for directory in LOADER_ENTRY_DIRS:
+        esp = os.path.dirname(os.path.dirname(directory))
+        for config in sorted(glob.glob(os.path.join(directory, "*.conf"))):
+            for line in _read_lines(config):
+                match = KEYWORD_LINE_RE.match(line)
+                if match:
+                    for path in _paths_in(match.group("args"))[:1]:
+                        add(config, match.group("kind"), path, (esp,))
+    for config in EXTLINUX_CONFIGS:
+        for line in _read_lines(config):
+            match = KEYWORD_LINE_RE.match(line)
+            if match:
+                for path in match.group("args").split(","):
+                    path = path.strip().split()[0] if path.strip() else ""
+                    if path and "$" not in path:
+                        add(config, match.group("kind"), path, ("/", "/boot", os.path.dirname(config)))
+    return references
+
+
+def _read_lines(path: str) -> list[str]:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.read().splitlines()
+    except OSError:
+        return []
+
+
+def initramfs_generator() -> str | None:
+    if os.path.exists("/usr/sbin/update-initramfs"):
+        return "initramfs-tools"
+    if os.path.exists("/usr/bin/dracut") or os.path.exists("/usr/sbin/dracut"):
+        return "dracut"
+    return None
+
+
+def boot_state() -> dict[str, Any]:
+    """Kernels with their initrds, bootloader references, the /vmlinuz links."""
+    kernels: dict[str, dict[str, Any]] = {}
+    try:
+        names = sorted(os.listdir("/boot"))
+    except OSError:
+        names = []
+    for name in names:
+        for prefix in ("vmlinuz-", "vmlinux-"):
+            if name.startswith(prefix):
+                version = name[len(prefix):]
+                initrd = f"/boot/initrd.img-{version}"
+                kernels[version] = {
+                    "kernel": f"/boot/{name}",
+                    "kernel_bytes": _size(f"/boot/{name}"),
+                    "initrd": initrd if os.path.exists(initrd) else None,
+                    "initrd_bytes": _size(initrd),
+                    "initrd_mtime_ns": _mtime(initrd),
+                }
+    links = {link: {"target": os.readlink(link), "exists": os.path.exists(link)}
+             for link in BOOT_LINKS if os.path.islink(link)}  # fmt: skip
+    return {"kernels": kernels, "generator": initramfs_generator(), "references": bootloader_references(), "links": links}
+
+
+def _size(path: str) -> int | None:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return None
+
+
+def _mtime(path: str) -> int | None:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None

@@ -1,0 +1,152 @@
+"""Findings about the system under the packages: libraries, the boot chain,
+conffiles in detail, and what a release upgrade leaves behind.
+
+Pure functions of the replay's observations (taken inside the sandbox before
+and after apt ran) and facts read from the target beforehand.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from apt_rehearse.libraries import lost_libraries
+from apt_rehearse.policy import Finding
+from apt_rehearse.transaction import INSTALLING_ACTIONS, REMOVING_ACTIONS, Transaction
+
+LIST_LIMIT = 12
+
+
+def lost_library_findings(transaction: Transaction, hazards: dict[str, Any], owners: dict[str, str]) -> list[Finding]:
+    """A program or module that finds a library before the run and not after it."""
+    findings = []
+    removed = {c.package for c in transaction.by_action(*REMOVING_ACTIONS)}
+    upgraded = {c.package for c in transaction.by_action(*INSTALLING_ACTIONS)}
+    for loss in lost_libraries(hazards["before"]["libraries"], hazards["libraries"]):
+        owner = owners.get(loss["was"])
+        if owner in removed:
+            came = f"; it came from {owner}, which is removed"
+        elif owner in upgraded:
+            came = f"; it came from {owner}, whose new version no longer provides it"
+        elif owner:
+            came = f"; it came from {owner}"
+        else:
+            came = f"; it was {loss['was']}"
+        via = "" if loss["needed_by"] == loss["object"] else f" (needed by {loss['needed_by']})"
+        findings.append(Finding("library", ["Lost-Library"], loss["object"],
+                                f"{loss['object']}: {loss['soname']} not found after the upgrade{via}{came}",
+                                {**loss, "package": owner, "package_removed": owner in removed}))  # fmt: skip
+    return findings
+
+
+def lost_library_paths(hazards: dict[str, Any]) -> list[str]:
+    """The library files whose owners the findings should name."""
+    return sorted({loss["was"] for loss in lost_libraries(hazards["before"]["libraries"], hazards["libraries"])})
+
+
+def boot_findings(transaction: Transaction, hazards: dict[str, Any]) -> list[Finding]:
+    before, after = hazards["before"]["boot"], hazards["boot"]
+    findings = []
+    for call in hazards.get("recorded_commands", []):
+        origin = " ".join(w for w in (call["package"], call["script"]) if w)
+        findings.append(Finding("boot", ["Boot-Command"], call["command"].split()[0],
+                                f"would run {call['command']}" + (f" (from {origin})" if origin else "")
+                                + "; recorded in the rehearsal, not run against this machine's disks or firmware",
+                                dict(call)))  # fmt: skip
+    if after.get("generator"):
+        for version, kernel in sorted(after["kernels"].items()):
+            then = before["kernels"].get(version)
+            if kernel["initrd"] and kernel["initrd_bytes"]:
+                continue
+            if then is not None and not (then["initrd"] and then["initrd_bytes"]):
+                continue  # already without an initramfs: not this run's doing
+            what = "was removed" if then is not None else "was not built"
+            if kernel["initrd"] and not kernel["initrd_bytes"]:
+                what = "is empty"
+            findings.append(Finding("boot", ["Boot-Chain"], f"/boot/initrd.img-{version}",
+                                    f"kernel {version}: its initramfs /boot/initrd.img-{version} {what} "
+                                    f"({after['generator']}); the machine may not boot it",
+                                    {"version": version, "kernel": kernel, "generator": after["generator"]}))  # fmt: skip
+    broken_before = {(r["config"], r["path"]) for r in before["references"] if not r["exists"]}
+    for reference in after["references"]:
+        if reference["exists"] or (reference["config"], reference["path"]) in broken_before:
+            continue
+        findings.append(Finding("boot", ["Boot-Chain"], reference["config"],
+                                f"{reference['config']} names the {reference['kind']} {reference['path']}, "
+                                "which would not exist after the upgrade", dict(reference)))  # fmt: skip
+    for link, state in sorted(after["links"].items()):
+        if not state["exists"] and before["links"].get(link, {}).get("exists", True):
+            findings.append(Finding("boot", ["Boot-Chain"], link,
+                                    f"{link} would point to {state['target']}, which does not exist", {"link": link, **state}))  # fmt: skip
+    return findings
+
+
+def boot_summary(hazards: dict[str, Any]) -> dict[str, Any]:
+    after = hazards["boot"]
+    return {
+        "generator": after.get("generator"),
+        "kernels": {v: {"initrd_bytes": k["initrd_bytes"], "kernel_bytes": k["kernel_bytes"]} for v, k in after["kernels"].items()},
+        "references": after["references"],
+        "recorded_commands": hazards.get("recorded_commands", []),
+        "recorder_refused": hazards.get("recorder_refused", []),
+    }  # fmt: skip
+
+
+def conffile_detail_findings(leftovers: list[dict[str, Any]], findings: list[Finding]) -> list[Finding]:
+    """Enrich dpkg's prompts with the diff; add ucf's, which no checksum predicts.
+
+    ``findings`` are the conffile findings already made from dpkg's checksums
+    and output; they get the diff and the file the real run leaves behind.
+    """
+    by_path = {f.details.get("path"): f for f in findings if f.check == "conffile"}
+    new = []
+    for row in leftovers:
+        summary = {k: row.get(k) for k in ("leftover", "tool", "added", "removed", "diff", "diff_truncated")}
+        finding = by_path.get(row["path"])
+        if finding is not None:
+            finding.details.update(summary)
+            finding.message += _leaves(row)
+            continue
+        if row["tool"] == "ucf":
+            package = row.get("ucf_package") or "?"
+            # ucf asks through debconf: an unattended run takes its default and
+            # does not hang, so this stays a warning even then.
+            new.append(Finding("conffile", ["Conffile-Prompt"], package,
+                               f"{row['path']}: changed locally and by the new {package}; ucf will ask which to keep"
+                               + _leaves(row), {"path": row["path"], "package": package, **summary}))  # fmt: skip
+        else:
+            new.append(Finding("conffile", ["Conffile-Left"], row["path"],
+                               f"{row['path']}: the run leaves {row['leftover']}" + _counts(row),
+                               {"path": row["path"], **summary}))  # fmt: skip
+    return new
+
+
+def _counts(row: dict[str, Any]) -> str:
+    if row.get("added") is None:
+        return ""
+    return f" (+{row['added']} -{row['removed']} lines; the diff is in the saved report)"
+
+
+def _leaves(row: dict[str, Any]) -> str:
+    if row["suffix"].endswith("-dist"):
+        return f"; keeping yours, the run leaves the new version as {row['leftover']}{_counts(row)}"
+    return f"; the run installs the new version and keeps yours as {row['leftover']}{_counts(row)}"
+
+
+def release_findings(hazards: dict[str, Any]) -> list[Finding]:
+    findings = []
+    obsolete = hazards.get("obsolete")
+    if obsolete:
+        findings.append(Finding("release", ["Obsolete"], "obsolete",
+                                f"{len(obsolete)} package(s) stay installed that no source offers any more: "
+                                + _short(obsolete), {"packages": obsolete}))  # fmt: skip
+    before = set(hazards["before"].get("autoremovable") or [])
+    became = sorted(set(hazards.get("autoremovable") or []) - before)
+    if became:
+        findings.append(Finding("release", ["Auto-Removable"], "autoremove",
+                                f"{len(became)} package(s) become auto-removable ('apt autoremove' would remove them): "
+                                + _short(became), {"packages": became}))  # fmt: skip
+    return findings
+
+
+def _short(names: list[str]) -> str:
+    return ", ".join(names[:LIST_LIMIT]) + (f" and {len(names) - LIST_LIMIT} more" if len(names) > LIST_LIMIT else "")
