@@ -15,6 +15,7 @@ recorder too: dpkg runs the placing script after each of its invocations
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import re
 import shlex
@@ -44,6 +45,27 @@ RECORDER = f"""#!/bin/sh
   for word in "$@"; do printf ' %s' "$word"; done; printf '\\n'; }} >>{RECORD_FILE} 2>/dev/null
 exit 0
 """
+GRUB_PROBE = "/usr/sbin/grub-probe"
+GRUB_PROBE_ANSWERS = f"{STATE_DIR}/grub-probe"
+GRUB_PROBE_PATHS = ("/", "/boot", "/boot/grub", "/boot/efi")
+GRUB_PROBE_TARGETS = (
+    "device", "fs", "fs_uuid", "fs_label", "partuuid", "partmap", "abstraction", "cryptodisk_uuid", "drive", "disk",
+    "compatibility_hint", "hints_string", "bios_hints", "efi_hints", "baremetal_hints", "arc_hints", "ieee1275_hints",
+    "msdos_parttype", "gpt_parttype",
+)  # fmt: skip
+# Packages whose scripts run update-grub (kernels run it through /etc/kernel/postinst.d).
+BOOT_PACKAGE_PREFIXES = ("linux-image", "linux-signed", "grub", "shim", "os-prober", "memtest86")
+GRUB_PROBE_SHIM = f"""#!/bin/sh
+# {MARKER}: grub-probe answered from what the host's own grub-probe said
+# before the rehearsal; the sandbox has no block devices to probe.
+key=$(printf '%s\n' "$@" | LC_ALL=C sort | sha256sum | cut -d' ' -f1)
+if [ -f "{GRUB_PROBE_ANSWERS}/$key.out" ]; then
+  cat "{GRUB_PROBE_ANSWERS}/$key.out"; exit "$(cat "{GRUB_PROBE_ANSWERS}/$key.rc")"
+fi
+printf '%s\n' "$*" >>"{GRUB_PROBE_ANSWERS}/unanswered"
+echo "grub-probe: error: apt-rehearse has no answer from this machine for: grub-probe $*" >&2
+exit 1
+"""
 PATH_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
 GRUB_CONFIGS = ("/boot/grub/grub.cfg", "/boot/grub2/grub.cfg")
 LOADER_ENTRY_DIRS = ("/boot/loader/entries", "/boot/efi/loader/entries", "/efi/loader/entries")
@@ -66,7 +88,73 @@ def _placing_script() -> str:
     return "\n".join(lines) + "\n"
 
 
-def install_recorders() -> dict[str, Any]:
+def grub_probe_key(args: list[str]) -> str:
+    """The shim's lookup key: the arguments in any order, as sort(1) orders them in C."""
+    return hashlib.sha256("".join(a + "\n" for a in sorted(args)).encode()).hexdigest()
+
+
+def capture_grub_probe(grub_probe: str = GRUB_PROBE, paths: tuple[str, ...] = GRUB_PROBE_PATHS) -> dict[str, tuple[int, str]]:
+    """On the host, before the rehearsal: what grub-probe says about this
+    machine's boot file systems and their devices, for update-grub inside.
+
+    grub-probe only reads; it is asked the questions grub-mkconfig asks."""
+    answers: dict[str, tuple[int, str]] = {}
+
+    def ask(args: list[str]) -> tuple[int, str]:
+        try:
+            proc = subprocess.run([grub_probe, *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                  stderr=subprocess.DEVNULL, env=PATH_ENV, timeout=30, check=False)  # fmt: skip
+            result = (proc.returncode, proc.stdout.decode("utf-8", "replace"))
+        except (OSError, subprocess.TimeoutExpired):
+            result = (1, "")
+        answers[grub_probe_key(args)] = result
+        return result
+
+    devices: list[str] = []
+    for path in paths:
+        if not os.path.isdir(path):
+            continue
+        for target in GRUB_PROBE_TARGETS:
+            code, output = ask([f"--target={target}", path])
+            if target == "device" and code == 0:
+                found = output.split()
+                devices += [d for d in found if d not in devices]
+                if len(found) > 1:
+                    for each in GRUB_PROBE_TARGETS:
+                        ask(["--device", *found, f"--target={each}"])
+    for device in devices:
+        for target in GRUB_PROBE_TARGETS:
+            ask(["--device", device, f"--target={target}"])
+    return answers
+
+
+def needs_grub_probe(package_names: list[str]) -> bool:
+    return os.path.exists(GRUB_PROBE) and any(n.startswith(BOOT_PACKAGE_PREFIXES) for n in package_names)
+
+
+def _install_grub_probe_shim(answers: dict[str, tuple[int, str]]) -> dict[str, Any] | None:
+    os.makedirs(GRUB_PROBE_ANSWERS, exist_ok=True)
+    for key, (code, output) in answers.items():
+        with open(f"{GRUB_PROBE_ANSWERS}/{key}.out", "w", encoding="utf-8") as handle:
+            handle.write(output)
+        with open(f"{GRUB_PROBE_ANSWERS}/{key}.rc", "w", encoding="utf-8") as handle:
+            handle.write(f"{code}\n")
+    argv = ["dpkg-divert", "--quiet", "--local", "--rename", "--divert", GRUB_PROBE + DIVERTED_SUFFIX, "--add", GRUB_PROBE]
+    proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          env=PATH_ENV, check=False)  # fmt: skip
+    if proc.returncode != 0:
+        return {"path": GRUB_PROBE, "why": proc.stdout.decode("utf-8", "replace").strip()[-200:]}
+    with open(GRUB_PROBE, "w", encoding="utf-8") as handle:
+        handle.write(GRUB_PROBE_SHIM)
+    os.chmod(GRUB_PROBE, 0o755)
+    return None
+
+
+def unanswered_grub_probes() -> list[str]:
+    return _read_lines(f"{GRUB_PROBE_ANSWERS}/unanswered")
+
+
+def install_recorders(grub_probe_answers: dict[str, tuple[int, str]] | None = None) -> dict[str, Any]:
     """Divert every recorded command's paths; the recorder goes where one was.
 
     Returns the dpkg option that keeps placing recorders during the run, and
@@ -85,6 +173,10 @@ def install_recorders() -> dict[str, Any]:
                                   env=PATH_ENV, check=False)  # fmt: skip
             if proc.returncode != 0:
                 refused.append({"path": path, "why": proc.stdout.decode("utf-8", "replace").strip()[-200:]})
+    if grub_probe_answers and os.path.exists(GRUB_PROBE):
+        failed = _install_grub_probe_shim(grub_probe_answers)
+        if failed:
+            refused.append(failed)
     with open(PLACE_SCRIPT, "w", encoding="utf-8") as handle:
         handle.write(_placing_script())
     os.chmod(PLACE_SCRIPT, 0o755)

@@ -13,7 +13,7 @@ import os
 import time
 from typing import Any, Callable
 
-from apt_rehearse import checks, facts, hazard_checks
+from apt_rehearse import bootchain, checks, facts, hazard_checks
 from apt_rehearse.config import Settings
 from apt_rehearse.errors import RehearsalError, RehearsalLimit, UnsupportedSystem
 from apt_rehearse.policy import Finding, apply_policy, verdict
@@ -143,6 +143,10 @@ def rehearse(
 
     with clock.timed("facts"):
         removal_facts, predicted_prompts = _gather_facts(transaction)
+        grub_probe_answers = {}
+        installing = [c.package for c in transaction.by_action(*INSTALLING_ACTIONS)]
+        if os.path.realpath(transaction.root) == "/" and bootchain.needs_grub_probe(installing):
+            grub_probe_answers = bootchain.capture_grub_probe()
 
     # Every directory holding .debs is bound read-only inside the sandbox.
     deb_dirs: dict[str, str] = {}
@@ -197,6 +201,7 @@ def rehearse(
             services_live=init is not None,
             library_dirs=settings.library_paths,
             release_upgrade=bool(sources_rewrite or private_lists),
+            grub_probe_answers=grub_probe_answers,
         )
         if init:
             result, observations = _run_booted(plan, init, replay_plan, progress, clock, settings, transaction.identity,
@@ -228,6 +233,9 @@ def rehearse(
             findings += hazard_checks.lost_library_findings(transaction, hazards, owners)
             findings += hazard_checks.boot_findings(transaction, hazards)
             findings += hazard_checks.release_findings(hazards)
+            if hazards.get("grub_probe_unanswered"):
+                notes.append("grub-probe was asked what this machine's grub-probe had not been asked beforehand: "
+                             + "; ".join(hazards["grub_probe_unanswered"][:3]))  # fmt: skip
         disk = disk_usage(transaction.root, result.get("growth", {}))
         findings += checks.disk_findings(disk)
         if observations.get("baseline"):

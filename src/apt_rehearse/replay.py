@@ -46,6 +46,8 @@ class ReplayPlan:
     library_dirs: list[str] = dataclasses.field(default_factory=list)
     # A release upgrade: report what no source offers any more afterwards.
     release_upgrade: bool = False
+    # What the host's grub-probe said, for update-grub inside (see bootchain).
+    grub_probe_answers: dict[str, tuple[int, str]] = dataclasses.field(default_factory=dict)
 
 
 def sandbox_env() -> dict[str, str]:
@@ -265,6 +267,7 @@ def _after_apt(plan: ReplayPlan, before: dict[str, Any], recorders: dict[str, An
         "boot": bootchain.boot_state(),
         "recorded_commands": bootchain.recorded_commands(),
         "recorder_refused": recorders["refused"],
+        "grub_probe_unanswered": bootchain.unanswered_grub_probes(),
         "conffile_leftovers": conffile_state.new_leftovers(before["conffile_leftovers"], conffile_state.leftovers()),
     }
     if plan.release_upgrade:
@@ -282,7 +285,7 @@ def replay_inside(plan: ReplayPlan, session: SandboxSession | None, channel: Cha
     os.makedirs(EMPTY_DIR, exist_ok=True)
     before = package_states()
     hazards_before = _before_apt(plan)
-    recorders = bootchain.install_recorders()
+    recorders = bootchain.install_recorders(plan.grub_probe_answers)
     plan = dataclasses.replace(plan, apt_options=[*plan.apt_options, recorders["dpkg_option"]])
     timings["hazards_before"] = time.monotonic() - started
     saved_policy = None

@@ -1,0 +1,152 @@
+"""Libraries as ld.so finds them, boot-chain and conffile findings: pure logic
+(the ELF files are compiled here with gcc; nothing needs root)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from apt_rehearse import bootchain, conffile_state, hazard_checks, libraries
+from apt_rehearse.policy import Finding
+from apt_rehearse.transaction import Change, Transaction
+
+LDCONFIG_P = """\
+3 libs found in cache `/etc/ld.so.cache'
+\tlibz.so.1 (libc6,x86-64) => /lib/x86_64-linux-gnu/libz.so.1
+\tlibz.so.1 (libc6) => /lib/i386-linux-gnu/libz.so.1
+\tlibc.so.6 (libc6,x86-64, OS ABI: Linux 3.2.0) => /lib/x86_64-linux-gnu/libc.so.6
+"""
+
+
+def test_ldconfig_cache_and_triplet() -> None:
+    cache = libraries.parse_ldconfig_cache(LDCONFIG_P)
+    assert cache["libz.so.1"] == ["/lib/x86_64-linux-gnu/libz.so.1", "/lib/i386-linux-gnu/libz.so.1"]
+    assert libraries.multiarch_triplet(cache) == "x86_64-linux-gnu"
+    assert libraries.expand_origin("$ORIGIN/../lib:${LIB}", "/opt/x/bin", "lib/x86_64-linux-gnu") == "/opt/x/bin/../lib:lib/x86_64-linux-gnu"
+
+
+needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is not installed (make check installs it)")
+
+
+def _build(tmp: Path, *, rpath: str | None = None, runpath: bool = False) -> dict[str, Path]:
+    (tmp / "lib.c").write_text("int rh(void) { return 1; }\n")
+    (tmp / "main.c").write_text("int rh(void);\nint main(void) { return rh(); }\n")
+    for where in ("a", "b"):
+        (tmp / where).mkdir(exist_ok=True)
+        subprocess.run(["gcc", "-shared", "-fPIC", "-Wl,-soname,librh.so.1", "-o", str(tmp / where / "librh.so.1"),
+                        str(tmp / "lib.c")], check=True)  # fmt: skip
+    flags = [f"-L{tmp / 'a'}", "-l:librh.so.1"]
+    if rpath:
+        flags += [f"-Wl,-rpath,{rpath}", "-Wl,--enable-new-dtags" if runpath else "-Wl,--disable-new-dtags"]
+    subprocess.run(["gcc", "-o", str(tmp / "prog"), str(tmp / "main.c"), *flags], check=True)
+    return {"prog": tmp / "prog", "a": tmp / "a" / "librh.so.1", "b": tmp / "b" / "librh.so.1"}
+
+
+@needs_gcc
+def test_rpath_comes_before_the_cache_and_runpath_after_rpath(tmp_path: Path) -> None:
+    files = _build(tmp_path, rpath="$ORIGIN/b")
+    info = libraries.read_elf(str(files["prog"]))
+    assert info is not None and info.needed[0] == "librh.so.1" and info.rpath == ["$ORIGIN/b"] and not info.runpath
+    resolver = libraries.Resolver({"librh.so.1": [str(files["a"])]}, [], "lib/x86_64-linux-gnu")
+    assert resolver.closure(str(files["prog"]))["libraries"]["librh.so.1"] == str(files["b"])
+    files["b"].unlink()  # gone from the RPATH directory: the cache still has one
+    assert resolver.closure(str(files["prog"]))["libraries"]["librh.so.1"] == str(files["a"])
+    files["a"].unlink()
+    assert resolver.closure(str(files["prog"]))["libraries"]["librh.so.1"] is None
+
+
+@needs_gcc
+def test_runpath_and_a_candidate_of_another_class_is_skipped(tmp_path: Path) -> None:
+    files = _build(tmp_path, rpath="$ORIGIN/b", runpath=True)
+    info = libraries.read_elf(str(files["prog"]))
+    assert info is not None and info.runpath == ["$ORIGIN/b"] and not info.rpath
+    files["b"].write_bytes(b"\x7fELF" + b"\x01" + b"\0" * 200)  # a 32-bit or broken object: the loader passes it by
+    resolver = libraries.Resolver({}, [str(files["a"].parent)], "lib/x86_64-linux-gnu")
+    assert resolver.closure(str(files["prog"]))["libraries"]["librh.so.1"] == str(files["a"])
+
+
+def _scan(objects: dict[str, dict[str, str | None]]) -> dict:
+    return {"available": True, "objects": {p: {"direct": list(libs), "libraries": libs, "needed_by": {s: p for s in libs}}
+                                           for p, libs in objects.items()}}  # fmt: skip
+
+
+def test_lost_libraries_only_counts_what_was_found_before() -> None:
+    before = _scan({"/opt/a": {"libx.so.1": "/usr/lib/libx.so.1", "liby.so.1": None}, "/opt/gone": {"libx.so.1": "/usr/lib/libx.so.1"}})
+    after = _scan({"/opt/a": {"libx.so.1": None, "liby.so.1": None}})
+    assert libraries.lost_libraries(before, after) == [
+        {"object": "/opt/a", "soname": "libx.so.1", "was": "/usr/lib/libx.so.1", "needed_by": "/opt/a"}]
+    tx = Transaction(changes=[Change("libx1", "amd64", "1", None, "remove")], root="/", request="remove libx1")
+    hazards = {"before": {"libraries": before}, "libraries": after}
+    [finding] = hazard_checks.lost_library_findings(tx, hazards, {"/usr/lib/libx.so.1": "libx1"})
+    assert finding.message == "/opt/a: libx.so.1 not found after the upgrade; it came from libx1, which is removed"
+
+
+def _boot(kernels: dict, references: list, links: dict | None = None, generator: str | None = "initramfs-tools") -> dict:
+    return {"kernels": kernels, "references": references, "links": links or {}, "generator": generator}
+
+
+def test_boot_findings() -> None:
+    kernel = {"kernel": "/boot/vmlinuz-2", "kernel_bytes": 9, "initrd": None, "initrd_bytes": None}
+    old_broken = {"kernel": "/boot/vmlinuz-0", "kernel_bytes": 9, "initrd": None, "initrd_bytes": None}
+    before = _boot({"0": old_broken}, [{"config": "g", "kind": "kernel", "path": "/boot/vmlinuz-0", "exists": False}],
+                   {"/vmlinuz": {"target": "boot/vmlinuz-1", "exists": True}})  # fmt: skip
+    after = _boot({"0": old_broken, "2": kernel},
+                  [{"config": "g", "kind": "kernel", "path": "/boot/vmlinuz-0", "exists": False},
+                   {"config": "g", "kind": "initrd", "path": "/boot/initrd.img-2", "exists": False}],
+                  {"/vmlinuz": {"target": "boot/vmlinuz-1", "exists": False}})  # fmt: skip
+    hazards = {"before": {"boot": before}, "boot": after,
+               "recorded_commands": [{"package": "grub-pc", "script": "postinst", "command": "grub-install /dev/vda"}]}
+    tx = Transaction(changes=[], root="/", request="upgrade")
+    messages = [f.message for f in hazard_checks.boot_findings(tx, hazards)]
+    assert messages == [
+        "would run grub-install /dev/vda (from grub-pc postinst); recorded in the rehearsal, not run against this machine's disks or firmware",
+        "kernel 2: its initramfs /boot/initrd.img-2 was not built (initramfs-tools); the machine may not boot it",
+        "g names the initrd /boot/initrd.img-2, which would not exist after the upgrade",
+        "/vmlinuz would point to boot/vmlinuz-1, which does not exist",
+    ]
+    # Without an initramfs generator, a kernel without an initrd is how the system boots.
+    hazards["boot"] = _boot({"2": kernel}, [], generator=None)
+    hazards["recorded_commands"] = []
+    assert hazard_checks.boot_findings(tx, hazards) == []
+
+
+def test_conffile_leftovers_with_diff(tmp_path: Path) -> None:
+    (tmp_path / "x.conf").write_text("a=1\nsecret=s\n")
+    (tmp_path / "x.conf.dpkg-dist").write_text("a=2\n")
+    (tmp_path / "y.conf").write_text("new\n")
+    (tmp_path / "y.conf.ucf-old").write_text("old\n")
+    rows = conffile_state.new_leftovers([], [str(tmp_path / "x.conf.dpkg-dist"), str(tmp_path / "y.conf.ucf-old")])
+    x, y = rows
+    assert (x["tool"], x["added"], x["removed"]) == ("dpkg", 1, 2)
+    assert f"--- {tmp_path}/x.conf (yours)" in x["diff"] and "+a=2" in x["diff"]
+    assert (y["tool"], y["suffix"], y["added"], y["removed"]) == ("ucf", ".ucf-old", 1, 1)
+    prompt = Finding("conffile", ["Conffile-Prompt"], "x", f"{tmp_path}/x.conf: changed", {"path": str(tmp_path / "x.conf")})
+    new = hazard_checks.conffile_detail_findings(rows, [prompt])
+    assert prompt.details["leftover"].endswith("x.conf.dpkg-dist") and "(+1 -2 lines" in prompt.message
+    assert [f.kinds for f in new] == [["Conffile-Prompt"]]  # ucf's: no checksum predicted it
+    assert "secret" not in prompt.message and "secret" not in new[0].message
+
+
+def test_release_findings() -> None:
+    hazards = {"before": {"autoremovable": ["a"]}, "autoremovable": ["a", "b"], "obsolete": ["old1", "old2"]}
+    messages = [f.message for f in hazard_checks.release_findings(hazards)]
+    assert messages == ["2 package(s) stay installed that no source offers any more: old1, old2",
+                        "1 package(s) become auto-removable ('apt autoremove' would remove them): b"]
+
+
+def test_grub_probe_answers_are_found_by_the_shims_key(tmp_path: Path) -> None:
+    fake = tmp_path / "grub-probe"
+    fake.write_text('#!/bin/sh\ncase "$*" in\n  "--target=device /") echo /dev/vda1 ;;\n'
+                    '  "--device /dev/vda1 --target=fs_uuid") echo 1234-abcd ;;\n  *) exit 1 ;;\nesac\n')  # fmt: skip
+    fake.chmod(0o755)
+    answers = bootchain.capture_grub_probe(str(fake), paths=("/",))
+    assert answers[bootchain.grub_probe_key(["--target=device", "/"])] == (0, "/dev/vda1\n")
+    assert answers[bootchain.grub_probe_key(["--device", "/dev/vda1", "--target=fs_uuid"])] == (0, "1234-abcd\n")
+    assert answers[bootchain.grub_probe_key(["--target=fs", "/"])][0] == 1
+    # The shim computes the same key in sh, whatever order grub-mkconfig passes the options in.
+    key = subprocess.run(["sh", "-c", "printf '%s\\n' \"$@\" | LC_ALL=C sort | sha256sum | cut -d' ' -f1", "sh",
+                          "--target=fs_uuid", "--device", "/dev/vda1"], capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    assert key == bootchain.grub_probe_key(["--device", "/dev/vda1", "--target=fs_uuid"])
