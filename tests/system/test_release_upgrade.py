@@ -62,6 +62,15 @@ def test_release_upgrade_reports_php_removals_and_leaves_tree_unchanged(lamp_tre
     suggestion = document["suggestion"]
     assert {"libapache2-mod-php8.4", "php8.4-mysql"} <= set(suggestion["also"])
     assert suggestion["command"].startswith(f"apt-rehearse --root {tree} dist-upgrade --release trixie --also ")
+    # The system under the packages: no false alarm about libraries or the boot
+    # chain (the PHP and Apache modules were checked), and what trixie leaves behind.
+    assert not [f for f in document["findings"] if f["check"] in ("library", "boot")], document["findings"]
+    assert document["libraries"]["checked"] and document["libraries"]["objects"] > 10
+    assert any(row["object"].startswith("/usr/lib/apache2/modules/") for row in document["libraries"]["per_object"])
+    assert isinstance(document["obsolete"], list) and isinstance(document["auto_removable"], list)
+    release = [f for f in document["findings"] if f["check"] == "release"]
+    assert all(f["severity"] == "info" for f in release)
+    print(f"release upgrade: obsolete {document['obsolete']}, auto-removable {document['auto_removable']}")
 
     # The fix it suggests, rehearsed: the site works again.
     also = [word for name in suggestion["also"] for word in ("--also", name)]
@@ -114,6 +123,8 @@ def test_host_upgrade_completes_and_changes_nothing(sandbox_capable: None) -> No
     assert not [f for f in document["findings"] if f["check"] in ("apt", "timeout")], document["findings"]
     # No false alarm: a point-release upgrade breaks none of the host's services.
     assert not [f for f in document["findings"] if f["check"] in ("service", "socket", "http", "module", "config-test")]
+    assert not [f for f in document["findings"] if f["check"] in ("library", "boot") and f["severity"] == "block"], document["findings"]
+    assert document["libraries"]["checked"]
     if document["services"]:
         assert document["services"]["boot"]["state"] in ("running", "degraded")
     print(f"host upgrade rehearsal: {len(document['transaction']['changes'])} changes, {document['duration_s']} s, "
