@@ -73,6 +73,9 @@ def _packages(debs: Path, built: dict[str, bytes], device: str) -> tuple[list[Pa
                   postinst="update-initramfs -c -k 9.9-rh\n" + GRUB_CFG.format(v="9.9-rh")),
         build_deb(debs, "rh-kernel-good", "2.0", files={"/boot/vmlinuz-9.8-rh": "kernel\n"},
                   postinst="update-initramfs -c -k 9.8-rh\necho initrd > /boot/initrd.img-9.8-rh\n" + GRUB_CFG.format(v="9.8-rh")),
+        # Not installed before: its efibootmgr lands during the run and must be recorded too.
+        build_deb(debs, "rh-efitools", "1.0", files={"/usr/bin/efibootmgr": "#!/bin/sh\necho 'efibootmgr: cannot write EFI variables' >&2\nexit 1\n"},
+                  postinst="efibootmgr --create --disk /dev/vda --label debian\n"),
         build_deb(debs, "rh-conf", "2.0", conffiles={"/etc/rh-conf.conf": CONF_V2}),
         build_deb(debs, "rh-ucf", "2.0", depends="ucf", files={"/usr/share/rh-ucf/rh-ucf.conf": UCF_V2}, postinst=UCF_POSTINST),
     ]  # fmt: skip
@@ -164,6 +167,13 @@ def test_grub_install_is_recorded_not_run(scenario: dict) -> None:
     assert document["boot"]["recorded_commands"] == [
         {"package": "rh-bootloader", "script": "postinst", "command": f"grub-install {scenario['device']}"}]
     assert _sha256(scenario["disk"]) == disk_before  # the device the script named is untouched
+
+
+def test_a_command_installed_by_the_run_is_recorded_too(scenario: dict) -> None:
+    proc, document = rehearse(scenario, "install", "rh-efitools")
+    assert proc.returncode == 0, (proc.stderr, document["findings"])
+    assert document["boot"]["recorded_commands"] == [
+        {"package": "rh-efitools", "script": "postinst", "command": "efibootmgr --create --disk /dev/vda --label debian"}]
 
 
 def test_kernel_without_initramfs_and_dangling_grub_entry_block(scenario: dict) -> None:
