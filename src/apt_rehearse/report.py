@@ -147,6 +147,9 @@ def render_text(report: dict[str, Any], color: bool = False, width: int = 80) ->
         lines.append(f"N: the removed pieces have likely replacements: {', '.join(report['suggestion']['also'])}; "
                      "rehearse the upgrade with them:")
         lines.append(f"    {report['suggestion']['command']}")
+    checked = _checked(report)
+    if checked:
+        lines.append(f"N: also checked {checked}")
     for note in report.get("notes", []):
         lines.append(f"N: {note}")
     blocking = sum(1 for f in findings if f["severity"] == "block")
@@ -159,6 +162,23 @@ def render_text(report: dict[str, Any], color: bool = False, width: int = 80) ->
     }[verdict]
     lines.append(f"Verdict: {summary}")
     return "\n".join(lines) + "\n"
+
+
+def _checked(report: dict[str, Any]) -> str:
+    """What the hazard checks looked at, in one line: a pass means something."""
+    parts = []
+    libraries = report.get("libraries") or {}
+    if libraries.get("checked"):
+        parts.append(f"the libraries of {libraries['objects']} program(s) and module(s)")
+    kernels = (report.get("boot") or {}).get("kernels") or {}
+    if kernels:
+        parts.append(f"{len(kernels)} kernel(s) and their initramfs")
+    references = (report.get("boot") or {}).get("references") or []
+    if references:
+        parts.append(f"{len(references)} bootloader reference(s)")
+    if report.get("disk"):
+        parts.append("the free space of " + ", ".join(row["mount"] for row in report["disk"]))
+    return "; ".join(parts)
 
 
 def finish(rehearsal: Rehearsal, settings: Settings, duration_s: float) -> dict[str, Any]:

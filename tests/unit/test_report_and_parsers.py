@@ -121,3 +121,15 @@ def test_text_report_is_apt_style() -> None:
 def test_colour_only_when_asked() -> None:
     text = report.render_text(report.build(_rehearsal([], "pass")), color=True)
     assert "\033[1;31m" in text and "\033[1;32mPASS" in text
+
+
+def test_text_report_says_what_the_hazard_checks_covered_and_json_has_the_figures() -> None:
+    rehearsal = _rehearsal([], "pass")
+    rehearsal.hazards = {"libraries": {"checked": True, "objects": 76, "per_object": []},
+                         "boot": {"kernels": {"6.1.0-40-amd64": {"initrd_bytes": 30 << 20}}, "references": []}}
+    rehearsal.disk = [{"mount": "/"}, {"mount": "/boot"}]
+    document = report.build(rehearsal)
+    assert document["libraries"]["objects"] == 76 and document["boot"]["kernels"]["6.1.0-40-amd64"]["initrd_bytes"] == 30 << 20
+    lines = report.render_text(document).splitlines()
+    assert ("N: also checked the libraries of 76 program(s) and module(s); 1 kernel(s) and their initramfs; "
+            "the free space of /, /boot") in lines
