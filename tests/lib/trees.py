@@ -1,4 +1,4 @@
-"""Real Debian bookworm system trees for integration and system tests.
+"""Real Debian system trees (bookworm, and trixie) for integration and system tests.
 
 apt-rehearse works on a whole installed system, so its tests need one that is
 real (dpkg database, conffiles, maintainer scripts, systemd units) rather
@@ -31,11 +31,19 @@ from typing import BinaryIO
 
 CACHE_DIR = Path("/var/cache/apt-rehearse-tests")
 SUITE = "bookworm"
-SOURCES = (
-    "deb http://deb.debian.org/debian bookworm main",
-    "deb http://deb.debian.org/debian bookworm-updates main",
-    "deb http://deb.debian.org/debian-security bookworm-security main",
-)
+
+
+def suite_sources(suite: str) -> tuple[str, ...]:
+    return (
+        f"deb http://deb.debian.org/debian {suite} main",
+        f"deb http://deb.debian.org/debian {suite}-updates main",
+        f"deb http://deb.debian.org/debian-security {suite}-security main",
+    )
+
+
+SOURCES = suite_sources(SUITE)
+# What the apt-rehearse package depends on, so its .deb installs in a tree.
+PRODUCT_DEPENDS = ("python3-apt", "python3-debian", "python3-click", "python3-pyelftools")
 
 # Each variant: the packages added to --variant=important, and customize
 # hooks (run by mmdebstrap with "$1" = the new root).
@@ -62,13 +70,20 @@ VARIANTS: dict[str, dict[str, tuple[str, ...]]] = {
     # A machine with every apt front-end the hook must stop, and what the
     # apt-rehearse package depends on.
     "frontends": {
-        "include": (
-            "systemd-sysv", "dbus", "python3-apt", "python3-debian", "python3-click",
-            "aptitude", "unattended-upgrades",
-        ),
+        "include": ("systemd-sysv", "dbus", *PRODUCT_DEPENDS, "aptitude", "unattended-upgrades"),
+        "customize": (),
+    },
+    # The same machine on trixie (Python 3.13, apt 3.x): users run both.
+    "trixie-frontends": {
+        "suite": ("trixie",),
+        "include": ("systemd-sysv", "dbus", *PRODUCT_DEPENDS, "unattended-upgrades"),
         "customize": (),
     },
 }  # fmt: skip
+
+
+def variant_suite(variant: str) -> str:
+    return VARIANTS[variant].get("suite", (SUITE,))[0]
 
 # Pauses between the attempts of a build: 3 attempts in all, because a
 # mirror hiccup should not fail a test run.
@@ -100,13 +115,16 @@ def mmdebstrap_args(variant: str) -> list[str]:
 
 def cache_path(variant: str) -> Path:
     """Where the tarball of a variant lives: name carries a hash of its recipe."""
-    recipe = json.dumps({"args": mmdebstrap_args(variant), "suite": SUITE, "sources": SOURCES})
+    suite = variant_suite(variant)
+    recipe = json.dumps({"args": mmdebstrap_args(variant), "suite": suite, "sources": suite_sources(suite)})
     digest = hashlib.sha256(recipe.encode()).hexdigest()[:12]
-    return CACHE_DIR / f"{SUITE}-{variant}-{digest}.tar"
+    name = variant if variant.startswith(suite + "-") else f"{suite}-{variant}"
+    return CACHE_DIR / f"{name}-{digest}.tar"
 
 
 def bookworm_tree(dest: Path, *, variant: str = "lamp") -> Path:
-    """Lay a fresh bookworm system of `variant` at dest and return dest.
+    """Lay a fresh Debian system of `variant` (bookworm unless the variant
+    names another suite, as "trixie-frontends" does) at dest and return dest.
 
     dest must not exist or be an empty directory. The tarball is built on
     first use (or when the cached one is unreadable) and reused afterwards;
@@ -278,7 +296,7 @@ def _build_tarball(variant: str, tarball: Path) -> None:
         try:
             with tempfile.TemporaryFile(mode="w+", dir=CACHE_DIR) as log:
                 proc = subprocess.run(
-                    [*args, SUITE, str(tmp), *SOURCES],
+                    [*args, variant_suite(variant), str(tmp), *suite_sources(variant_suite(variant))],
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,

@@ -1,0 +1,34 @@
+"""A system tree run as a machine: commands chrooted into it in private
+namespaces with a fresh /proc, /dev (nodes made with mknod, never the host's),
+/run and /tmp, so apt and its front-ends really run there and really call the
+apt-rehearse hook, which builds its (nested) sandbox on that tree."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+TREE_SETUP = r"""
+set -e
+R=$1; shift
+mount -t proc proc "$R/proc"
+mount -t tmpfs -o mode=755,size=16m tmpfs "$R/dev"
+mknod -m 666 "$R/dev/null" c 1 3; mknod -m 666 "$R/dev/zero" c 1 5; mknod -m 666 "$R/dev/full" c 1 7
+mknod -m 666 "$R/dev/random" c 1 8; mknod -m 666 "$R/dev/urandom" c 1 9; mknod -m 666 "$R/dev/tty" c 5 0
+mkdir "$R/dev/pts" "$R/dev/shm"; mount -t devpts -o newinstance,ptmxmode=0666 devpts "$R/dev/pts"; ln -s pts/ptmx "$R/dev/ptmx"
+ln -s /proc/self/fd "$R/dev/fd"
+mount -t tmpfs -o mode=755 tmpfs "$R/run"; mkdir -p "$R/run/lock"
+mount -t tmpfs -o mode=1777 tmpfs "$R/tmp"
+exec chroot "$R" /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
+  LANG=C.UTF-8 "$@"
+"""
+
+
+def in_tree(tree: Path, command: str, env: dict[str, str] | None = None, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    """Run a shell command in the tree as if it were the machine."""
+    assignments = [f"{key}={value}" for key, value in (env or {"DEBIAN_FRONTEND": "noninteractive"}).items()]
+    return subprocess.run(
+        ["unshare", "--mount", "--pid", "--ipc", "--uts", "--fork", "--propagation", "private", "sh", "-c", TREE_SETUP,
+         "sh", str(tree), *assignments, "sh", "-c", command],
+        capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False,
+    )  # fmt: skip
