@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, run_on_terminal
 from lib.localrepo import LocalRepo, build_deb
-from lib.machine import in_tree
+from lib.machine import TREE_SETUP, in_tree
 from lib.trees import bookworm_tree, build_package, dpkg_status_digest
 
 pytestmark = pytest.mark.integration
