@@ -68,6 +68,29 @@ def overlay_mounts() -> list[str]:
         return [line for line in handle if " - overlay " in line]
 
 
+def _parent(pid: str) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[1]
+    except (OSError, IndexError):
+        return None
+
+
+def _ours(pid: str) -> bool:
+    """Started by this test run (a descendant of it), or orphaned (a leak
+    reparented to init): not another test run's rehearsal on a shared machine."""
+    me = str(os.getpid())
+    seen = 0
+    parent = _parent(pid)
+    if parent in ("0", "1"):
+        return True
+    while parent and parent not in ("0", "1") and seen < 64:
+        if parent == me:
+            return True
+        parent, seen = _parent(parent), seen + 1
+    return False
+
+
 def host_snapshot() -> dict[str, Any]:
     """What a rehearsal must not leave behind: mounts and our processes."""
     with open("/proc/self/mountinfo", encoding="utf-8") as handle:
@@ -83,7 +106,8 @@ def host_snapshot() -> dict[str, Any]:
             words = cmdline.split()
             # What a rehearsal starts runs as "python3 -m apt_rehearse", "apt-rehearse" or the apt hook.
             if "apt_rehearse" in words or any(w.endswith(("/apt-rehearse", "/apt-hook")) or w == "apt-rehearse" for w in words):
-                processes.append(pid)
+                if _ours(pid):
+                    processes.append(pid)
     return {"mounts": mounts, "processes": sorted(processes)}
 
 
