@@ -34,6 +34,14 @@ SCRIPT_ERROR_RE = re.compile(
 )
 CONFFILE_RE = re.compile(r"^Configuration file '(?P<path>[^']+)'")
 NO_SPACE_MARKERS = ("No space left on device", "ENOSPC")
+# What a program says when the network it reaches for is not there: the
+# sandbox has only loopback, the real run has the machine's network.
+NETWORK_MARKERS = (
+    "Temporary failure in name resolution", "Temporary failure resolving", "Could not resolve host",
+    "Could not resolve", "unable to resolve host address", "Name or service not known", "Network is unreachable",
+    "No route to host", "Failed to establish a new connection", "getaddrinfo", "keyserver receive failed",
+    "Connection timed out", "Failed to connect to",
+)  # fmt: skip
 TAIL_LINES = 15
 
 
@@ -78,6 +86,14 @@ def script_failures(output: str) -> list[dict[str, Any]]:
         entry["output_tail"] = cut[-TAIL_LINES:]
         failures.append(entry)
     return failures
+
+
+def needs_network(lines: list[str]) -> str | None:
+    """The line that says a script wanted the network, if one does."""
+    for line in lines:
+        if any(marker in line for marker in NETWORK_MARKERS):
+            return line.strip()[:200]
+    return None
 
 
 def removal_findings(transaction: Transaction, facts: dict[str, RemovalFacts]) -> list[Finding]:
@@ -135,10 +151,27 @@ def state_findings(transaction: Transaction, replay: dict[str, Any]) -> list[Fin
     output = apt["output"]
     failures = script_failures(output)
     failed_packages = {f["package"] for f in failures}
+    offline = {f["package"]: needs_network(f.get("output_tail", [])) for f in failures}
+    offline = {package: line for package, line in offline.items() if line}
+    # Packages left unconfigured only because an offline one failed under them.
+    consequences = {f["package"] for f in failures if offline and "dependency problems" in f["message"]}
     for failure in failures:
         script = failure.get("script", "dpkg")
         status = failure.get("exit_status")
         how = f"exit status {status}" if status is not None else f"signal {failure.get('signal', '?')}" if "signal" in failure else failure["message"]
+        network = offline.get(failure["package"])
+        if failure["package"] in consequences:
+            findings.append(Finding("script-failure", ["Needs-Network"], failure["package"],
+                                    f"{failure['package']}: left unconfigured ({how}) because "
+                                    f"{', '.join(sorted(offline))} could not be rehearsed without the network", failure))  # fmt: skip
+            continue
+        if network:
+            # Not a verdict on the package: the rehearsal could not give it what it reached for.
+            findings.append(Finding("script-failure", ["Needs-Network"], failure["package"],
+                                    f"{failure['package']}: {script} failed ({how}) during {failure['dpkg_action']} "
+                                    f"reaching for the network, which the sandbox does not have (\"{network}\"); "
+                                    "the real run has it: this step could not be rehearsed", failure))  # fmt: skip
+            continue
         findings.append(Finding("script-failure", ["Script-Failure"], failure["package"],
                                 f"{failure['package']}: {script} failed ({how}) during {failure['dpkg_action']}", failure))  # fmt: skip
 
@@ -151,6 +184,8 @@ def state_findings(transaction: Transaction, replay: dict[str, Any]) -> list[Fin
     after = replay["after"]
     for name, state in sorted(after.items()):
         status = state.get("status", "")
+        if _bare(name) in offline or _bare(name) in consequences:
+            continue  # said above: the sandbox's limit, not the package's state
         if len(status) >= 2 and (status[1] in "UFHWt" or status[2:3] == "R"):
             meaning = {"U": "unpacked but not configured", "F": "half-configured", "H": "half-installed",
                        "W": "awaiting triggers", "t": "with triggers pending"}.get(status[1], "needing reinstallation")  # fmt: skip

@@ -19,6 +19,7 @@ DEFAULTS: dict[str, tuple[str, str]] = {
     "Remove-Service": ("block", "a removed package ships a service the system starts"),
     "Remove-Module": ("block", "a removed package ships an Apache/Nginx module or a PHP extension"),
     "Script-Failure": ("block", "a maintainer script fails"),
+    "Needs-Network": ("warn", "a maintainer script failed reaching for the network, which the sandbox does not have"),
     "Broken-State": ("block", "a package is left unpacked, half-installed or half-configured"),
     "Apt-Failure": ("block", "apt itself fails to apply the transaction"),
     "Dependency-Check": ("block", "'apt-get check' finds broken dependencies afterwards"),

@@ -76,6 +76,9 @@ def _packages(debs: Path, built: dict[str, bytes], device: str) -> tuple[list[Pa
         # Not installed before: its efibootmgr lands during the run and must be recorded too.
         build_deb(debs, "rh-efitools", "1.0", files={"/usr/bin/efibootmgr": "#!/bin/sh\necho 'efibootmgr: cannot write EFI variables' >&2\nexit 1\n"},
                   postinst="efibootmgr --create --disk /dev/vda --label debian\n"),
+        # A postinst that fetches something, as font and firmware installers do.
+        build_deb(debs, "rh-netfetch", "1.0", postinst="python3 -c \"import urllib.request; "
+                  "urllib.request.urlopen('http://deb.debian.org/debian/', timeout=20)\"\n"),
         build_deb(debs, "rh-conf", "2.0", conffiles={"/etc/rh-conf.conf": CONF_V2}),
         build_deb(debs, "rh-ucf", "2.0", depends="ucf", files={"/usr/share/rh-ucf/rh-ucf.conf": UCF_V2}, postinst=UCF_POSTINST),
     ]  # fmt: skip
@@ -174,6 +177,14 @@ def test_a_command_installed_by_the_run_is_recorded_too(scenario: dict) -> None:
     assert proc.returncode == 0, (proc.stderr, document["findings"])
     assert document["boot"]["recorded_commands"] == [
         {"package": "rh-efitools", "script": "postinst", "command": "efibootmgr --create --disk /dev/vda --label debian"}]
+
+
+def test_a_script_that_reaches_for_the_network_is_reported_as_such(scenario: dict) -> None:
+    proc, document = rehearse(scenario, "install", "rh-netfetch")
+    assert proc.returncode == 0, (proc.stderr, document["findings"])  # a warning: the sandbox's limit, not the package's
+    [finding] = [f for f in document["findings"] if f["severity"] != "info"]
+    assert finding["kinds"] == ["Needs-Network"] and finding["severity"] == "warn"
+    assert "reaching for the network, which the sandbox does not have" in finding["message"]
 
 
 def test_kernel_without_initramfs_and_dangling_grub_entry_block(scenario: dict) -> None:

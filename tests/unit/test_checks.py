@@ -114,3 +114,32 @@ def test_out_of_room_detection() -> None:
     replay = _replay({}, {}, output="dpkg: error: No space left on device")
     assert checks.out_of_room(replay)
     assert not checks.out_of_room(_replay({}, {}, output="fine"))
+
+
+def test_a_script_that_needs_the_network_is_not_blamed() -> None:
+    output = (
+        "Setting up rh-fonts (2.0) ...\n"
+        "rh-fonts: downloading the fonts\n"
+        "curl: (6) Could not resolve host: fonts.example.org\n"
+        "dpkg: error processing package rh-fonts (--configure):\n"
+        " installed rh-fonts package post-installation script subprocess returned error exit status 6\n"
+        "dpkg: dependency problems prevent configuration of rh-site:\n"
+        " rh-site depends on rh-fonts; however:\n"
+        "  Package rh-fonts is not configured yet.\n\n"
+        "dpkg: error processing package rh-site (--configure):\n"
+        " dependency problems - leaving unconfigured\n"
+        "Errors were encountered while processing:\n rh-fonts\n rh-site\n"
+        "E: Sub-process /usr/bin/dpkg returned an error code (1)\n"
+    )
+    replay = {
+        "apt": {"output": output, "exit_status": 100, "timed_out": False},
+        "before": {}, "after": {"rh-fonts:all": {"version": "2.0", "status": "iF"}, "rh-site:all": {"version": "2.0", "status": "iU"}},
+        "audit": {"output": "The following packages are only half configured"}, "check": {"exit_status": 0, "output": ""},
+    }  # fmt: skip
+    tx = Transaction([Change("rh-fonts", "all", "1.0", "2.0", "upgrade"), Change("rh-site", "all", "1.0", "2.0", "upgrade")])
+    findings = checks.state_findings(tx, replay)
+    assert [(f.subject, f.kinds) for f in findings] == [("rh-fonts", ["Needs-Network"]), ("rh-site", ["Needs-Network"])]
+    assert 'Could not resolve host: fonts.example.org' in findings[0].message
+    assert "because rh-fonts could not be rehearsed without the network" in findings[1].message
+    apply_policy(findings, lambda key, default: default)
+    assert {f.severity for f in findings} == {"warn"}
