@@ -233,6 +233,11 @@ def rehearse(
             findings += hazard_checks.lost_library_findings(transaction, hazards, owners)
             findings += hazard_checks.boot_findings(transaction, hazards)
             findings += hazard_checks.release_findings(hazards)
+            if not hazards["libraries"].get("available", True):
+                notes.append(f"shared libraries were not checked: {hazards['libraries'].get('reason', 'unavailable')}")
+            if hazards["libraries"].get("capped"):
+                notes.append(f"shared libraries: only the first {len(hazards['libraries'].get('objects', {}))} programs "
+                             "and modules were checked (a bound on the work)")  # fmt: skip
             if hazards.get("grub_probe_unanswered"):
                 notes.append("grub-probe was asked what this machine's grub-probe had not been asked beforehand: "
                              + "; ".join(hazards["grub_probe_unanswered"][:3]))  # fmt: skip
