@@ -235,7 +235,7 @@ def rehearse(
             findings += hazard_checks.release_findings(hazards)
             if not hazards["libraries"].get("available", True):
                 notes.append(f"shared libraries were not checked: {hazards['libraries'].get('reason', 'unavailable')}")
-            if hazards["libraries"].get("capped"):
+            if hazards["before"]["libraries"].get("capped"):
                 notes.append(f"shared libraries: only the first {len(hazards['libraries'].get('objects', {}))} programs "
                              "and modules were checked (a bound on the work)")  # fmt: skip
             if hazards.get("grub_probe_unanswered"):
