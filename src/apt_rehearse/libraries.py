@@ -239,6 +239,10 @@ def candidate_files(extra_dirs: list[str], triplet: str) -> tuple[list[str], boo
                     st = os.lstat(path)
                     if not stat.S_ISREG(st.st_mode) or st.st_size < 64:
                         continue
+                    # Programs are executable and libraries are named *.so*: the
+                    # data beside them (a web site under /srv) is not opened at all.
+                    if not st.st_mode & 0o111 and ".so" not in name:
+                        continue
                     with open(path, "rb") as handle:
                         if handle.read(4) != ELF_MAGIC:
                             continue
