@@ -66,7 +66,18 @@ def diff_summary(local_path: str, new_path: str) -> dict[str, Any]:
                                       lineterm="", n=1))  # fmt: skip
     added = sum(1 for ln in lines if ln.startswith("+") and not ln.startswith("+++"))
     removed = sum(1 for ln in lines if ln.startswith("-") and not ln.startswith("---"))
+    if not _world_readable(local_path):
+        # The saved report is readable by the adm group: what only root may
+        # read (a password in /etc/mysql/debian.cnf) stays out of it.
+        return {"diff": None, "diff_withheld": "your file is readable by root only", "added": added, "removed": removed}
     return {"diff": lines[:DIFF_LINES], "diff_truncated": len(lines) > DIFF_LINES, "added": added, "removed": removed}
+
+
+def _world_readable(path: str) -> bool:
+    try:
+        return bool(os.stat(path).st_mode & 0o004)
+    except OSError:
+        return False
 
 
 def new_leftovers(before: list[str], after: list[str]) -> list[dict[str, Any]]:

@@ -150,3 +150,13 @@ def test_grub_probe_answers_are_found_by_the_shims_key(tmp_path: Path) -> None:
     key = subprocess.run(["sh", "-c", "printf '%s\\n' \"$@\" | LC_ALL=C sort | sha256sum | cut -d' ' -f1", "sh",
                           "--target=fs_uuid", "--device", "/dev/vda1"], capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
     assert key == bootchain.grub_probe_key(["--device", "/dev/vda1", "--target=fs_uuid"])
+
+
+def test_a_diff_of_a_root_only_conffile_stays_out_of_the_report(tmp_path: Path) -> None:
+    local = tmp_path / "debian.cnf"
+    local.write_text("password = s3cret\n")
+    local.chmod(0o600)
+    (tmp_path / "debian.cnf.dpkg-dist").write_text("password =\n")
+    [row] = conffile_state.new_leftovers([], [str(tmp_path / "debian.cnf.dpkg-dist")])
+    assert row["diff"] is None and row["diff_withheld"] and (row["added"], row["removed"]) == (1, 1)
+    assert "s3cret" not in repr(row)
