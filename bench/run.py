@@ -540,6 +540,12 @@ def case_hook(runs: int) -> dict[str, Any]:
 # ---------------------------------------------------------------------------
 
 
+def paired(runs: dict[str, list[Any]], top: str, bottom: str) -> tuple[float, str]:
+    """Median of the per-run ratios (each pair measured minutes apart), and each run's."""
+    ratios = [a / b for a, b in zip(runs[top], runs[bottom]) if a is not None and b]
+    return statistics.median(ratios), ", ".join(f"{r:.2f}" for r in ratios)
+
+
 def table(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     rows: list[tuple[str, str, str]] = []
 
@@ -555,19 +561,21 @@ def table(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         rows.append(("LAMP bookworm->trixie plan", runs["summary_rehearsal"][0], f"real: {runs['summary_real'][0]}"))
         rows.append(("  real install phase, plain copy (fsync, services down)", f"{release['real_s']:.1f} s",
                      f"+{release['real_sync_s']:.1f} s sync after"))  # fmt: skip
+        ratio, each = paired(runs, "nofsync_s", "real_s")
         rows.append(("  the same real run under eatmydata (no fsync)", f"{release['nofsync_s']:.1f} s",
-                     f"no-fsync/real {release['nofsync_s'] / release['real_s']:.2f}: the floor for the same work"))  # fmt: skip
+                     f"no-fsync/real {ratio:.2f} (runs {each}): what fsync costs here"))  # fmt: skip
         if release.get("decompress_s"):
             rows.append(("  decompressing its .debs alone (dpkg-deb, one core)", f"{release['decompress_s']:.1f} s",
                          f"{release['decompress_s'] / release['real_s']:.2f} of the real run"))  # fmt: skip
-        ratio = release["plain_replay_s"] / release["real_s"]
+        ratio, each = paired(runs, "plain_replay_s", "real_s")
         rows.append(("  replay, no services (policy-rc.d, like for like)", f"{release['plain_replay_s']:.1f} s",
-                     f"replay/real {ratio:.2f} " + ok(ratio, GOALS["release replay/real"])))  # fmt: skip
+                     f"replay/real {ratio:.2f} (runs {each}) " + ok(ratio, GOALS["release replay/real"])))  # fmt: skip
+        ratio, each = paired(runs, "disk_replay_s", "real_s")
         rows.append(("  replay, no services, disk upper (volatile overlay)", f"{release['disk_replay_s']:.1f} s",
-                     f"replay/real {release['disk_replay_s'] / release['real_s']:.2f}"))  # fmt: skip
-        ratio_live = release["live_replay_s"] / release["real_s"]
+                     f"replay/real {ratio:.2f} (runs {each})"))  # fmt: skip
+        ratio, each = paired(runs, "live_replay_s", "real_s")
         rows.append(("  replay, services booted and live", f"{release['live_replay_s']:.1f} s",
-                     f"replay/real {ratio_live:.2f} (services restart for real)"))  # fmt: skip
+                     f"replay/real {ratio:.2f} (runs {each}); services restart for real"))  # fmt: skip
         rows.append(("  whole rehearsal CLI, no services / services", f"{release['plain_total_s']:.1f} s / "
                      f"{release['live_total_s']:.1f} s", "plan, sandbox, replay, observe, reboot, checks"))  # fmt: skip
         # The real run's bytes: every file it created or replaced, whole (what
@@ -620,13 +628,28 @@ def table(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     return rows
 
 
+def print_table(results: dict[str, Any], rows: list[tuple[str, str, str]]) -> None:
+    width = max(len(r[0]) for r in rows) if rows else 10
+    vwidth = max(len(r[1]) for r in rows) if rows else 10
+    print(f"{'what':{width}}  {'figure':>{vwidth}}  note")
+    for name, value, note in rows:
+        print(f"{name:{width}}  {value:>{vwidth}}  {note}")
+    print(f"(median of {results['runs']} runs, ratios: median of each run's pair; bench took {results['bench_seconds']} s; "
+          f"load {results['load_before'][0]:.1f} -> {results['load_after'][0]:.1f})")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--host-runs", type=int, default=1)
     parser.add_argument("--json", dest="json_path", default=str(REPO / "bench/results.json"))
     parser.add_argument("--skip", action="append", default=[], choices=("fixed", "one", "release", "host", "hook"))
+    parser.add_argument("--table", metavar="JSON", help="print the table of an earlier run's JSON, measure nothing")
     args = parser.parse_args()
+    if args.table:
+        results = json.loads(Path(args.table).read_text())
+        print_table(results, table(results))
+        return
     if os.geteuid() != 0:
         raise SystemExit("run as root")
     if os.environ.get("PYTHONPATH") is None and sys.executable != PYTHON:
@@ -669,13 +692,7 @@ def main() -> None:
     results["bench_seconds"] = round(time.monotonic() - began)
     rows = table(results)
     results["table"] = rows
-    width = max(len(r[0]) for r in rows) if rows else 10
-    vwidth = max(len(r[1]) for r in rows) if rows else 10
-    print(f"{'what':{width}}  {'figure':>{vwidth}}  note")
-    for name, value, note in rows:
-        print(f"{name:{width}}  {value:>{vwidth}}  {note}")
-    print(f"(runs {args.runs}, median; bench took {results['bench_seconds']} s; load {results['load_before'][0]:.1f} -> "
-          f"{results['load_after'][0]:.1f})")  # fmt: skip
+    print_table(results, rows)
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(results, indent=2, default=str) + "\n")
         log(f"wrote {args.json_path}")
