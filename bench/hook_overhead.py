@@ -69,8 +69,19 @@ def measure(runs: int) -> dict[str, dict[str, float]]:
         transaction = to_transaction(parse(hit_stream), "/", status_sha, sha256_file, lambda p, a: False)
         verdict_cache.record(cache_dir, transaction, "pass", None)
         nothing = stream(cache_dir, ["foo 1.0 amd64 none = 1.0 amd64 none **CONFIGURE**"])
+        cases = [("nothing to rehearse", nothing), ("cache hit (12 debs, 24 MB)", hit_stream)]
+        # A release upgrade's worth: the real .debs of apt-rehearse's archive
+        # cache (after the bench's release case: the LAMP upgrade's 299).
+        real_debs = sorted(Path("/var/cache/apt-rehearse/archives").glob("*.deb"))[:300]
+        if len(real_debs) >= 100:
+            lines = [f"big{i} 1.0 amd64 same < 2.0 amd64 same {deb}" for i, deb in enumerate(real_debs)]
+            big_stream = stream(cache_dir, lines)
+            transaction = to_transaction(parse(big_stream), "/", status_sha, sha256_file, lambda p, a: False)
+            verdict_cache.record(cache_dir, transaction, "pass", None)
+            megabytes = sum(deb.stat().st_size for deb in real_debs) / 1e6
+            cases.append((f"cache hit ({len(real_debs)} debs, {megabytes:.0f} MB)", big_stream))
         results = {}
-        for name, text in (("nothing to rehearse", nothing), ("cache hit (12 debs, 24 MB)", hit_stream)):
+        for name, text in cases:
             times = time_hook(text, runs)
             results[name] = {"median_ms": round(statistics.median(times), 1), "min_ms": round(min(times), 1),
                              "max_ms": round(max(times), 1), "runs": runs}  # fmt: skip
