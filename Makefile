@@ -6,7 +6,7 @@ TEST_DEPS = python3-pytest mmdebstrap dpkg-dev gcc libc6-dev
 DEB_DEPS = debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools lintian \
 	dh-exec bash-completion
 
-.PHONY: all deps rehearse check unit integration system deb clean
+.PHONY: all deps rehearse check unit integration system bench deb clean
 
 all: check
 
@@ -24,6 +24,11 @@ deps:
 # Rehearse this machine's pending dist-upgrade (nothing on the machine changes).
 rehearse: deps
 	PYTHONPATH=src $(PYTHON) -m apt_rehearse dist-upgrade
+
+# What a rehearsal costs against the real run (issue 7): prints a table, writes
+# bench/results.json. About 35 minutes; BENCH_ARGS="--runs 1" for a quick look.
+bench: deps
+	$(PYTHON) bench/run.py $(BENCH_ARGS)
 
 check: deps
 	$(PYTEST) -q -p no:cacheprovider tests/unit tests/integration tests/system

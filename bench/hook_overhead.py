@@ -11,6 +11,7 @@ verdict-cache hit (a transaction already rehearsed). Goal: under 100 ms.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -49,13 +50,8 @@ def time_hook(text: str, runs: int) -> list[float]:
     return times
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--json", dest="json_path")
-    args = parser.parse_args()
-    if os.geteuid() != 0:
-        raise SystemExit("run as root (the verdict cache is root's)")
+def measure(runs: int) -> dict[str, dict[str, float]]:
+    """Median, min and max milliseconds of the hook for each case."""
     work = Path(tempfile.mkdtemp(prefix="rh-bench-hook-", dir="/var/tmp"))
     try:
         cache_dir = str(work / "cache")
@@ -69,28 +65,48 @@ def main() -> None:
         lines += [f"pkg{i} 1.0 amd64 same < 2.0 amd64 same **CONFIGURE**" for i in range(len(debs))]
         hit_stream = stream(cache_dir, lines)
         with open("/var/lib/dpkg/status", "rb") as handle:
-            import hashlib
-
             status_sha = hashlib.sha256(handle.read()).hexdigest()
         transaction = to_transaction(parse(hit_stream), "/", status_sha, sha256_file, lambda p, a: False)
         verdict_cache.record(cache_dir, transaction, "pass", None)
         nothing = stream(cache_dir, ["foo 1.0 amd64 none = 1.0 amd64 none **CONFIGURE**"])
+        cases = [("nothing to rehearse", nothing), ("cache hit (12 debs, 24 MB)", hit_stream)]
+        # A release upgrade's worth: the real .debs of apt-rehearse's archive
+        # cache (after the bench's release case: the LAMP upgrade's 299).
+        real_debs = sorted(Path("/var/cache/apt-rehearse/archives").glob("*.deb"))[:300]
+        if len(real_debs) >= 100:
+            lines = [f"big{i} 1.0 amd64 same < 2.0 amd64 same {deb}" for i, deb in enumerate(real_debs)]
+            big_stream = stream(cache_dir, lines)
+            transaction = to_transaction(parse(big_stream), "/", status_sha, sha256_file, lambda p, a: False)
+            verdict_cache.record(cache_dir, transaction, "pass", None)
+            megabytes = sum(deb.stat().st_size for deb in real_debs) / 1e6
+            cases.append((f"cache hit ({len(real_debs)} debs, {megabytes:.0f} MB)", big_stream))
         results = {}
-        for name, text in (("nothing to rehearse", nothing), ("cache hit (12 debs, 24 MB)", hit_stream)):
-            times = time_hook(text, args.runs)
+        for name, text in cases:
+            times = time_hook(text, runs)
             results[name] = {"median_ms": round(statistics.median(times), 1), "min_ms": round(min(times), 1),
-                             "max_ms": round(max(times), 1), "runs": args.runs}  # fmt: skip
-        baseline = time_hook_baseline(args.runs)
+                             "max_ms": round(max(times), 1), "runs": runs}  # fmt: skip
+        baseline = time_hook_baseline(runs)
         results["python3 -I -c pass (floor)"] = {"median_ms": round(statistics.median(baseline), 1),
                                                  "min_ms": round(min(baseline), 1), "max_ms": round(max(baseline), 1),
-                                                 "runs": args.runs}  # fmt: skip
-        print(f"{'case':32} {'median':>8} {'min':>8} {'max':>8}")
-        for name, row in results.items():
-            print(f"{name:32} {row['median_ms']:7.1f}ms {row['min_ms']:7.1f}ms {row['max_ms']:7.1f}ms")
-        if args.json_path:
-            Path(args.json_path).write_text(json.dumps(results, indent=2) + "\n")
+                                                 "runs": runs}  # fmt: skip
+        return results
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--json", dest="json_path")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("run as root (the verdict cache is root's)")
+    results = measure(args.runs)
+    print(f"{'case':32} {'median':>8} {'min':>8} {'max':>8}")
+    for name, row in results.items():
+        print(f"{name:32} {row['median_ms']:7.1f}ms {row['min_ms']:7.1f}ms {row['max_ms']:7.1f}ms")
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(results, indent=2) + "\n")
 
 
 def time_hook_baseline(runs: int) -> list[float]:

@@ -18,6 +18,7 @@ Host safety rules (DESIGN.md) this module keeps:
 from __future__ import annotations
 
 import dataclasses
+import errno
 import fcntl
 import json
 import os
@@ -135,9 +136,16 @@ class Overlay(Step):
     layer: str  # directory holding upper/ and work/
     target: str
     label: str = ""
+    # A disk upper is thrown away after the rehearsal: nothing written to it
+    # needs to be durable, so overlayfs' "volatile" drops every sync to it
+    # (fsync, syncfs) instead of waiting for the disk. What is written, and
+    # every maintainer script that writes it, is unchanged. (A tmpfs upper
+    # never syncs anyway.)
+    volatile: bool = False
 
     def describe(self) -> str:
-        return f"overlay on {self.target}: lower {self.lower} (read-only), upper {self.layer}/upper"
+        text = f"overlay on {self.target}: lower {self.lower} (read-only), upper {self.layer}/upper"
+        return text + (" (volatile: no syncs to the throw-away upper)" if self.volatile else "")
 
     def execute(self, ctx: Context) -> None:
         upper, work = f"{self.layer}/upper", f"{self.layer}/work"
@@ -152,6 +160,13 @@ class Overlay(Step):
         os.chmod(upper, stat.S_IMODE(info.st_mode))
         options = f"lowerdir={lower},upperdir={upper},workdir={work}"
         try:
+            if self.volatile:
+                try:
+                    syscalls.mount("overlay", self.target, "overlay", 0, options + ",volatile")
+                    return
+                except OSError as error:
+                    if error.errno != errno.EINVAL:  # a kernel before 5.10 has no "volatile": syncs stay
+                        raise
             syscalls.mount("overlay", self.target, "overlay", 0, options)
         except OSError as error:
             raise UnsupportedSystem(
@@ -388,7 +403,7 @@ def plan_sandbox(spec: SandboxSpec, mounts: list[MountEntry] | None = None) -> S
         layers.append(Layer(inside, entry.target, f"{layers_base}/{index}"))
     for layer in layers:
         target = new_root if layer.mountpoint == "/" else new_root + layer.mountpoint
-        steps.append(Overlay(layer.lower, layer.layer_dir, target, layer.mountpoint))
+        steps.append(Overlay(layer.lower, layer.layer_dir, target, layer.mountpoint, volatile=spec.upper_dir is not None))
     # Host directories are bound into the staging area while their pinned
     # descriptors are still of this mount namespace; each boot (a copy of
     # it) binds them on from there.
