@@ -116,7 +116,7 @@ def _rehearse_request(command: str, packages: list[str], options: Options) -> in
     # where python3-apt is broken.
     import apt_pkg
 
-    from apt_rehearse import config, planner, release, report, verdict_cache
+    from apt_rehearse import config, deb_hashes, planner, release, report, verdict_cache
     from apt_rehearse.progress import for_stream
     from apt_rehearse.rehearse import PhaseClock, rehearse
     from apt_rehearse.sandbox import check_supported
@@ -170,6 +170,8 @@ def _rehearse_request(command: str, packages: list[str], options: Options) -> in
         # The real run of this very transaction (apt-get, or each step of
         # unattended-upgrades) finds the verdict and is not rehearsed again.
         verdict_cache.record(settings.cache_dir, transaction, rehearsal.verdict, document.get("report_path"))
+        # ... without reading its .debs again to know them (see deb_hashes).
+        deb_hashes.remember(settings.cache_dir, [(c.deb, c.sha256) for c in transaction.changes if c.deb and c.sha256])
         if command == "gate":
             verdict_cache.record_approval(settings.cache_dir, transaction, rehearsal.verdict, document.get("report_path"))
     if options.json_output:

@@ -12,6 +12,7 @@ import hashlib
 import os
 import sys
 import time
+from typing import Any
 
 from apt_rehearse.errors import EXIT_BLOCKED, EXIT_GO, RehearsalError
 from apt_rehearse.hookstream import HookInput, HookInputError, parse, to_transaction
@@ -66,10 +67,9 @@ def on_error_policy(hook: HookInput | None, unattended: bool) -> str:
     return value if value in ("allow", "block") else default
 
 
-def _file_sha256(path: str) -> str:
+def _file_sha256(path: str, hashes: Any) -> str:
     try:
-        with open(path, "rb") as handle:
-            return hashlib.file_digest(handle, "sha256").hexdigest() if hasattr(hashlib, "file_digest") else _slow_sha(handle)
+        return hashes.sha256(path)
     except OSError as error:
         raise HookInputError(f"apt named {path}, which cannot be read: {error.strerror}") from None
 
@@ -139,18 +139,24 @@ def main() -> int:
         with open(os.path.join(root, "var/lib/dpkg/status"), "rb") as handle:
             status_sha = _slow_sha(handle)
         flags = _auto_flags(root)
-        transaction = to_transaction(hook, root, status_sha, _file_sha256,
+        cache_dir = hook.get("APT::Rehearse::Cache-Dir", DEFAULT_CACHE_DIR)
+        from apt_rehearse.deb_hashes import DebHashes
+
+        hashes = DebHashes(cache_dir)
+        transaction = to_transaction(hook, root, status_sha, lambda path: _file_sha256(path, hashes),
                                      lambda package, arch: flags.get((package, arch), flags.get((package, ""), False)))  # fmt: skip
         if transaction.is_empty:
             return EXIT_GO
-        cache_dir = hook.get("APT::Rehearse::Cache-Dir", DEFAULT_CACHE_DIR)
         max_age = float(hook.get("APT::Rehearse::Cache-Max-Age", str(DEFAULT_MAX_AGE)) or DEFAULT_MAX_AGE)
         from apt_rehearse import verdict_cache
 
         cached = verdict_cache.lookup(cache_dir, transaction, max_age, lambda: _installed_versions(root))
         if cached is not None:
+            hashes.save()
             return _cached_verdict(cached, transaction.identity, time.monotonic() - started)
-        return _rehearse_now(hook, transaction, unattended, cache_dir)
+        code = _rehearse_now(hook, transaction, unattended, cache_dir)
+        hashes.save()
+        return code
     except RehearsalError as error:
         return _failed(str(error), error.exit_code, hook, unattended)
     except KeyboardInterrupt:

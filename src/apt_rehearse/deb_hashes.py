@@ -1,0 +1,119 @@
+"""SHA-256 of .deb files already read, so a cache hit need not read them again.
+
+A transaction's identity covers its .debs' content, so the hook hashed every
+.deb on every apt run: 80 ms for a release upgrade's 107 MB, most of a cache
+hit. A hash is kept here with the file's fingerprint as the file system gives
+it (device, inode, size, mtime and ctime, in nanoseconds) and reused while
+the fingerprint is unchanged. Any write to the file changes its ctime, which
+no one but the kernel sets; apt replaces a .deb by renaming a new file over it
+(a new inode). A hash is only stored when the fingerprint was the same before
+and after reading the file.
+
+The table lives beside the verdicts, with the same trust rules: the directory
+root's and 0700, the file root's and writable by nobody else; otherwise it is
+ignored and every .deb is read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from typing import Any
+
+NAME = "deb-hashes.json"
+SCHEMA = "apt-rehearse-deb-hashes/1"
+MAX_ENTRIES = 5000  # a release upgrade is about 2000 .debs; older entries go first
+
+
+def fingerprint(info: os.stat_result) -> list[int]:
+    return [info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns]
+
+
+def _digest(handle: Any) -> str:
+    if hasattr(hashlib, "file_digest"):
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+    digest = hashlib.sha256()
+    for block in iter(lambda: handle.read(1 << 20), b""):
+        digest.update(block)
+    return digest.hexdigest()
+
+
+class DebHashes:
+    """Known hashes, and the ones read during this run (to be saved)."""
+
+    def __init__(self, cache_dir: str) -> None:
+        self.directory = os.path.join(cache_dir, "verdicts")
+        self.known: dict[str, list[Any]] = self._load()
+        self.fresh: dict[str, list[Any]] = {}
+
+    def _trusted_dir(self) -> bool:
+        try:
+            info = os.lstat(self.directory)
+        except OSError:
+            return False
+        return stat.S_ISDIR(info.st_mode) and info.st_uid == 0 and stat.S_IMODE(info.st_mode) & 0o077 == 0
+
+    def _load(self) -> dict[str, list[Any]]:
+        if not self._trusted_dir():
+            return {}
+        try:
+            fd = os.open(os.path.join(self.directory, NAME), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError:
+            return {}
+        with os.fdopen(fd, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode) or info.st_uid != 0 or stat.S_IMODE(info.st_mode) & 0o022:
+                return {}
+            try:
+                data = json.loads(handle.read(4 << 20))
+            except (ValueError, UnicodeDecodeError):
+                return {}
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA or not isinstance(data.get("files"), dict):
+            return {}
+        return {path: row for path, row in data["files"].items()
+                if isinstance(row, list) and len(row) == 2 and isinstance(row[1], str)}  # fmt: skip
+
+    def sha256(self, path: str) -> str:
+        """The file's SHA-256: remembered when its fingerprint is unchanged, else read."""
+        before = fingerprint(os.stat(path))
+        row = self.known.get(path)
+        if row is not None and row[0] == before:
+            return row[1]
+        with open(path, "rb") as handle:
+            digest = _digest(handle)
+            after = fingerprint(os.fstat(handle.fileno()))
+        if after == before:
+            self.fresh[path] = [before, digest]
+        return digest
+
+    def save(self) -> None:
+        """Keep what this run read (root only; a directory we cannot trust is left alone)."""
+        if not self.fresh or os.geteuid() != 0:
+            return
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        if not self._trusted_dir():
+            return
+        files = {**self.known, **self.fresh}
+        if len(files) > MAX_ENTRIES:
+            files = dict(list(files.items())[-MAX_ENTRIES:])
+        path = os.path.join(self.directory, NAME)
+        temporary = f"{path}.{os.getpid()}.tmp"
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump({"schema": SCHEMA, "files": files}, handle)
+        os.replace(temporary, path)
+
+
+def remember(cache_dir: str, debs: list[tuple[str, str]]) -> None:
+    """After a rehearsal: keep the hashes of its .debs (path, sha256 the
+    rehearsal used), each read again so the fingerprint is the content's."""
+    table = DebHashes(cache_dir)
+    for path, expected in debs:
+        try:
+            if table.sha256(path) != expected:
+                table.fresh.pop(path, None)  # changed since it was rehearsed: not this transaction's file
+        except OSError:
+            continue
+    table.save()

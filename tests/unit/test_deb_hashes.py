@@ -1,0 +1,65 @@
+"""The .deb hash table: reused only while the file is the same one, trusted
+only when root's."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from apt_rehearse import deb_hashes
+
+
+def _setup(tmp_path: Path) -> tuple[str, Path]:
+    cache = tmp_path / "cache"
+    (cache / "verdicts").mkdir(parents=True, mode=0o700)
+    deb = tmp_path / "a.deb"
+    deb.write_bytes(b"x" * 1000)
+    return str(cache), deb
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the table is root's")
+
+
+@needs_root
+def test_a_known_file_is_not_read_again_and_a_changed_one_is(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache, deb = _setup(tmp_path)
+    table = deb_hashes.DebHashes(cache)
+    assert table.sha256(str(deb)) == hashlib.sha256(b"x" * 1000).hexdigest()
+    table.save()
+    reads = []
+    real = deb_hashes._digest
+    monkeypatch.setattr(deb_hashes, "_digest", lambda handle: reads.append(1) or real(handle))
+    again = deb_hashes.DebHashes(cache)
+    assert again.sha256(str(deb)) == hashlib.sha256(b"x" * 1000).hexdigest() and reads == []
+    deb.write_bytes(b"y" * 1000)  # same size, new content: a new ctime
+    assert again.sha256(str(deb)) == hashlib.sha256(b"y" * 1000).hexdigest() and reads == [1]
+
+
+@needs_root
+def test_a_table_someone_else_could_write_is_ignored(tmp_path: Path) -> None:
+    cache, deb = _setup(tmp_path)
+    table = deb_hashes.DebHashes(cache)
+    table.sha256(str(deb))
+    table.save()
+    stored = Path(cache) / "verdicts" / deb_hashes.NAME
+    assert deb_hashes.DebHashes(cache).known
+    os.chown(stored, 1000, 1000)
+    assert deb_hashes.DebHashes(cache).known == {}
+    os.chown(stored, 0, 0)
+    stored.chmod(0o666)
+    assert deb_hashes.DebHashes(cache).known == {}
+    stored.chmod(0o600)
+    (Path(cache) / "verdicts").chmod(0o755)
+    assert deb_hashes.DebHashes(cache).known == {}
+
+
+@needs_root
+def test_remember_keeps_only_what_matches_the_rehearsed_hash(tmp_path: Path) -> None:
+    cache, deb = _setup(tmp_path)
+    deb_hashes.remember(cache, [(str(deb), "0" * 64)])  # changed since: not kept
+    assert deb_hashes.DebHashes(cache).known == {}
+    deb_hashes.remember(cache, [(str(deb), hashlib.sha256(b"x" * 1000).hexdigest())])
+    assert str(deb) in deb_hashes.DebHashes(cache).known
