@@ -10,10 +10,12 @@ subtree as the root of its cgroup namespace, and it is removed afterwards.
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import time
 
+from apt_rehearse import janitor
 from apt_rehearse.errors import UnsupportedSystem
 from apt_rehearse.mountinfo import read_mountinfo
 
@@ -59,6 +61,8 @@ class SandboxCgroup:
             remove_stale(mount)
             self.path = os.path.join(mount, f"{PREFIX}{self.name}-{os.getpid()}")
             os.mkdir(self.path, 0o755)
+            # A killed rehearsal cannot remove its cgroup: a janitor does.
+            janitor.after_death(functools.partial(remove_tree, self.path))
             if self.memory_max:
                 try:
                     with open(os.path.join(self.path, "memory.max"), "w", encoding="ascii") as handle:
