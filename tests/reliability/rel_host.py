@@ -143,12 +143,12 @@ def _sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def root_state(root: str = "/", skip: tuple[str, ...] = ()) -> dict[str, tuple[Any, ...]]:
+def root_state(root: str = "/", skip: tuple[str, ...] = (), *, host: bool = True) -> dict[str, tuple[Any, ...]]:
     """Every entry of the root filesystem: type, mode, owner, size, mtime,
     ctime (no write, chmod or rename leaves it as it was) and inode; with
     its sha256 in CONTENT_DIRS. Only the root's own filesystem (st_dev)."""
     root_dev = os.lstat(root).st_dev
-    skipped = EXCLUDED + VOLATILE + tuple(skip)
+    skipped = (EXCLUDED + VOLATILE if host else ()) + tuple(skip)
     state: dict[str, tuple[Any, ...]] = {}
     for dirpath, dirnames, filenames in os.walk(root):
         keep = []

@@ -38,8 +38,14 @@ def cli_argv(tree: Path, log: Path, cache: Path, *args: str) -> list[str]:
             "-o", f"APT::Rehearse::Cache-Dir={cache}", *args]  # fmt: skip
 
 
-def hook_command() -> str:
-    return f"PYTHONPATH={SRC} {PYTHON} -I -c 'import sys; sys.path.insert(0, \"{SRC}\"); from apt_rehearse.hook import run; run()'"
+def hook_command(base: Path) -> str:
+    """The hook as the package installs it (hooks/apt-hook), run from the source tree.
+    A script path: apt finds its Version/InfoFD options by the command's text."""
+    path = base / "apt-hook"
+    path.write_text(f"#!/bin/sh\nexec {PYTHON} -I -c 'import sys; sys.path.insert(0, \"{SRC}\"); "
+                    "from apt_rehearse.hook import run; run()'\n")
+    path.chmod(0o755)
+    return str(path)
 
 
 def fake_dpkg(base: Path, tree: Path) -> Path:
@@ -63,7 +69,7 @@ exec /usr/bin/dpkg --root={tree} "$@"
 
 def apt_argv(tree: Path, base: Path, log: Path, cache: Path, *args: str, on_error: str = "block") -> list[str]:
     """apt-get of the host on the tree (Dir=), with the hook as the package registers it."""
-    hook = hook_command()
+    hook = hook_command(base)
     return ["apt-get", "-y", "-o", f"Dir={tree}/", "-o", f"Dir::State::status={tree}/var/lib/dpkg/status",
             "-o", f"Dir::Bin::dpkg={fake_dpkg(base, tree)}", "-o", "APT::Sandbox::User=root",
             "-o", f"DPkg::Pre-Install-Pkgs::={hook}", "-o", f"DPkg::Tools::Options::{hook}::Version=3",
