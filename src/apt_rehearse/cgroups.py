@@ -60,9 +60,10 @@ class SandboxCgroup:
         else:
             remove_stale(mount)
             self.path = os.path.join(mount, f"{PREFIX}{self.name}-{os.getpid()}")
-            os.mkdir(self.path, 0o755)
-            # A killed rehearsal cannot remove its cgroup: a janitor does.
+            # A killed rehearsal cannot remove its cgroup: a janitor does. It
+            # is there before the directory, so no kill can fall in between.
             janitor.after_death(functools.partial(remove_tree, self.path))
+            os.mkdir(self.path, 0o755)
             if self.memory_max:
                 try:
                     with open(os.path.join(self.path, "memory.max"), "w", encoding="ascii") as handle:

@@ -100,8 +100,8 @@ def _choose_upper(transaction: Transaction, settings: Settings) -> str | None:
     os.makedirs(base, mode=0o700, exist_ok=True)
     _remove_stale_uppers(base)
     path = os.path.join(base, f"{transaction.identity[:12]}-{os.getpid()}")
-    os.makedirs(path, mode=0o700)
     janitor.after_death(functools.partial(cleanup_upper_dir, path))  # also when this process is killed
+    os.makedirs(path, mode=0o700)
     return path
 
 

@@ -147,14 +147,15 @@ def _in_phase(phase: str, below: dict[int, str], target: int, report_fired: bool
 
 
 def run_and_kill(argv: list[str], phase: str | None, *, hook: bool = False, log: Path | None = None,
-                 timeout: float = 900) -> Outcome:  # fmt: skip
+                 timeout: float = 900, lazy_reaper: bool = False) -> Outcome:  # fmt: skip
     """Run argv; SIGKILL the CLI (or the hook apt runs) once it is in ``phase``."""
     watcher = _Inotify(log) if phase == "report" and log is not None else None
     scratch = Path(tempfile.mkdtemp(prefix="rel-run-", dir="/var/tmp"))
     pidfile, reportfile = scratch / "pid", scratch / "report"
     argv = [PYTHON, str(REAPER), str(pidfile), str(reportfile), *argv]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                            env=environment(), text=True)  # fmt: skip
+                            env=dict(environment(), **({"REL_LAZY_REAPER": "1"} if lazy_reaper else {})),
+                            text=True)  # fmt: skip
     seen: dict[int, str] = {}
     killed_at = None
     target = None

@@ -124,3 +124,14 @@ def test_two_rehearsals_at_once(scenario, canary) -> None:  # noqa: ANN001
     for log in ("log-a", "log-b", "log-c"):
         for suffix in (".pid", ".left"):
             os.unlink(scenario.base / f"{log}{suffix}")
+
+
+@pytest.mark.case("booted rehearsal under a late-reaping subreaper ends")
+def test_under_a_lazy_subreaper(scenario, canary) -> None:  # noqa: ANN001
+    """Orphans go to the nearest subreaper (systemd --user, CI runners, this
+    suite); one that reaps late must not make the rehearsal wait for ever."""
+    started = time.monotonic()
+    outcome = rel_run.run_and_kill(rel_run.cli_argv(scenario.tree, scenario.log, scenario.cache, "install", "rel-clean"),
+                                   None, timeout=240, lazy_reaper=True)  # fmt: skip
+    assert outcome.returncode == 0, (time.monotonic() - started, outcome.output[-2000:])
+    assert not outcome.left

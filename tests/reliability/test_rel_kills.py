@@ -58,7 +58,7 @@ def test_hook_killed_while_apt_waits(scenario, canary, phase: str, on_error: str
         status_before = dpkg_status_digest(scenario.tree)
         # apt itself (not the hook) downloads into the tree's archives and
         # writes its caches there: the tree is judged without apt's own dirs.
-        tree_skip = tuple(f"{scenario.tree}/{d}" for d in ("var/cache/apt", "var/lib/apt"))
+        tree_skip = tuple(f"{scenario.tree}/{d}" for d in ("var/cache/apt", "var/lib/apt", "var/log/apt"))
         tree_before = rel_host.root_state(str(scenario.tree), tree_skip, host=False)
         before = rel_host.HostSnapshot.take(whole_root=False)
         slug = f"{phase.replace(' ', '-')}-{on_error}"
