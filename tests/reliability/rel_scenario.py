@@ -21,16 +21,18 @@ OBSERVE_MARK = "3.1716"  # a probe sleeps this long: the observation phase
 SECRET = "rel-secret-7f3a9c-password"  # a sysadmin's local conffile content
 
 REACH = r"""#!/bin/sh
-# Inside the sandbox: try every way to reach a daemon of the host.
+# Inside the sandbox: try every way to reach a daemon of the host (perl-base
+# is in every Debian system; python3 is not).
 port=$(cat /usr/share/rel-reach/port)
-py() { /usr/bin/python3 -c "$1" 2>&1 | tail -n 1; }
-echo "REACH tcp-loopback: $(py "import socket; socket.create_connection(('127.0.0.1', $port), timeout=3); print('CONNECTED')")"
-echo "REACH tcp-host: $(py "import socket; socket.create_connection(('$HOSTADDR', $port), timeout=3); print('CONNECTED')")"
-echo "REACH tcp-outside: $(py "import socket; socket.create_connection(('1.1.1.1', 53), timeout=3); print('CONNECTED')")"
-echo "REACH udp-host: $(py "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.sendto(b'x', ('$HOSTADDR', $port)); print('SENT')")"
-echo "REACH unix-run: $(py "import socket, glob; s = socket.socket(socket.AF_UNIX); paths = glob.glob('/run/rel-canary-*.sock'); s.connect(paths[0]) if paths else print('ABSENT'); paths and print('CONNECTED')")"
-echo "REACH unix-abstract: $(py "import socket; s = socket.socket(socket.AF_UNIX); s.connect(chr(0) + open('/usr/share/rel-reach/abstract').read().strip()); print('CONNECTED')")"
-echo "REACH systemd-bus: $(test -S /run/systemd/private && echo PRESENT-$(stat -c %i /run/systemd/private) || echo ABSENT)"
+abstract=$(cat /usr/share/rel-reach/abstract)
+tcp() { perl -MIO::Socket::INET -e '$s = IO::Socket::INET->new(PeerAddr => $ARGV[0], Timeout => 3); print $s ? "CONNECTED" : "no: $!"' "$1"; }
+echo "REACH tcp-loopback: $(tcp 127.0.0.1:$port)"
+echo "REACH tcp-host: $(tcp $HOSTADDR:$port)"
+echo "REACH tcp-outside: $(tcp 1.1.1.1:53)"
+echo "REACH udp-host: $(perl -MIO::Socket::INET -e '$s = IO::Socket::INET->new(PeerAddr => $ARGV[0], Proto => "udp"); print $s && $s->send("x") ? "SENT" : "no: $!"' $HOSTADDR:$port)"
+sock=$(ls /run/rel-canary-*.sock 2>/dev/null | head -n 1)
+if [ -n "$sock" ]; then echo "REACH unix-run: PRESENT $sock"; else echo "REACH unix-run: ABSENT"; fi
+echo "REACH unix-abstract: $(perl -MIO::Socket::UNIX -e '$s = IO::Socket::UNIX->new(Peer => "\0" . $ARGV[0]); print $s ? "CONNECTED" : "no: $!"' "$abstract")"
 echo "REACH interfaces: $(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | tr '\n' ',')"
 echo "REACH dev: $(ls /dev | tr '\n' ',')"
 exit 0

@@ -97,8 +97,10 @@ def test_lock_held_by_another_apt(scenario, canary) -> None:  # noqa: ANN001
         assert outcome.returncode == 0, outcome.output[-3000:]
         _unchanged(scenario, state)
         # The lock is still ours: nobody took it from the real apt.
-        probe = subprocess.run(["flock", "-n", "-E", "99", str(locks[0]), "true"], check=False)
-        assert probe.returncode != 0
+        probe = subprocess.run([rel_run.PYTHON, "-c", "import fcntl, sys; fcntl.lockf(open(sys.argv[1], 'a'), "
+                                "fcntl.LOCK_EX | fcntl.LOCK_NB)", str(locks[0])], capture_output=True, text=True,
+                               check=False)  # fmt: skip
+        assert probe.returncode != 0 and "Resource temporarily unavailable" in probe.stderr, probe.stderr
     finally:
         for handle in handles:
             handle.close()
