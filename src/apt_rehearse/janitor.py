@@ -6,19 +6,22 @@ of a booted rehearsal and a disk upper. ``after_death`` forks a small
 janitor that waits on a pipe whose write end only this process (and its
 forked, never exec'ed children) holds; when they are all gone, however
 they ended, the pipe reads EOF and the janitor removes what it was given.
-On a normal run the rehearsal has removed them already and the janitor
-finds nothing to do.
+On a normal run the rehearsal has removed them already: the janitor finds
+nothing to do, and the exiting command waits for it (atexit).
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
+import time
 from typing import Callable
 
 # Write ends kept open for the life of this process, on purpose: their
 # closing (by the kernel, at our death) is the janitor's signal.
 _HELD: list[int] = []
+_JANITORS: list[int] = []
 
 
 def after_death(cleanup: Callable[[], None]) -> None:
@@ -41,6 +44,27 @@ def after_death(cleanup: Callable[[], None]) -> None:
         finally:
             os._exit(0)
     os.close(read_fd)
+    if not _HELD:
+        atexit.register(_on_normal_exit)
     _HELD.append(write_fd)
-    # The janitor is reaped by whoever inherits it when we exit; on a normal
-    # run we exit first and never wait for it.
+    _JANITORS.append(pid)
+
+
+def _on_normal_exit() -> None:
+    """A normal exit has cleaned up already: let the janitors see that and end
+    before we do, so that nothing of ours outlives the command (bounded: a
+    straggling child still holding a pipe only delays us 2 s)."""
+    for fd in _HELD:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    deadline = time.monotonic() + 2.0
+    for pid in _JANITORS:
+        while time.monotonic() < deadline:
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    break
+            except ChildProcessError:
+                break
+            time.sleep(0.005)
