@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,8 +24,13 @@ if sys.argv[2] == "kill":
 
 
 @pytest.mark.parametrize("ending", ["exit", "kill"])
-def test_janitor_cleans_up(tmp_path: Path, ending: str) -> None:
-    target = tmp_path / "left-behind"
+def test_janitor_cleans_up(ending: str) -> None:
+    # Not tmp_path: nothing of ours is left in /tmp.
+    with tempfile.TemporaryDirectory(prefix="rh-janitor-", dir="/var/tmp") as scratch:
+        _check(Path(scratch) / "left-behind", ending)
+
+
+def _check(target: Path, ending: str) -> None:
     proc = subprocess.run([sys.executable, "-c", SCRIPT, str(target), ending], capture_output=True, text=True,
                           env=dict(os.environ, PYTHONPATH=str(SRC)), timeout=30, check=False)  # fmt: skip
     assert proc.stdout.strip() == "ready", proc.stderr
