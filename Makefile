@@ -39,7 +39,7 @@ system: deps
 
 # Proof of safety (issue #6): tries hard to break "nothing happens to your
 # system until you say so" and prints a table (case, tries, held, broken).
-# Rehearses this machine's own / too (nothing changes). About RELIABILITY_MINUTES.
+# Rehearses this machine's own / too (nothing changes). About 6 minutes.
 reliability:
 	$(MAKE) --no-print-directory deps EXTRA_DEPS="python3-hypothesis"
 	PYTHONPATH=src:tests/reliability $(PYTHON) -m pytest -q -p no:cacheprovider -p rel_suite tests/reliability
