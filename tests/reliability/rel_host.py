@@ -1,9 +1,9 @@
 """Watch the host: what a rehearsal must leave exactly as it was.
 
 The machine is shared (other people run rehearsals and tests at the same
-time), so "nothing left behind" is judged on what *we* started: this test
-process is made a child subreaper, so every process a rehearsal leaves
-orphaned is re-parented to us and found by ancestry, never by name; mounts,
+time), so "nothing left behind" is judged on what *we* started: every run
+goes under a child subreaper (rel_reaper.py), so every process a rehearsal
+leaves orphaned is found by ancestry, never by name; mounts,
 cgroups and temporary paths are matched against the pids and paths of our
 own runs. Anything else that changes on the host is reported as a change
 and counts as broken, except paths other people write on this machine
@@ -12,7 +12,6 @@ and counts as broken, except paths other people write on this machine
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import hashlib
 import os
@@ -34,13 +33,6 @@ VOLATILE = ("/work", "/var/tmp", "/var/cache/apt-rehearse-tests", "/root/.cache"
 # Hashed by content (sha256) as well as by metadata: the system's state.
 CONTENT_DIRS = ("/etc", "/boot", "/var/lib/dpkg", "/var/lib/apt", "/var/lib/systemd", "/usr/lib/apt-rehearse")
 CGROUP_BASE = "/sys/fs/cgroup"
-PR_SET_CHILD_SUBREAPER = 36
-
-
-def become_subreaper() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
 
 
 # -- processes -----------------------------------------------------------------
@@ -88,40 +80,6 @@ def descendants(ancestor: int, table: dict[int, tuple[int, int, str]] | None = N
         found[pid] = table[pid][2]
         todo += children.get(pid, [])
     return found
-
-
-def reap_orphans(keep: set[int]) -> None:
-    """Collect zombies re-parented to us (we are a subreaper), never a child we still wait for."""
-    for pid in descendants(os.getpid()):
-        if pid in keep:
-            continue
-        info = _stat(pid)
-        if info and info[0] == os.getpid():
-            try:
-                os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
-
-
-def leftover_processes(keep: set[int], grace: float = 15.0) -> dict[int, str]:
-    """Our descendants still alive (not zombies) after a grace period, less ``keep``."""
-    deadline = time.monotonic() + grace
-    while True:
-        reap_orphans(keep)
-        alive = {}
-        for pid, comm in descendants(os.getpid()).items():
-            if pid in keep:
-                continue
-            try:
-                with open(f"/proc/{pid}/stat", "rb") as handle:
-                    state = handle.read().rsplit(b")", 1)[1].split()[0]
-            except OSError:
-                continue
-            if state != b"Z":
-                alive[pid] = f"{comm}: {cmdline(pid)[:120]}"
-        if not alive or time.monotonic() > deadline:
-            return alive
-        time.sleep(0.2)
 
 
 # -- the filesystem ------------------------------------------------------------
