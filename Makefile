@@ -6,13 +6,13 @@ TEST_DEPS = python3-pytest mmdebstrap dpkg-dev gcc libc6-dev
 DEB_DEPS = debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools lintian \
 	dh-exec bash-completion
 
-.PHONY: all deps rehearse check unit integration system bench deb clean
+.PHONY: all deps rehearse check unit integration system reliability bench deb clean
 
 all: check
 
 # apt-get update once, then whatever is missing; nothing to do when all is there.
 deps:
-	@missing=""; for p in $(RUNTIME_DEPS) $(TEST_DEPS) $(DEB_DEPS); do \
+	@missing=""; for p in $(RUNTIME_DEPS) $(TEST_DEPS) $(DEB_DEPS) $(EXTRA_DEPS); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "deps: installing$$missing"; \
@@ -41,6 +41,13 @@ integration: deps
 
 system: deps
 	$(PYTEST) -q -p no:cacheprovider -s tests/system
+
+# Proof of safety (issue #6): tries hard to break "nothing happens to your
+# system until you say so" and prints a table (case, tries, held, broken).
+# Rehearses this machine's own / too (nothing changes). About 6 minutes.
+reliability:
+	$(MAKE) --no-print-directory deps EXTRA_DEPS="python3-hypothesis"
+	PYTHONPATH=src:tests/reliability $(PYTHON) -m pytest -q -p no:cacheprovider -p rel_suite tests/reliability
 
 # Build the .deb (and the native source package) out of tree, from the files
 # git would see (tracked, plus untracked that are not ignored: uncommitted

@@ -377,16 +377,31 @@ class BootedSandbox:
         try:
             yield from read_events(read_fd)
         finally:
-            try:
-                done, _ = os.waitpid(pid, os.WNOHANG)
-                if not done:
-                    os.kill(pid, signal.SIGKILL)
-                    os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass
+            _end_joiner(pid)
 
 
 JOIN_ORDER = ("ipc", "uts", "net", "cgroup", "pid", "mnt")
+
+
+def _end_joiner(pid: int, grace: float = 5.0) -> None:
+    """Reap the process that joined the sandbox, killing it only if it does not end.
+
+    Once its worker has sent everything, the joiner is about to reap that
+    worker and exit. Killing it in that instant orphans the worker's zombie
+    outside the sandbox's pid namespace (to a subreaper of ours, when there
+    is one); until someone reaps it, the booted PID 1 cannot finish exiting
+    and the next poweroff waits for ever.
+    """
+    deadline = time.monotonic() + grace
+    try:
+        while time.monotonic() < deadline:
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                return
+            time.sleep(0.01)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except (ChildProcessError, ProcessLookupError):
+        pass
 
 
 def _join(fds: dict[str, int], root_fd: int) -> None:  # pragma: no cover - in a child

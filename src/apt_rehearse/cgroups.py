@@ -10,10 +10,12 @@ subtree as the root of its cgroup namespace, and it is removed afterwards.
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import time
 
+from apt_rehearse import janitor
 from apt_rehearse.errors import UnsupportedSystem
 from apt_rehearse.mountinfo import read_mountinfo
 
@@ -58,6 +60,9 @@ class SandboxCgroup:
         else:
             remove_stale(mount)
             self.path = os.path.join(mount, f"{PREFIX}{self.name}-{os.getpid()}")
+            # A killed rehearsal cannot remove its cgroup: a janitor does. It
+            # is there before the directory, so no kill can fall in between.
+            janitor.after_death(functools.partial(remove_tree, self.path))
             os.mkdir(self.path, 0o755)
             if self.memory_max:
                 try:

@@ -8,6 +8,7 @@ else.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import sys
@@ -18,7 +19,8 @@ from typing import Any, Callable
 import click
 
 from apt_rehearse import __version__
-from apt_rehearse.errors import EXIT_BLOCKED, EXIT_FAILED, EXIT_GO, EXIT_USAGE, RehearsalError, UsageError
+from apt_rehearse.errors import (EXIT_BLOCKED, EXIT_FAILED, EXIT_GO, EXIT_UNSUPPORTED, EXIT_USAGE, RehearsalError,
+                                 UsageError)
 
 
 @dataclasses.dataclass
@@ -103,6 +105,19 @@ def _run_request(command: str, packages: tuple[str, ...]) -> None:
     except KeyboardInterrupt:
         click.echo("E: interrupted; nothing was changed", err=True)
         code = EXIT_FAILED
+    except OSError as error:
+        # apt-rehearse's own files (downloads, reports, verdicts) could not be
+        # written: say where and why; a read-only root cannot be rehearsed here.
+        if options.debug:
+            traceback.print_exc()
+        where = f" {error.filename}" if error.filename else ""
+        if error.errno == errno.EROFS:
+            click.echo(f"E: cannot write{where}: the filesystem is read-only; point APT::Rehearse::Cache-Dir and "
+                       "APT::Rehearse::Log-Dir at a writable place (e.g. under /run)", err=True)  # fmt: skip
+            code = EXIT_UNSUPPORTED
+        else:
+            click.echo(f"E: cannot use{where}: {error.strerror or error}", err=True)
+            code = EXIT_FAILED
     except Exception as error:  # noqa: BLE001 - one line unless --debug
         if options.debug:
             traceback.print_exc()

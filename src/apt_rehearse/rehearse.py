@@ -13,7 +13,7 @@ import os
 import time
 from typing import Any, Callable
 
-from apt_rehearse import bootchain, checks, facts, hazard_checks
+from apt_rehearse import bootchain, checks, facts, hazard_checks, janitor
 from apt_rehearse.config import Settings
 from apt_rehearse.errors import RehearsalError, RehearsalLimit, UnsupportedSystem
 from apt_rehearse.policy import Finding, apply_policy, verdict
@@ -103,6 +103,7 @@ def _choose_upper(transaction: Transaction, settings: Settings) -> str | None:
     os.makedirs(base, mode=0o700, exist_ok=True)
     _remove_stale_uppers(base)
     path = os.path.join(base, f"{transaction.identity[:12]}-{os.getpid()}")
+    janitor.after_death(functools.partial(cleanup_upper_dir, path))  # also when this process is killed
     os.makedirs(path, mode=0o700)
     return path
 
