@@ -30,8 +30,11 @@ rehearse: deps
 bench: deps
 	$(PYTHON) bench/run.py $(BENCH_ARGS)
 
+# Everything CI runs: unit, integration and system tests, then the proof of
+# safety (make reliability).
 check: deps
 	$(PYTEST) -q -p no:cacheprovider tests/unit tests/integration tests/system
+	$(MAKE) --no-print-directory reliability
 
 unit:
 	$(PYTEST) -q -p no:cacheprovider tests/unit
