@@ -9,9 +9,9 @@ no one but the kernel sets; apt replaces a .deb by renaming a new file over it
 (a new inode). A hash is only stored when the fingerprint was the same before
 and after reading the file.
 
-The table lives beside the verdicts, with the same trust rules: the directory
-root's and 0700, the file root's and writable by nobody else; otherwise it is
-ignored and every .deb is read.
+The table lives in its own directory of the cache, with the verdicts' trust
+rules: the directory root's and 0700, the file root's and writable by nobody
+else; otherwise it is ignored and every .deb is read.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ import os
 import stat
 from typing import Any
 
-NAME = "deb-hashes.json"
+NAME = "debs.json"
+DIRECTORY = "hashes"
 SCHEMA = "apt-rehearse-deb-hashes/1"
 MAX_ENTRIES = 5000  # a release upgrade is about 2000 .debs; older entries go first
 
@@ -44,7 +45,7 @@ class DebHashes:
     """Known hashes, and the ones read during this run (to be saved)."""
 
     def __init__(self, cache_dir: str) -> None:
-        self.directory = os.path.join(cache_dir, "verdicts")
+        self.directory = os.path.join(cache_dir, DIRECTORY)
         self.known: dict[str, list[Any]] = self._load()
         self.fresh: dict[str, list[Any]] = {}
 

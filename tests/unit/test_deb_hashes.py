@@ -14,7 +14,7 @@ from apt_rehearse import deb_hashes
 
 def _setup(tmp_path: Path) -> tuple[str, Path]:
     cache = tmp_path / "cache"
-    (cache / "verdicts").mkdir(parents=True, mode=0o700)
+    (cache / deb_hashes.DIRECTORY).mkdir(parents=True, mode=0o700)
     deb = tmp_path / "a.deb"
     deb.write_bytes(b"x" * 1000)
     return str(cache), deb
@@ -44,7 +44,7 @@ def test_a_table_someone_else_could_write_is_ignored(tmp_path: Path) -> None:
     table = deb_hashes.DebHashes(cache)
     table.sha256(str(deb))
     table.save()
-    stored = Path(cache) / "verdicts" / deb_hashes.NAME
+    stored = Path(cache) / deb_hashes.DIRECTORY / deb_hashes.NAME
     assert deb_hashes.DebHashes(cache).known
     os.chown(stored, 1000, 1000)
     assert deb_hashes.DebHashes(cache).known == {}
@@ -52,7 +52,7 @@ def test_a_table_someone_else_could_write_is_ignored(tmp_path: Path) -> None:
     stored.chmod(0o666)
     assert deb_hashes.DebHashes(cache).known == {}
     stored.chmod(0o600)
-    (Path(cache) / "verdicts").chmod(0o755)
+    (Path(cache) / deb_hashes.DIRECTORY).chmod(0o755)
     assert deb_hashes.DebHashes(cache).known == {}
 
 
