@@ -93,6 +93,16 @@ def main() -> None:
     """
 
 
+def one_line(text: str) -> str:
+    """A message as one printable line: a newline, a carriage return or an
+    escape sequence typed into an argument must not forge or hide lines."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
+def _error(message: str) -> None:
+    click.echo(f"E: {one_line(message)}", err=True)
+
+
 def _run_request(command: str, packages: tuple[str, ...]) -> None:
     options: Options = click.get_current_context().find_root().ensure_object(Options)
     try:
@@ -100,10 +110,10 @@ def _run_request(command: str, packages: tuple[str, ...]) -> None:
     except RehearsalError as error:
         if options.debug:
             traceback.print_exc()
-        click.echo(f"E: {error}", err=True)
+        _error(str(error))
         code = error.exit_code
     except KeyboardInterrupt:
-        click.echo("E: interrupted; nothing was changed", err=True)
+        _error("interrupted; nothing was changed")
         code = EXIT_FAILED
     except OSError as error:
         # apt-rehearse's own files (downloads, reports, verdicts) could not be
@@ -112,16 +122,16 @@ def _run_request(command: str, packages: tuple[str, ...]) -> None:
             traceback.print_exc()
         where = f" {error.filename}" if error.filename else ""
         if error.errno == errno.EROFS:
-            click.echo(f"E: cannot write{where}: the filesystem is read-only; point APT::Rehearse::Cache-Dir and "
-                       "APT::Rehearse::Log-Dir at a writable place (e.g. under /run)", err=True)  # fmt: skip
+            _error(f"cannot write{where}: the filesystem is read-only; point APT::Rehearse::Cache-Dir and "
+                   "APT::Rehearse::Log-Dir at a writable place (e.g. under /run)")
             code = EXIT_UNSUPPORTED
         else:
-            click.echo(f"E: cannot use{where}: {error.strerror or error}", err=True)
+            _error(f"cannot use{where}: {error.strerror or error}")
             code = EXIT_FAILED
     except Exception as error:  # noqa: BLE001 - one line unless --debug
         if options.debug:
             traceback.print_exc()
-        click.echo(f"E: internal error: {error.__class__.__name__}: {error} (run with --debug for details)", err=True)
+        _error(f"internal error: {error.__class__.__name__}: {error} (run with --debug for details)")
         code = EXIT_FAILED
     sys.exit(code)
 
@@ -283,12 +293,12 @@ def run() -> None:
     try:
         main.main(standalone_mode=False)
     except click.UsageError as error:
-        click.echo(f"E: {error.format_message()}", err=True)
+        _error(error.format_message())
         if error.ctx is not None:
-            click.echo(f"Try '{error.ctx.command_path} --help'.", err=True)
+            click.echo(one_line(f"Try '{error.ctx.command_path} --help'."), err=True)
         sys.exit(EXIT_USAGE)
     except click.exceptions.Abort:
-        click.echo("E: interrupted; nothing was changed", err=True)
+        _error("interrupted; nothing was changed")
         sys.exit(EXIT_FAILED)
     except click.exceptions.Exit as exit_:
         sys.exit(exit_.exit_code)
