@@ -20,7 +20,7 @@ import click
 
 from apt_rehearse import __version__
 from apt_rehearse.errors import (EXIT_BLOCKED, EXIT_FAILED, EXIT_GO, EXIT_UNSUPPORTED, EXIT_USAGE, RehearsalError,
-                                 UsageError)
+                                 UsageError, one_line)
 
 
 @dataclasses.dataclass
@@ -91,12 +91,6 @@ def main() -> None:
     Exit status: 0 go (pass or warnings), 10 blocked by policy, 1 apt-rehearse
     failed, 2 usage error, 3 this system cannot be rehearsed.
     """
-
-
-def one_line(text: str) -> str:
-    """A message as one printable line: a newline, a carriage return or an
-    escape sequence typed into an argument must not forge or hide lines."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
 def _error(message: str) -> None:

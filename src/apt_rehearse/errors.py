@@ -14,6 +14,13 @@ EXIT_UNSUPPORTED = 3
 EXIT_BLOCKED = 10
 
 
+def one_line(text: str) -> str:
+    """A message as one printable line: a newline, a carriage return or an
+    escape sequence in a name the user typed (or apt passed on) must not
+    forge or hide lines."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
 class RehearsalError(Exception):
     """apt-rehearse could not do its job; the message says what to do."""
 

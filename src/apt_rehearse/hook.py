@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Any
 
-from apt_rehearse.errors import EXIT_BLOCKED, EXIT_GO, RehearsalError
+from apt_rehearse.errors import EXIT_BLOCKED, EXIT_GO, RehearsalError, one_line
 from apt_rehearse.hookstream import HookInput, HookInputError, parse, to_transaction
 
 INFO_FD = 20
@@ -24,7 +24,7 @@ PREFIX = "apt-rehearse:"
 
 
 def _say(message: str) -> None:
-    sys.stderr.write(f"{PREFIX} {message}\n")
+    sys.stderr.write(f"{PREFIX} {one_line(message)}\n")
     sys.stderr.flush()
 
 
