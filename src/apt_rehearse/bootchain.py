@@ -132,6 +132,17 @@ def needs_grub_probe(package_names: list[str]) -> bool:
     return os.path.exists(GRUB_PROBE) and any(n.startswith(BOOT_PACKAGE_PREFIXES) for n in package_names)
 
 
+def _divert(path: str, rename: bool) -> dict[str, str] | None:
+    """A local diversion of ``path`` to ``path.apt-rehearse``; why dpkg refused it, or None."""
+    argv = ["dpkg-divert", "--quiet", "--local", "--rename" if rename else "--no-rename",
+            "--divert", path + DIVERTED_SUFFIX, "--add", path]  # fmt: skip
+    proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          env=PATH_ENV, check=False)  # fmt: skip
+    if proc.returncode != 0:
+        return {"path": path, "why": proc.stdout.decode("utf-8", "replace").strip()[-200:]}
+    return None
+
+
 def _install_grub_probe_shim(answers: dict[str, tuple[int, str]]) -> dict[str, Any] | None:
     os.makedirs(GRUB_PROBE_ANSWERS, exist_ok=True)
     for key, (code, output) in answers.items():
@@ -139,11 +150,9 @@ def _install_grub_probe_shim(answers: dict[str, tuple[int, str]]) -> dict[str, A
             handle.write(output)
         with open(f"{GRUB_PROBE_ANSWERS}/{key}.rc", "w", encoding="utf-8") as handle:
             handle.write(f"{code}\n")
-    argv = ["dpkg-divert", "--quiet", "--local", "--rename", "--divert", GRUB_PROBE + DIVERTED_SUFFIX, "--add", GRUB_PROBE]
-    proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          env=PATH_ENV, check=False)  # fmt: skip
-    if proc.returncode != 0:
-        return {"path": GRUB_PROBE, "why": proc.stdout.decode("utf-8", "replace").strip()[-200:]}
+    refused = _divert(GRUB_PROBE, rename=True)
+    if refused:
+        return refused
     with open(GRUB_PROBE, "w", encoding="utf-8") as handle:
         handle.write(GRUB_PROBE_SHIM)
     os.chmod(GRUB_PROBE, 0o755)
@@ -164,15 +173,12 @@ def install_recorders(grub_probe_answers: dict[str, tuple[int, str]] | None = No
     refused = []
     for paths in RECORDED_COMMANDS.values():
         for path in paths:
-            argv = ["dpkg-divert", "--quiet", "--local", "--divert", path + DIVERTED_SUFFIX, "--add", path]
             # Only the first of several aliases of one file (/bin and /usr/bin
             # after the /usr merge) has anything to move aside.
             rename = os.path.lexists(path) and not os.path.lexists(path + DIVERTED_SUFFIX)
-            argv.insert(3, "--rename" if rename else "--no-rename")
-            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  env=PATH_ENV, check=False)  # fmt: skip
-            if proc.returncode != 0:
-                refused.append({"path": path, "why": proc.stdout.decode("utf-8", "replace").strip()[-200:]})
+            failed = _divert(path, rename)
+            if failed:
+                refused.append(failed)
     if grub_probe_answers and os.path.exists(GRUB_PROBE):
         failed = _install_grub_probe_shim(grub_probe_answers)
         if failed:

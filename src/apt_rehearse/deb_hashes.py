@@ -19,8 +19,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import stat
 from typing import Any
+
+from apt_rehearse.verdict_cache import read_trusted, trusted_dir
 
 NAME = "debs.json"
 DIRECTORY = "hashes"
@@ -32,13 +33,14 @@ def fingerprint(info: os.stat_result) -> list[int]:
     return [info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns]
 
 
-def _digest(handle: Any) -> str:
+def digest(handle: Any) -> str:
+    """SHA-256 of an open file, read to its end."""
     if hasattr(hashlib, "file_digest"):
         return hashlib.file_digest(handle, "sha256").hexdigest()
-    digest = hashlib.sha256()
+    hasher = hashlib.sha256()
     for block in iter(lambda: handle.read(1 << 20), b""):
-        digest.update(block)
-    return digest.hexdigest()
+        hasher.update(block)
+    return hasher.hexdigest()
 
 
 class DebHashes:
@@ -49,29 +51,9 @@ class DebHashes:
         self.known: dict[str, list[Any]] = self._load()
         self.fresh: dict[str, list[Any]] = {}
 
-    def _trusted_dir(self) -> bool:
-        try:
-            info = os.lstat(self.directory)
-        except OSError:
-            return False
-        return stat.S_ISDIR(info.st_mode) and info.st_uid == 0 and stat.S_IMODE(info.st_mode) & 0o077 == 0
-
     def _load(self) -> dict[str, list[Any]]:
-        if not self._trusted_dir():
-            return {}
-        try:
-            fd = os.open(os.path.join(self.directory, NAME), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-        except OSError:
-            return {}
-        with os.fdopen(fd, "rb") as handle:
-            info = os.fstat(handle.fileno())
-            if not stat.S_ISREG(info.st_mode) or info.st_uid != 0 or stat.S_IMODE(info.st_mode) & 0o022:
-                return {}
-            try:
-                data = json.loads(handle.read(4 << 20))
-            except (ValueError, UnicodeDecodeError):
-                return {}
-        if not isinstance(data, dict) or data.get("schema") != SCHEMA or not isinstance(data.get("files"), dict):
+        data = read_trusted(os.path.join(self.directory, NAME), SCHEMA, 4 << 20) if trusted_dir(self.directory) else None
+        if data is None or not isinstance(data.get("files"), dict):
             return {}
         return {path: row for path, row in data["files"].items()
                 if isinstance(row, list) and len(row) == 2 and isinstance(row[1], str)}  # fmt: skip
@@ -83,18 +65,18 @@ class DebHashes:
         if row is not None and row[0] == before:
             return row[1]
         with open(path, "rb") as handle:
-            digest = _digest(handle)
+            sha = digest(handle)
             after = fingerprint(os.fstat(handle.fileno()))
         if after == before:
-            self.fresh[path] = [before, digest]
-        return digest
+            self.fresh[path] = [before, sha]
+        return sha
 
     def save(self) -> None:
         """Keep what this run read (root only; a directory we cannot trust is left alone)."""
         if not self.fresh or os.geteuid() != 0:
             return
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
-        if not self._trusted_dir():
+        if not trusted_dir(self.directory):
             return
         files = {**self.known, **self.fresh}
         if len(files) > MAX_ENTRIES:

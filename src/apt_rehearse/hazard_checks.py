@@ -9,19 +9,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from apt_rehearse.libraries import lost_libraries
 from apt_rehearse.policy import Finding
 from apt_rehearse.transaction import INSTALLING_ACTIONS, REMOVING_ACTIONS, Transaction
 
 LIST_LIMIT = 12
 
 
-def lost_library_findings(transaction: Transaction, hazards: dict[str, Any], owners: dict[str, str]) -> list[Finding]:
-    """A program or module that finds a library before the run and not after it."""
+def lost_library_findings(transaction: Transaction, losses: list[dict[str, Any]], owners: dict[str, str]) -> list[Finding]:
+    """A program or module that finds a library before the run and not after it
+    (``losses`` from libraries.lost_libraries; ``owners``: library file -> package)."""
     findings = []
     removed = {c.package for c in transaction.by_action(*REMOVING_ACTIONS)}
     upgraded = {c.package for c in transaction.by_action(*INSTALLING_ACTIONS)}
-    for loss in lost_libraries(hazards["before"]["libraries"], hazards["libraries"]):
+    for loss in losses:
         owner = owners.get(loss["was"])
         if owner in removed:
             came = f"; it came from {owner}, which is removed"
@@ -36,11 +36,6 @@ def lost_library_findings(transaction: Transaction, hazards: dict[str, Any], own
                                 f"{loss['object']}: {loss['soname']} not found after the upgrade{via}{came}",
                                 {**loss, "package": owner, "package_removed": owner in removed}))  # fmt: skip
     return findings
-
-
-def lost_library_paths(hazards: dict[str, Any]) -> list[str]:
-    """The library files whose owners the findings should name."""
-    return sorted({loss["was"] for loss in lost_libraries(hazards["before"]["libraries"], hazards["libraries"])})
 
 
 def boot_findings(transaction: Transaction, hazards: dict[str, Any]) -> list[Finding]:

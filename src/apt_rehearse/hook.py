@@ -8,7 +8,6 @@ rehearse, a verdict already known) import as little as possible.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 import time
@@ -74,13 +73,6 @@ def _file_sha256(path: str, hashes: Any) -> str:
         raise HookInputError(f"apt named {path}, which cannot be read: {error.strerror}") from None
 
 
-def _slow_sha(handle) -> str:  # noqa: ANN001
-    digest = hashlib.sha256()
-    for block in iter(lambda: handle.read(1 << 20), b""):
-        digest.update(block)
-    return digest.hexdigest()
-
-
 def _auto_flags(root: str) -> dict[tuple[str, str], bool]:
     """apt's extended_states: which packages are automatically installed."""
     flags: dict[tuple[str, str], bool] = {}
@@ -136,11 +128,12 @@ def main() -> int:
             return EXIT_GO
         root = hook.get("Dir", "/") or "/"
         root = os.path.realpath(root)
+        from apt_rehearse.deb_hashes import DebHashes, digest
+
         with open(os.path.join(root, "var/lib/dpkg/status"), "rb") as handle:
-            status_sha = _slow_sha(handle)
+            status_sha = digest(handle)
         flags = _auto_flags(root)
         cache_dir = hook.get("APT::Rehearse::Cache-Dir", DEFAULT_CACHE_DIR)
-        from apt_rehearse.deb_hashes import DebHashes
 
         hashes = DebHashes(cache_dir)
         transaction = to_transaction(hook, root, status_sha, lambda path: _file_sha256(path, hashes),

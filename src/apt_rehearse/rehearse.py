@@ -20,7 +20,7 @@ from apt_rehearse.policy import Finding, apply_policy, verdict
 from apt_rehearse.progress import Progress
 from apt_rehearse.replay import ReplayPlan, replay_inside
 from apt_rehearse.boot import HELD_BACK, BootedSandbox, find_init
-from apt_rehearse.libraries import summary as library_summary
+from apt_rehearse.libraries import lost_libraries, summary as library_summary
 from apt_rehearse.cgroups import SandboxCgroup, cgroup2_mount
 from apt_rehearse.observe import observe, settle
 from apt_rehearse.sandbox import INSIDE_SHARE, SandboxRunner, SandboxSpec, check_supported, cleanup_upper_dir, plan_sandbox
@@ -230,8 +230,9 @@ def rehearse(
         hazards = result.get("hazards")
         if hazards:
             findings += hazard_checks.conffile_detail_findings(hazards["conffile_leftovers"], findings)
-            owners = facts.owners_of(transaction.root, hazard_checks.lost_library_paths(hazards))
-            findings += hazard_checks.lost_library_findings(transaction, hazards, owners)
+            losses = lost_libraries(hazards["before"]["libraries"], hazards["libraries"])
+            owners = facts.owners_of(transaction.root, sorted({loss["was"] for loss in losses}))
+            findings += hazard_checks.lost_library_findings(transaction, losses, owners)
             findings += hazard_checks.boot_findings(transaction, hazards)
             findings += hazard_checks.release_findings(hazards)
             if not hazards["libraries"].get("available", True):

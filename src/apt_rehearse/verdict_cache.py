@@ -29,7 +29,8 @@ def _directory(cache_dir: str) -> str:
     return os.path.join(cache_dir, "verdicts")
 
 
-def _trusted_dir(path: str) -> bool:
+def trusted_dir(path: str) -> bool:
+    """Root's directory that nobody else may enter or write."""
     try:
         info = os.lstat(path)
     except OSError:
@@ -37,7 +38,8 @@ def _trusted_dir(path: str) -> bool:
     return stat.S_ISDIR(info.st_mode) and info.st_uid == 0 and stat.S_IMODE(info.st_mode) & 0o077 == 0
 
 
-def _read_trusted(path: str) -> dict[str, Any] | None:
+def read_trusted(path: str, schema: str = SCHEMA, limit: int = 1 << 20) -> dict[str, Any] | None:
+    """A JSON object of ``schema`` from a regular file of root's that nobody else may write, or None."""
     try:
         # O_NONBLOCK: a FIFO planted in place of an entry must not hang the hook (and apt) for ever.
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
@@ -48,10 +50,10 @@ def _read_trusted(path: str) -> dict[str, Any] | None:
         if not stat.S_ISREG(info.st_mode) or info.st_uid != 0 or stat.S_IMODE(info.st_mode) & 0o022:
             return None
         try:
-            data = json.loads(handle.read(1 << 20))
+            data = json.loads(handle.read(limit))
         except (ValueError, UnicodeDecodeError):
             return None
-    return data if isinstance(data, dict) and data.get("schema") == SCHEMA else None
+    return data if isinstance(data, dict) and data.get("schema") == schema else None
 
 
 def _write(cache_dir: str, name: str, data: dict[str, Any]) -> str:
@@ -99,14 +101,14 @@ def lookup(
     approval's step starts from a state on the way.
     """
     directory = _directory(cache_dir)
-    if not _trusted_dir(directory):
+    if not trusted_dir(directory):
         return None
     now = time.time()
     identity = transaction.identity
-    entry = _read_trusted(os.path.join(directory, f"{identity}.json"))
+    entry = read_trusted(os.path.join(directory, f"{identity}.json"))
     if entry and entry.get("id") == identity and now - float(entry.get("created", 0)) <= max_age:
         return entry
-    approval = _read_trusted(os.path.join(directory, "approval.json"))
+    approval = read_trusted(os.path.join(directory, "approval.json"))
     if approval and now - float(approval.get("created", 0)) <= max_age and approval.get("root") == transaction.root:
         if _covered(transaction, approval.get("changes", []), installed() if callable(installed) else installed):
             return approval

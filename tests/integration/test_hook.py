@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, run_on_terminal
 from lib.localrepo import LocalRepo, build_deb
-from lib.machine import TREE_SETUP, in_tree
+from lib.machine import TREE_SETUP, in_tree, install_machine
 from lib.trees import bookworm_tree, build_package, dpkg_status_digest
 
 pytestmark = pytest.mark.integration
@@ -40,27 +40,11 @@ def machine(sandbox_capable: None):
         v2 += [build_deb(debs, name, "2.0", files={f"/usr/share/{name}/v": "2\n"},
                          postinst=f'echo "{name}: cannot start" >&2\nexit 1\n') for name in BAD]  # fmt: skip
         v2.append(build_deb(debs, "rh-app", "2.0", files={"/usr/share/rh-app/v": "2\n"}, conflicts="rh-keep"))
-        repo = LocalRepo(tree / "srv/rh-repo")
-        for package in v1 + v2:
-            repo.add(package)
-        repo.publish()
-        (tree / "etc/apt/sources.list").write_text("deb [trusted=yes] file:/srv/rh-repo ./\n")
-        for extra in (tree / "etc/apt/sources.list.d").glob("*"):
-            extra.unlink()
-        shutil.copy(deb, tree / "tmp")
-        for package in v1:
-            shutil.copy(package, tree / "tmp")
         (tree / "etc/apt/apt.conf.d/51rh-unattended").write_text(
             'Unattended-Upgrade::Origins-Pattern { "origin=apt-rehearse-tests"; };\n'
             'Unattended-Upgrade::Package-Blacklist { "rh-good-"; "rh-bad-escape"; "rh-app"; "rh-keep"; };\n'
         )
-        # /tmp is a fresh tmpfs inside: install from a directory of the tree.
-        (tree / "root/debs").mkdir()
-        for item in (tree / "tmp").glob("*.deb"):
-            shutil.move(str(item), tree / "root/debs")
-        proc = in_tree(tree, f"dpkg -i /root/debs/{deb.name} && APT_REHEARSE=0 dpkg -i /root/debs/rh-*.deb && "
-                             "APT_REHEARSE=0 apt-get update -q")  # fmt: skip
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        install_machine(tree, deb, v1 + v2, v1)
         yield {"tree": tree, "deb": deb}
     finally:
         shutil.rmtree(base, ignore_errors=True)

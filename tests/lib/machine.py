@@ -5,6 +5,7 @@ apt-rehearse hook, which builds its (nested) sandbox on that tree."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -32,3 +33,25 @@ def in_tree(tree: Path, command: str, env: dict[str, str] | None = None, timeout
          "sh", str(tree), *assignments, "sh", "-c", command],
         capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False,
     )  # fmt: skip
+
+
+def install_machine(tree: Path, product_deb: Path, published: list[Path], installed: list[Path]) -> None:
+    """Make the tree a machine with apt-rehearse installed: every package in
+    ``published`` served from a repository inside the tree (its only source),
+    the product's .deb and ``installed`` installed, apt's lists up to date."""
+    from lib.localrepo import LocalRepo
+
+    repo = LocalRepo(tree / "srv/rh-repo")
+    for package in published:
+        repo.add(package)
+    repo.publish()
+    (tree / "etc/apt/sources.list").write_text("deb [trusted=yes] file:/srv/rh-repo ./\n")
+    for extra in (tree / "etc/apt/sources.list.d").glob("*"):
+        extra.unlink()
+    # /tmp is a fresh tmpfs inside: install from a directory of the tree.
+    (tree / "root/debs").mkdir()
+    for package in [product_deb, *installed]:
+        shutil.copy(package, tree / "root/debs")
+    proc = in_tree(tree, f"dpkg -i /root/debs/{product_deb.name} && APT_REHEARSE=0 dpkg -i /root/debs/rh-*.deb && "
+                         "APT_REHEARSE=0 apt-get update -q")  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]

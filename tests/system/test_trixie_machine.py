@@ -13,8 +13,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from lib.localrepo import LocalRepo, build_deb
-from lib.machine import in_tree
+from lib.localrepo import build_deb
+from lib.machine import in_tree, install_machine
 from lib.trees import bookworm_tree, build_package, dpkg_status_digest
 
 pytestmark = pytest.mark.system
@@ -31,19 +31,7 @@ def trixie(sandbox_capable: None):
         v2 = [build_deb(debs, "rh-good", "2.0", files={"/usr/share/rh-good/v": "2\n"}),
               build_deb(debs, "rh-bad", "2.0", files={"/usr/share/rh-bad/v": "2\n"},
                         postinst='echo "rh-bad: cannot migrate" >&2\nexit 1\n')]  # fmt: skip
-        repo = LocalRepo(tree / "srv/rh-repo")
-        for package in v1 + v2:
-            repo.add(package)
-        repo.publish()
-        (tree / "etc/apt/sources.list").write_text("deb [trusted=yes] file:/srv/rh-repo ./\n")
-        for extra in (tree / "etc/apt/sources.list.d").glob("*"):
-            extra.unlink()
-        (tree / "root/debs").mkdir()
-        for package in [deb, *v1]:
-            shutil.copy(package, tree / "root/debs")
-        proc = in_tree(tree, f"dpkg -i /root/debs/{deb.name} && APT_REHEARSE=0 dpkg -i /root/debs/rh-*.deb && "
-                             "APT_REHEARSE=0 apt-get update -q")  # fmt: skip
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        install_machine(tree, deb, v1 + v2, v1)
         yield tree
     finally:
         shutil.rmtree(base, ignore_errors=True)

@@ -30,8 +30,8 @@ def test_a_known_file_is_not_read_again_and_a_changed_one_is(tmp_path: Path, mon
     assert table.sha256(str(deb)) == hashlib.sha256(b"x" * 1000).hexdigest()
     table.save()
     reads = []
-    real = deb_hashes._digest
-    monkeypatch.setattr(deb_hashes, "_digest", lambda handle: reads.append(1) or real(handle))
+    real = deb_hashes.digest
+    monkeypatch.setattr(deb_hashes, "digest", lambda handle: reads.append(1) or real(handle))
     again = deb_hashes.DebHashes(cache)
     assert again.sha256(str(deb)) == hashlib.sha256(b"x" * 1000).hexdigest() and reads == []
     deb.write_bytes(b"y" * 1000)  # same size, new content: a new ctime

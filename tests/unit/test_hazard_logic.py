@@ -79,8 +79,8 @@ def test_lost_libraries_only_counts_what_was_found_before() -> None:
     assert libraries.lost_libraries(before, after) == [
         {"object": "/opt/a", "soname": "libx.so.1", "was": "/usr/lib/libx.so.1", "needed_by": "/opt/a"}]
     tx = Transaction(changes=[Change("libx1", "amd64", "1", None, "remove")], root="/", request="remove libx1")
-    hazards = {"before": {"libraries": before}, "libraries": after}
-    [finding] = hazard_checks.lost_library_findings(tx, hazards, {"/usr/lib/libx.so.1": "libx1"})
+    losses = libraries.lost_libraries(before, after)
+    [finding] = hazard_checks.lost_library_findings(tx, losses, {"/usr/lib/libx.so.1": "libx1"})
     assert finding.message == "/opt/a: libx.so.1 not found after the upgrade; it came from libx1, which is removed"
 
 
