@@ -47,6 +47,8 @@ class Rehearsal:
     disk: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     # Libraries per object, the boot chain, conffile leftovers (figures for fleet tools).
     hazards: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Seconds of each part of the replay and inspection (apt, the hazard scans...).
+    replay_parts: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 class PhaseClock:
@@ -240,6 +242,10 @@ def rehearse(
             if hazards["before"]["libraries"].get("capped"):
                 notes.append(f"shared libraries: only the first {len(hazards['libraries'].get('objects', {}))} programs "
                              "and modules were checked (a bound on the work)")  # fmt: skip
+            marks = result.get("auto_marks") or {}
+            if marks.get("exit_status"):
+                notes.append("apt-mark could not give back the automatic marks, so what becomes auto-removable may "
+                             "be off: " + (marks.get("output", "").strip().splitlines() or ["no output"])[-1])
             if hazards.get("grub_probe_unanswered"):
                 notes.append("grub-probe was asked what this machine's grub-probe had not been asked beforehand: "
                              + "; ".join(hazards["grub_probe_unanswered"][:3]))  # fmt: skip
@@ -264,6 +270,7 @@ def rehearse(
         observations=observations,
         disk=disk,
         hazards=_hazard_figures(result.get("hazards")),
+        replay_parts=result.get("timings", {}),
     )
 
 

@@ -9,13 +9,14 @@ checks that turn them into findings run on the host, afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import selectors
 import signal
 import subprocess
 import time
-from typing import Any
+from typing import Any, Iterator
 
 from apt_rehearse import bootchain, conffile_state, libraries
 from apt_rehearse.errors import RehearsalError
@@ -67,18 +68,31 @@ def sandbox_env() -> dict[str, str]:
     }
 
 
+def start_command(argv: list[str]) -> subprocess.Popen[bytes] | None:
+    """Start a command of the target system; finish it with finish_command."""
+    try:
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                env=sandbox_env())  # fmt: skip
+    except FileNotFoundError:
+        return None
+
+
+def finish_command(proc: subprocess.Popen[bytes] | None, argv0: str, timeout: float = 600) -> tuple[int, str]:
+    """(exit status, output) of a started command; killed after timeout."""
+    if proc is None:
+        return 127, f"{argv0}: not found in the rehearsed system"
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        output, _ = proc.communicate()
+        return 124, (output or b"").decode("utf-8", "replace") + "\n(timed out)"
+    return proc.returncode, output.decode("utf-8", "replace")
+
+
 def run_command(argv: list[str], timeout: float = 600) -> tuple[int, str]:
     """Run a command of the target system; (exit status, output)."""
-    try:
-        proc = subprocess.run(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            env=sandbox_env(), timeout=timeout, check=False,
-        )  # fmt: skip
-    except FileNotFoundError:
-        return 127, f"{argv[0]}: not found in the rehearsed system"
-    except subprocess.TimeoutExpired as expired:
-        return 124, (expired.output or b"").decode("utf-8", "replace") + "\n(timed out)"
-    return proc.returncode, proc.stdout.decode("utf-8", "replace")
+    return finish_command(start_command(argv), argv[0], timeout)
 
 
 DPKG_QUERY_FORMAT = "${Package}\\t${Architecture}\\t${Version}\\t${db:Status-Abbrev}\\n"
@@ -232,17 +246,18 @@ APT_QUIET_OPTIONS = ["-o", "Dir::Etc::sourcelist=/dev/null", "-o", f"Dir::Etc::s
                      "-o", "APT::Color=false", "-o", "APT::Rehearse::Enable=false"]  # fmt: skip
 
 
-def autoremovable() -> list[str]:
-    """What 'apt autoremove' would remove now (the packages' own view of it)."""
-    code, output = run_command(["apt-get", "--simulate", "autoremove", *APT_QUIET_OPTIONS])
+AUTOREMOVE_ARGV = ["apt-get", "--simulate", "autoremove", *APT_QUIET_OPTIONS]
+OBSOLETE_ARGV = ["apt", "list", "-o", "APT::Color=false", "?and(?installed,?obsolete)"]
+
+
+def parse_autoremovable(code: int, output: str) -> list[str]:
     if code != 0:
         return []
     return sorted({line.split()[1] for line in output.splitlines() if line.startswith("Remv ") and len(line.split()) > 1})
 
 
-def obsolete() -> list[str]:
+def parse_obsolete(code: int, output: str) -> list[str]:
     """Installed packages that no configured source offers (apt's ?obsolete)."""
-    code, output = run_command(["apt", "list", "-o", "APT::Color=false", "?and(?installed,?obsolete)"])
     if code != 0:
         return []
     return sorted({line.split("/", 1)[0] for line in output.splitlines() if "/" in line and "[installed" in line})
@@ -250,17 +265,21 @@ def obsolete() -> list[str]:
 
 def _before_apt(plan: ReplayPlan) -> dict[str, Any]:
     """What the checks compare against, taken in the sandbox just before apt runs."""
+    autoremove_run = start_command(AUTOREMOVE_ARGV) if plan.release_upgrade else None
     state: dict[str, Any] = {
         "libraries": libraries.scan(plan.library_dirs),
         "boot": bootchain.boot_state(),
         "conffile_leftovers": conffile_state.leftovers(),
     }
     if plan.release_upgrade:
-        state["autoremovable"] = autoremovable()
+        state["autoremovable"] = parse_autoremovable(*finish_command(autoremove_run, AUTOREMOVE_ARGV[0]))
     return state
 
 
-def _after_apt(plan: ReplayPlan, before: dict[str, Any], recorders: dict[str, Any]) -> dict[str, Any]:
+def _after_apt(plan: ReplayPlan, before: dict[str, Any], recorders: dict[str, Any],
+               obsolete_run: subprocess.Popen[bytes] | None) -> dict[str, Any]:  # fmt: skip
+    # The two apt queries run beside the file scans (the second core is idle).
+    autoremove_run = start_command(AUTOREMOVE_ARGV) if plan.release_upgrade else None
     scanned = list(before["libraries"].get("objects", {}))
     after: dict[str, Any] = {
         "libraries": libraries.scan(plan.library_dirs, files=scanned),
@@ -271,23 +290,23 @@ def _after_apt(plan: ReplayPlan, before: dict[str, Any], recorders: dict[str, An
         "conffile_leftovers": conffile_state.new_leftovers(before["conffile_leftovers"], conffile_state.leftovers()),
     }
     if plan.release_upgrade:
-        after["autoremovable"] = autoremovable()
-        after["obsolete"] = obsolete()
+        after["autoremovable"] = parse_autoremovable(*finish_command(autoremove_run, AUTOREMOVE_ARGV[0]))
+        after["obsolete"] = parse_obsolete(*finish_command(obsolete_run, OBSOLETE_ARGV[0]))
     return after
 
 
 def replay_inside(plan: ReplayPlan, session: SandboxSession | None, channel: Channel) -> dict[str, Any]:
     """The function the sandbox runs: observe, apply, observe."""
-    timings: dict[str, float] = {}
+    parts = PartClock()
     channel.send("phase", name="replay")
-    started = time.monotonic()
-    _install_release_state(plan)
-    os.makedirs(EMPTY_DIR, exist_ok=True)
-    before = package_states()
-    hazards_before = _before_apt(plan)
-    recorders = bootchain.install_recorders(plan.grub_probe_answers)
+    with parts("state before"):
+        _install_release_state(plan)
+        os.makedirs(EMPTY_DIR, exist_ok=True)
+        before = package_states()
+    with parts("hazards before"):
+        hazards_before = _before_apt(plan)
+        recorders = bootchain.install_recorders(plan.grub_probe_answers)
     plan = dataclasses.replace(plan, apt_options=[*plan.apt_options, recorders["dpkg_option"]])
-    timings["hazards_before"] = time.monotonic() - started
     saved_policy = None
     if os.path.lexists(POLICY_RC_D):
         with open(POLICY_RC_D, "rb") as handle:
@@ -295,7 +314,8 @@ def replay_inside(plan: ReplayPlan, session: SandboxSession | None, channel: Cha
     if not plan.services_live:
         _write(POLICY_RC_D, "#!/bin/sh\n# apt-rehearse: no service starts during the replay\nexit 101\n", 0o755)
     try:
-        apt_run = _run_apt(plan, channel, plan.timeout)
+        with parts("apt"):
+            apt_run = _run_apt(plan, channel, plan.timeout)
     finally:
         if plan.services_live:
             pass
@@ -306,30 +326,52 @@ def replay_inside(plan: ReplayPlan, session: SandboxSession | None, channel: Cha
                 handle.write(saved_policy)
     # apt marks .deb files it was given as manually installed; give back the
     # marks the real run would leave.
+    # What no source offers does not depend on the marks: asked beside apt-mark.
+    obsolete_run = start_command(OBSOLETE_ARGV) if plan.release_upgrade else None
     auto = [c.name for c in plan.transaction.changes if c.action in INSTALLING_ACTIONS and not c.manual]
+    marks_status, marks_output = 0, ""
     if auto and not apt_run["timed_out"]:
-        run_command(["apt-mark", "auto", *auto])
-    timings["replay"] = time.monotonic() - started
+        with parts("auto marks"):
+            # Marks concern installed packages only: no lists to read.
+            marks_status, marks_output = run_command(["apt-mark", *APT_QUIET_OPTIONS, "auto", *auto])
     channel.send("phase", name="inspect")
-    started = time.monotonic()
-    after = package_states()
-    hazards = _after_apt(plan, hazards_before, recorders)
+    with parts("state after"):
+        after = package_states()
+    with parts("hazards after"):
+        hazards = _after_apt(plan, hazards_before, recorders, obsolete_run)
     hazards["before"] = {"libraries": hazards_before["libraries"], "boot": hazards_before["boot"],
                          "autoremovable": hazards_before.get("autoremovable")}  # fmt: skip
-    audit_status, audit_output = run_command(["dpkg", "--audit"])
-    check_status, check_output = run_command(["apt-get", "check", "-o", "Dir::Etc::sourcelist=/dev/null", "-o", f"Dir::Etc::sourceparts={EMPTY_DIR}"])
-    upper = session.upper_bytes() if session else {}
-    growth = session.growth() if session else {}
-    timings["inspect"] = time.monotonic() - started
+    with parts("audit"):
+        audit_status, audit_output = run_command(["dpkg", "--audit"])
+        check_status, check_output = run_command(["apt-get", "check", "-o", "Dir::Etc::sourcelist=/dev/null", "-o", f"Dir::Etc::sourceparts={EMPTY_DIR}"])
+    with parts("upper"):
+        upper = session.upper_bytes() if session else {}
+        growth = session.growth() if session else {}
     return {
         "before": before,
         "after": after,
         "apt": apt_run,
         "audit": {"exit_status": audit_status, "output": audit_output},
         "check": {"exit_status": check_status, "output": check_output},
+        "auto_marks": {"exit_status": marks_status, "output": marks_output[-2000:]},
         "upper_bytes": upper,
         "growth": growth,
         "upper_free_bytes": session.upper_free_bytes() if session else 1 << 40,
-        "timings": timings,
+        "timings": parts.seconds,
         "hazards": hazards,
     }
+
+
+class PartClock:
+    """Seconds spent in each named part of the replay (for the report and bench/)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.monotonic() - started, 3)

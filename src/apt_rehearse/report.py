@@ -41,6 +41,7 @@ def build(rehearsal: Rehearsal) -> dict[str, Any]:
         },
         "findings": [f.to_json() for f in sorted(rehearsal.findings, key=_finding_order)],
         "phases": [{"name": name, "seconds": seconds} for name, seconds in rehearsal.phases],
+        "replay_parts": rehearsal.replay_parts,
         "upper_bytes": rehearsal.upper_bytes,
         "disk": rehearsal.disk,
         **rehearsal.hazards,

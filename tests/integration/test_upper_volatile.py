@@ -1,4 +1,5 @@
-"""A disk upper is mounted "volatile": no sync ever waits for a throw-away layer.
+"""A disk upper is mounted "volatile": no sync ever waits for a throw-away layer;
+every upper is mounted with metacopy: a link or chown copies no data up.
 
 issue 7: fsync is useless in a layer that is deleted afterwards. The tmpfs
 upper never syncs; a disk upper (APT::Rehearse::Upper-Dir, or a large change)
@@ -38,6 +39,8 @@ def _root_overlay_options(session: object, channel: object) -> dict[str, object]
                     probe.write(b"x" * 4096)
                     probe.flush()
                     os.fsync(probe.fileno())
+                if os.path.exists("/etc/big"):
+                    os.link("/etc/big", "/etc/big.dpkg-tmp")  # what dpkg does before replacing a file
                 return {"fstype": line.split(" - ", 1)[1].split()[0], "options": super_options.split(",")}
     return {}
 
@@ -49,6 +52,7 @@ def test_disk_upper_overlay_is_mounted_volatile(sandbox_capable: None) -> None:
         root = base / "root"
         for name in ("proc", "sys", "dev", "run", "tmp", "etc"):
             (root / name).mkdir(parents=True)
+        (root / "etc/big").write_bytes(os.urandom(8 << 20))
         upper = base / "upper"
         upper.mkdir()
         spec = SandboxSpec(root=str(root), upper_dir=str(upper))
@@ -62,6 +66,11 @@ def test_disk_upper_overlay_is_mounted_volatile(sandbox_capable: None) -> None:
         assert {"volatile", "fsync=volatile"} & set(result["options"])  # newer kernels say fsync=volatile
         assert (upper / "0/upper/probe").stat().st_size == 4096  # the write went to the disk upper
         assert not (root / "probe").exists()  # never to the lower
+        # metacopy: the link copied up the inode only, not 8 MB of data
+        assert {"metacopy=on", "redirect_dir=on"} <= set(result["options"])
+        linked = (upper / "0/upper/etc/big").stat()
+        assert linked.st_nlink == 2 and linked.st_blocks * 512 < 1 << 20
+        assert not (root / "etc/big.dpkg-tmp").exists() and (root / "etc/big").stat().st_nlink == 1
     finally:
         shutil.rmtree(base, ignore_errors=True)
     assert_host_clean(before)

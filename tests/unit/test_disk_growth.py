@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -53,3 +54,36 @@ def test_disk_findings() -> None:
     assert disk_findings([row(1 << 20, 50 << 20)]) == []
     [peak] = disk_findings([row(1 << 20, 8 << 20, peak=10 << 20)])  # old and new side by side for a moment
     assert peak.kinds == ["Disk-Space"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts an overlay")
+def test_growth_of_metacopy_files_is_their_lower_data(tmp_path: Path) -> None:
+    """With metacopy, a chown or a rename copies up only the inode; the space
+    the real run needs is unchanged (a rename) or nothing (a chown)."""
+    lower, layer, merged = tmp_path / "lower", tmp_path / "layer", tmp_path / "merged"
+    write(lower / "usr/lib/libkept.so", 4 << 20)
+    write(lower / "usr/lib/libmoved.so", 2 << 20)
+    for path in (layer / "upper", layer / "work", merged):
+        path.mkdir(parents=True)
+    options = f"lowerdir={lower},upperdir={layer}/upper,workdir={layer}/work,redirect_dir=on,metacopy=on"
+    try:
+        subprocess.run(["mount", "-t", "overlay", "overlay", "-o", options, str(merged)], check=True)
+    except subprocess.CalledProcessError:
+        pytest.skip("this kernel's overlayfs has no metacopy")
+    try:
+        os.chown(merged / "usr/lib/libkept.so", 1, 1)  # metadata only
+        os.rename(merged / "usr/lib/libmoved.so", merged / "usr/lib/libmoved.so.1")
+        write(merged / "usr/lib/libnew.so", 1 << 20)
+    finally:
+        subprocess.run(["umount", str(merged)], check=True)
+    copied = os.stat(layer / "upper/usr/lib/libkept.so")
+    assert copied.st_blocks * 512 <= 64 << 10 and copied.st_size == 4 << 20  # the premise: only the inode was copied up
+    layer_fd = os.open(layer, os.O_RDONLY | os.O_DIRECTORY)
+    lower_fd = os.open(lower, os.O_PATH | os.O_DIRECTORY)
+    try:
+        growth = layer_growth(layer_fd, lower_fd)
+    finally:
+        os.close(layer_fd)
+        os.close(lower_fd)
+    assert growth["growth_bytes"] == 1 << 20  # only the new library
+    assert (1 << 20) <= growth["upper_bytes"] <= (1 << 20) + (256 << 10)  # (+ the xattr blocks of two inodes)
