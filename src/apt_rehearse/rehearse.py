@@ -16,6 +16,7 @@ from typing import Any, Callable
 from apt_rehearse import bootchain, checks, facts, hazard_checks, janitor
 from apt_rehearse.config import Settings
 from apt_rehearse.errors import RehearsalError, RehearsalLimit, UnsupportedSystem
+from apt_rehearse.forked import ForkedCall
 from apt_rehearse.policy import Finding, apply_policy, verdict
 from apt_rehearse.progress import Progress
 from apt_rehearse.replay import ReplayPlan, replay_inside
@@ -93,13 +94,51 @@ def _remove_stale_uppers(base: str) -> None:
             cleanup_upper_dir(os.path.join(base, name))
 
 
+def read_meminfo() -> dict[str, int]:
+    """/proc/meminfo in bytes."""
+    values = {}
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                name, _, rest = line.partition(":")
+                fields = rest.split()
+                if fields and fields[0].isdigit():
+                    values[name] = int(fields[0]) * (1024 if fields[1:] == ["kB"] else 1)
+    except OSError:
+        pass
+    return values
+
+
+def upper_fits_in_memory(unpacked: int, settings: Settings, meminfo: dict[str, int]) -> bool:
+    """Whether the uppers go to a tmpfs: a change that unpacks to less than
+    Large-Change, less than the tmpfs's cap, and less than half the memory
+    available now (the other half is for dpkg, the maintainer scripts and
+    the booted services, and for the host's own work). Memory is where the
+    replay is fastest; a disk upper is where a large change cannot run out
+    of room or push the host into swap."""
+    if unpacked >= settings.large_change_bytes:
+        return False
+    total = meminfo.get("MemTotal")
+    if settings.tmpfs_size.endswith("%") and total:
+        try:
+            cap = total * float(settings.tmpfs_size[:-1]) / 100
+        except ValueError:
+            cap = total / 2
+    else:
+        cap = float(settings.tmpfs_size) if settings.tmpfs_size.isdigit() else float("inf")
+    if unpacked >= cap:
+        return False
+    available = meminfo.get("MemAvailable")
+    return available is None or unpacked < available / 2
+
+
 def _choose_upper(transaction: Transaction, settings: Settings) -> str | None:
     if settings.upper_dir:
         base = settings.upper_dir
     else:
         packed = sum(os.path.getsize(c.deb) for c in transaction.changes if c.deb and os.path.exists(c.deb))
         # Unpacked trees are roughly three times their .debs.
-        if packed * 3 < settings.large_change_bytes:
+        if upper_fits_in_memory(packed * 3, settings, read_meminfo()):
             return None
         base = settings.disk_upper_base
     os.makedirs(base, mode=0o700, exist_ok=True)
@@ -145,7 +184,6 @@ def rehearse(
         raise RehearsalError(f"the target root {transaction.root} is not a directory")
 
     with clock.timed("facts"):
-        removal_facts, predicted_prompts = _gather_facts(transaction)
         grub_probe_answers = {}
         installing = [c.package for c in transaction.by_action(*INSTALLING_ACTIONS)]
         if os.path.realpath(transaction.root) == "/" and bootchain.needs_grub_probe(installing):
@@ -185,6 +223,8 @@ def rehearse(
                                 "(" + (notes[-1] if notes else "no init") + ")")
     upper_dir = _choose_upper(transaction, settings)
     observations: dict[str, Any] = {}
+    # The host's facts are read beside the sandbox, on the core dpkg leaves idle.
+    facts_call = ForkedCall(_gather_facts, transaction)
     try:
         spec = SandboxSpec(root=transaction.root, tmpfs_size=settings.tmpfs_size, upper_dir=upper_dir,
                            read_only_binds=binds, hostname=_hostname(transaction.root), boot=init is not None)  # fmt: skip
@@ -211,7 +251,10 @@ def rehearse(
                                                shell)
         else:
             result = _run(SandboxRunner(spec, plan), replay_plan, progress, clock)
+        with clock.timed("facts"):  # what is left of it: the wait
+            removal_facts, predicted_prompts = facts_call.result()
     finally:
+        facts_call.cancel()
         progress.done()
         if upper_dir:
             cleanup_upper_dir(upper_dir)
