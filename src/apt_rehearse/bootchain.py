@@ -77,13 +77,22 @@ KEYWORD_LINE_RE = re.compile(r"^\s*(?P<kind>linux|kernel|initrd)\s+(?P<args>.+)$
 
 
 def _placing_script() -> str:
-    lines = ["#!/bin/sh", f"# {MARKER}: put the recorder where a diverted command was, once."]
+    # dpkg runs this after each of its invocations (a release upgrade makes
+    # over a hundred): shell builtins only, no grep or cat per path, unless a
+    # recorder is really missing.
+    lines = [
+        "#!/bin/sh",
+        f"# {MARKER}: put the recorder where a diverted command was, once.",
+        "place() {",
+        f'  [ -e "$1{DIVERTED_SUFFIX}" ] || return 0',
+        "  second=",
+        '  { read -r _ && read -r second; } 2>/dev/null <"$1"',
+        f'  case $second in *"{MARKER}"*) return 0 ;; esac',
+        f'  cat >"$1" <<"APT_REHEARSE_EOF" && chmod 0755 "$1"\n{RECORDER}APT_REHEARSE_EOF',
+        "}",
+    ]
     for paths in RECORDED_COMMANDS.values():
-        for path in paths:
-            lines.append(
-                f'if [ -e "{path}{DIVERTED_SUFFIX}" ] && ! grep -qs "{MARKER}" "{path}"; then '
-                f'cat >"{path}" <<"APT_REHEARSE_EOF" && chmod 0755 "{path}"\n{RECORDER}APT_REHEARSE_EOF\nfi'
-            )
+        lines += [f'place "{path}"' for path in paths]
     lines.append("exit 0")
     return "\n".join(lines) + "\n"
 
