@@ -132,15 +132,37 @@ def upper_fits_in_memory(unpacked: int, settings: Settings, meminfo: dict[str, i
     return available is None or unpacked < available / 2
 
 
+def disk_room_problem(unpacked: int, free: int, size: int) -> str | None:
+    """Why a disk upper of about ``unpacked`` bytes would crowd the host's
+    own file system (it must keep 1 GiB or 5% free, whichever is more, for
+    the host's services), or None."""
+    reserve = max(1 << 30, size // 20)
+    if free - unpacked >= reserve:
+        return None
+    return (f"about {unpacked / 1e6:.0f} MB unpacked would leave less than {reserve / 1e6:.0f} MB free "
+            f"of the {free / 1e6:.0f} MB there")  # fmt: skip
+
+
+def _free_and_size(path: str) -> tuple[int, int]:
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    info = os.statvfs(path)
+    return info.f_bavail * info.f_frsize, info.f_blocks * info.f_frsize
+
+
 def _choose_upper(transaction: Transaction, settings: Settings) -> str | None:
+    packed = sum(os.path.getsize(c.deb) for c in transaction.changes if c.deb and os.path.exists(c.deb))
+    unpacked = packed * 3  # unpacked trees are roughly three times their .debs
     if settings.upper_dir:
         base = settings.upper_dir
+    elif upper_fits_in_memory(unpacked, settings, read_meminfo()):
+        return None
     else:
-        packed = sum(os.path.getsize(c.deb) for c in transaction.changes if c.deb and os.path.exists(c.deb))
-        # Unpacked trees are roughly three times their .debs.
-        if upper_fits_in_memory(packed * 3, settings, read_meminfo()):
-            return None
         base = settings.disk_upper_base
+    problem = disk_room_problem(unpacked, *_free_and_size(base))
+    if problem:
+        raise RehearsalLimit(f"no room for the rehearsal's upper layer in {base}: {problem}; point "
+                             "APT::Rehearse::Upper-Dir at a file system with room, or raise APT::Rehearse::Tmpfs-Size")  # fmt: skip
     os.makedirs(base, mode=0o700, exist_ok=True)
     _remove_stale_uppers(base)
     path = os.path.join(base, f"{transaction.identity[:12]}-{os.getpid()}")

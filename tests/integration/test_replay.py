@@ -184,6 +184,26 @@ def test_full_tmpfs_upper_is_a_rehearsal_limit(scenario: dict) -> None:
     assert_host_clean(before)
 
 
+def test_a_disk_upper_without_room_is_refused_before_anything_runs(scenario: dict, tmp_path: Path) -> None:
+    """A disk upper must leave the host's file system room for its own
+    services (1 GiB or 5%): on a 64 MiB file system it is refused."""
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "rh-small", str(small)], check=True)
+    try:
+        before = host_snapshot()
+        proc = run_cli("--root", str(scenario["tree"]), "-o", f"APT::Rehearse::Upper-Dir={small}/uppers",
+                       "install", "rh-clean")  # fmt: skip
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        [line] = proc.stderr.strip().splitlines()
+        assert line.startswith(f"E: no room for the rehearsal's upper layer in {small}/uppers")
+        assert "APT::Rehearse::Upper-Dir" in line
+        assert not (small / "uppers").exists()  # refused before anything was made
+        assert_host_clean(before)
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+
+
 @pytest.mark.parametrize(
     ("args", "code", "words"),
     [

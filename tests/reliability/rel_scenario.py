@@ -53,7 +53,10 @@ def _packages(debs: Path, canary_port: int, canary_abstract: str, host_addr: str
     names = ("rel-clean", "rel-fail", "rel-slow", "rel-hang", "rel-reach", "rel-corrupt", "rel-big", "rel-hook")
     v1 = [build_deb(debs, name, "1.0", files={f"/usr/share/{name}/v": "1\n"}) for name in names]
     v1.append(build_deb(debs, "rel-conf", "1.0", conffiles={"/etc/rel-conf.conf": "password=packaged-default\n"}))
-    big = os.urandom(6 << 20)  # incompressible: fills a small tmpfs upper for real
+    # 6 MiB that compress to almost nothing: the .deb looks small enough for
+    # a small tmpfs upper (apt-rehearse sends a change it expects not to fit
+    # to a disk upper instead), and then fills it for real.
+    big = b"apt-rehearse fills its upper\n" * ((6 << 20) // 29)
     v2 = [
         build_deb(debs, "rel-clean", "2.0", files={"/usr/share/rel-clean/v": "2\n"}),
         build_deb(debs, "rel-fail", "2.0", files={"/usr/share/rel-fail/v": "2\n"},

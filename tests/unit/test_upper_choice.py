@@ -37,3 +37,15 @@ def test_an_absolute_tmpfs_size() -> None:
 def test_meminfo_of_this_machine() -> None:
     info = read_meminfo()
     assert 0 < info["MemAvailable"] <= info["MemTotal"]
+
+
+def test_a_disk_upper_never_crowds_the_hosts_file_system() -> None:
+    from apt_rehearse.rehearse import disk_room_problem
+
+    assert disk_room_problem(6 * GIB, 200 * GIB, 256 * GIB) is None
+    # 20 GiB free of 256: 5% (12.8 GiB) must stay free for the host's services
+    assert disk_room_problem(6 * GIB, 20 * GIB, 256 * GIB) is None
+    assert "would leave less than" in disk_room_problem(8 * GIB, 20 * GIB, 256 * GIB)
+    # a small disk: 1 GiB stays free at the least
+    assert disk_room_problem(1 * GIB, 2 * GIB, 10 * GIB) is None
+    assert disk_room_problem(1 * GIB + 1, 2 * GIB, 10 * GIB) is not None
