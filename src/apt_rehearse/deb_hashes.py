@@ -1,4 +1,6 @@
-"""SHA-256 of .deb files already read, so a cache hit need not read them again.
+"""SHA-256 of .deb files already read, so a cache hit need not read them again
+(and the tables of file facts kept beside it, such as the ELF facts of
+libraries.py).
 
 A transaction's identity covers its .debs' content, so the hook hashed every
 .deb on every apt run: 80 ms for a release upgrade's 107 MB, most of a cache
@@ -52,10 +54,8 @@ class DebHashes:
         self.fresh: dict[str, list[Any]] = {}
 
     def _load(self) -> dict[str, list[Any]]:
-        data = read_trusted(os.path.join(self.directory, NAME), SCHEMA, 4 << 20) if trusted_dir(self.directory) else None
-        if data is None or not isinstance(data.get("files"), dict):
-            return {}
-        return {path: row for path, row in data["files"].items()
+        files = load_table(self.directory, NAME, SCHEMA, 4 << 20)
+        return {path: row for path, row in files.items()
                 if isinstance(row, list) and len(row) == 2 and isinstance(row[1], str)}  # fmt: skip
 
     def sha256(self, path: str) -> str:
@@ -73,20 +73,32 @@ class DebHashes:
 
     def save(self) -> None:
         """Keep what this run read (root only; a directory we cannot trust is left alone)."""
-        if not self.fresh or os.geteuid() != 0:
-            return
-        os.makedirs(self.directory, mode=0o700, exist_ok=True)
-        if not trusted_dir(self.directory):
-            return
-        files = {**self.known, **self.fresh}
-        if len(files) > MAX_ENTRIES:
-            files = dict(list(files.items())[-MAX_ENTRIES:])
-        path = os.path.join(self.directory, NAME)
-        temporary = f"{path}.{os.getpid()}.tmp"
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump({"schema": SCHEMA, "files": files}, handle)
-        os.replace(temporary, path)
+        if self.fresh:
+            files = {**self.known, **self.fresh}
+            save_table(self.directory, NAME, SCHEMA, dict(list(files.items())[-MAX_ENTRIES:]))
+
+
+def load_table(directory: str, name: str, schema: str, limit: int) -> dict[str, Any]:
+    """The "files" of a table in the cache, or {} when it is missing or not to be trusted."""
+    data = read_trusted(os.path.join(directory, name), schema, limit) if trusted_dir(directory) else None
+    if data is None or not isinstance(data.get("files"), dict):
+        return {}
+    return data["files"]
+
+
+def save_table(directory: str, name: str, schema: str, files: dict[str, Any]) -> None:
+    """Replace a table in the cache, atomically (root only; a directory we cannot trust is left alone)."""
+    if os.geteuid() != 0:
+        return
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    if not trusted_dir(directory):
+        return
+    path = os.path.join(directory, name)
+    temporary = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump({"schema": schema, "files": files}, handle)
+    os.replace(temporary, path)
 
 
 def remember(cache_dir: str, debs: list[tuple[str, str]]) -> None:

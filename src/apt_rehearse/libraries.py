@@ -55,6 +55,26 @@ class ElfInfo:
         self.elfclass, self.machine = elfclass, machine
         self.needed, self.rpath, self.runpath = needed, rpath, runpath
 
+    def to_row(self) -> list[Any]:
+        return [self.elfclass, self.machine, self.needed, self.rpath, self.runpath]
+
+    @classmethod
+    def from_row(cls, row: list[Any]) -> "ElfInfo | None":
+        """A row of the ELF table ([] for a file that is no dynamic ELF object)."""
+        if not row:
+            return None
+        elfclass, machine, needed, rpath, runpath = row
+        return cls(int(elfclass), str(machine), [str(n) for n in needed], [str(p) for p in rpath],
+                   [str(p) for p in runpath])  # fmt: skip
+
+
+def elf_key(path: str, info: os.stat_result) -> str:
+    """What a file's ELF facts are remembered by: the file as the kernel
+    describes it (inode, size, mtime and ctime, which only the kernel sets)
+    and its path. The device is left out: overlayfs shows a lower file with
+    a device of its own."""
+    return f"{info.st_ino}:{info.st_size}:{info.st_mtime_ns}:{info.st_ctime_ns}:{path}"
+
 
 def read_elf(path: str) -> ElfInfo | None:
     """The dynamic-linking facts of one file, or None when it is no dynamic ELF object."""
@@ -108,9 +128,12 @@ def expand_origin(entry: str, origin: str, lib: str) -> str:
 class Resolver:
     """ld.so's search order, over one file system as it is right now."""
 
-    def __init__(self, cache: dict[str, list[str]], system_dirs: list[str], lib_token: str) -> None:
+    def __init__(self, cache: dict[str, list[str]], system_dirs: list[str], lib_token: str,
+                 known: dict[str, list[Any]] | None = None) -> None:  # fmt: skip
         self.cache, self.system_dirs, self.lib_token = cache, system_dirs, lib_token
-        self._elf: dict[tuple[str, int, int, int], ElfInfo | None] = {}
+        self.known = known or {}  # ELF facts of earlier rehearsals, by elf_key
+        self.seen: dict[str, list[Any]] = {}  # this scan's, to be remembered
+        self._elf: dict[str, ElfInfo | None] = {}
 
     def info(self, path: str) -> ElfInfo | None:
         try:
@@ -119,9 +142,15 @@ class Resolver:
             return None
         if not stat.S_ISREG(st.st_mode):
             return None
-        key = (path, st.st_ino, st.st_size, st.st_mtime_ns)
+        key = elf_key(path, st)
         if key not in self._elf:
-            self._elf[key] = read_elf(path)
+            row = self.known.get(key)
+            try:
+                info = ElfInfo.from_row(row) if row is not None else read_elf(path)
+            except (TypeError, ValueError):  # a malformed row: read the file
+                info = read_elf(path)
+            self._elf[key] = info
+            self.seen[key] = info.to_row() if info is not None else []
         return self._elf[key]
 
     def _usable(self, candidate: str, wanted: ElfInfo) -> bool:
@@ -203,9 +232,9 @@ def ldconfig_cache() -> dict[str, list[str]]:
     return parse_ldconfig_cache(output) if code == 0 else {}
 
 
-def make_resolver(cache: dict[str, list[str]], triplet: str) -> Resolver:
+def make_resolver(cache: dict[str, list[str]], triplet: str, known: dict[str, list[Any]] | None = None) -> Resolver:
     system_dirs = [f"/lib/{triplet}", f"/usr/lib/{triplet}", "/lib", "/usr/lib"]
-    return Resolver(cache, system_dirs, f"lib/{triplet}")
+    return Resolver(cache, system_dirs, f"lib/{triplet}", known)
 
 
 def candidate_files(extra_dirs: list[str], triplet: str) -> tuple[list[str], bool]:
@@ -253,8 +282,9 @@ def candidate_files(extra_dirs: list[str], triplet: str) -> tuple[list[str], boo
     return files, False
 
 
-def scan(extra_dirs: list[str], files: list[str] | None = None) -> dict[str, Any]:
-    """Resolve the libraries of every candidate file, as the system is now."""
+def scan(extra_dirs: list[str], files: list[str] | None = None, known: dict[str, list[Any]] | None = None) -> dict[str, Any]:
+    """Resolve the libraries of every candidate file, as the system is now
+    (``known``: ELF facts remembered from earlier rehearsals, by elf_key)."""
     if not HAVE_ELFTOOLS:
         return {"available": False, "reason": "python3-pyelftools is not installed"}
     cache = ldconfig_cache()
@@ -262,13 +292,51 @@ def scan(extra_dirs: list[str], files: list[str] | None = None) -> dict[str, Any
     capped = False
     if files is None:
         files, capped = candidate_files(extra_dirs, triplet)
-    resolver = make_resolver(cache, triplet)
+    resolver = make_resolver(cache, triplet, known)
     objects = {}
     for path in files:
         closure = resolver.closure(path)
         if closure is not None:
             objects[path] = closure
-    return {"available": True, "triplet": triplet, "capped": capped, "objects": objects}
+    return {"available": True, "triplet": triplet, "capped": capped, "objects": objects,
+            "fingerprints": fingerprints(relied_on(objects)), "elf_seen": resolver.seen}  # fmt: skip
+
+
+LD_CACHE = "/etc/ld.so.cache"
+
+
+def relied_on(objects: dict[str, Any]) -> set[str]:
+    """Every file a scan's answer rests on: the objects, each library they
+    found, and the loader's cache."""
+    paths = {LD_CACHE, *objects}
+    for closure in objects.values():
+        paths.update(found for found in closure["libraries"].values() if found)
+    return paths
+
+
+def fingerprints(paths: set[str]) -> dict[str, list[int] | None]:
+    prints: dict[str, list[int] | None] = {}
+    for path in sorted(paths):
+        try:
+            info = os.stat(path)
+            prints[path] = [info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns]
+        except OSError:
+            prints[path] = None
+    return prints
+
+
+def rescan(before: dict[str, Any], extra_dirs: list[str], known: dict[str, list[Any]] | None = None) -> dict[str, Any]:
+    """The scan after the run, of the objects found before.
+
+    When every file the first answer rests on is still the same file (same
+    inode, size and mtime) and the loader's cache is unchanged, nothing can
+    have gone missing: a library still there is still found first or
+    shadowed by another that is found. Most single-package runs touch none
+    of them, and skip the ELF parsing."""
+    previous = before.get("fingerprints")
+    if before.get("available") and previous and fingerprints(set(previous)) == previous:
+        return {**before, "reused": True, "elf_seen": {}}
+    return scan(extra_dirs, files=list(before.get("objects", {})), known={**(known or {}), **before.get("elf_seen", {})})
 
 
 def lost_libraries(before: dict[str, Any], after: dict[str, Any]) -> list[dict[str, Any]]:
@@ -309,3 +377,32 @@ def summary(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
             "missing_after": None if now is None else sorted(k for k, v in now["libraries"].items() if v is None),
         })  # fmt: skip
     return {"checked": True, "objects": len(rows), "capped": before.get("capped", False), "per_object": rows}
+
+
+# The ELF facts table, on the host: in the cache's "hashes" directory, with
+# the .deb hashes' trust rules (root's, 0700; otherwise ignored). A forged
+# row could only hide a library from the check, so it is read the way the
+# verdicts are, and rewritten from what each rehearsal saw (nothing stale
+# stays).
+ELF_TABLE = "elf.json"
+ELF_SCHEMA = "apt-rehearse-elf/1"
+ELF_TABLE_LIMIT = 16 << 20
+MAX_ELF_ROWS = 50_000
+
+
+def load_elf_table(cache_dir: str) -> dict[str, list[Any]]:
+    from apt_rehearse.deb_hashes import DIRECTORY, load_table
+
+    rows = load_table(os.path.join(cache_dir, DIRECTORY), ELF_TABLE, ELF_SCHEMA, ELF_TABLE_LIMIT)
+    return {key: row for key, row in rows.items() if isinstance(row, list) and len(row) in (0, 5)}
+
+
+def save_elf_table(cache_dir: str, *scans: dict[str, Any]) -> None:
+    """Keep the ELF facts the scans of one rehearsal saw (before and after)."""
+    from apt_rehearse.deb_hashes import DIRECTORY, save_table
+
+    seen: dict[str, list[Any]] = {}
+    for result in scans:
+        seen.update(result.get("elf_seen") or {})
+    if seen:
+        save_table(os.path.join(cache_dir, DIRECTORY), ELF_TABLE, ELF_SCHEMA, dict(list(seen.items())[:MAX_ELF_ROWS]))

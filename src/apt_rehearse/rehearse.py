@@ -21,7 +21,7 @@ from apt_rehearse.policy import Finding, apply_policy, verdict
 from apt_rehearse.progress import Progress
 from apt_rehearse.replay import ReplayPlan, replay_inside
 from apt_rehearse.boot import HELD_BACK, BootedSandbox, find_init
-from apt_rehearse.libraries import lost_libraries, summary as library_summary
+from apt_rehearse.libraries import load_elf_table, lost_libraries, save_elf_table, summary as library_summary
 from apt_rehearse.cgroups import SandboxCgroup, cgroup2_mount
 from apt_rehearse.observe import observe, settle
 from apt_rehearse.sandbox import INSIDE_SHARE, SandboxRunner, SandboxSpec, check_supported, cleanup_upper_dir, plan_sandbox
@@ -267,6 +267,7 @@ def rehearse(
             library_dirs=settings.library_paths,
             release_upgrade=bool(sources_rewrite or private_lists),
             grub_probe_answers=grub_probe_answers,
+            elf_known=load_elf_table(settings.cache_dir),
         )
         if init:
             result, observations = _run_booted(plan, init, replay_plan, progress, clock, settings, transaction.identity,
@@ -296,6 +297,7 @@ def rehearse(
         findings += checks.conffile_findings(predicted_prompts, result["apt"]["output"], nobody_answers)
         hazards = result.get("hazards")
         if hazards:
+            save_elf_table(settings.cache_dir, hazards["before"]["libraries"], hazards["libraries"])
             findings += hazard_checks.conffile_detail_findings(hazards["conffile_leftovers"], findings)
             losses = lost_libraries(hazards["before"]["libraries"], hazards["libraries"])
             owners = facts.owners_of(transaction.root, sorted({loss["was"] for loss in losses}))

@@ -49,6 +49,9 @@ class ReplayPlan:
     release_upgrade: bool = False
     # What the host's grub-probe said, for update-grub inside (see bootchain).
     grub_probe_answers: dict[str, tuple[int, str]] = dataclasses.field(default_factory=dict)
+    # ELF facts of earlier rehearsals (libraries.elf_key -> row): files
+    # unchanged since are not parsed again.
+    elf_known: dict[str, list[Any]] = dataclasses.field(default_factory=dict)
 
 
 def sandbox_env() -> dict[str, str]:
@@ -267,7 +270,7 @@ def _before_apt(plan: ReplayPlan) -> dict[str, Any]:
     """What the checks compare against, taken in the sandbox just before apt runs."""
     autoremove_run = start_command(AUTOREMOVE_ARGV) if plan.release_upgrade else None
     state: dict[str, Any] = {
-        "libraries": libraries.scan(plan.library_dirs),
+        "libraries": libraries.scan(plan.library_dirs, known=plan.elf_known),
         "boot": bootchain.boot_state(),
         "conffile_leftovers": conffile_state.leftovers(),
     }
@@ -280,9 +283,8 @@ def _after_apt(plan: ReplayPlan, before: dict[str, Any], recorders: dict[str, An
                obsolete_run: subprocess.Popen[bytes] | None) -> dict[str, Any]:  # fmt: skip
     # The two apt queries run beside the file scans (the second core is idle).
     autoremove_run = start_command(AUTOREMOVE_ARGV) if plan.release_upgrade else None
-    scanned = list(before["libraries"].get("objects", {}))
     after: dict[str, Any] = {
-        "libraries": libraries.scan(plan.library_dirs, files=scanned),
+        "libraries": libraries.rescan(before["libraries"], plan.library_dirs, known=plan.elf_known),
         "boot": bootchain.boot_state(),
         "recorded_commands": bootchain.recorded_commands(),
         "recorder_refused": recorders["refused"],

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -66,6 +67,47 @@ def test_runpath_and_a_candidate_of_another_class_is_skipped(tmp_path: Path) -> 
     files["b"].write_bytes(b"\x7fELF" + b"\x01" + b"\0" * 200)  # a 32-bit or broken object: the loader passes it by
     resolver = libraries.Resolver({}, [str(files["a"].parent)], "lib/x86_64-linux-gnu")
     assert resolver.closure(str(files["prog"]))["libraries"]["librh.so.1"] == str(files["a"])
+
+
+@needs_gcc
+def test_the_scan_after_is_the_one_before_when_nothing_it_rests_on_changed(tmp_path: Path) -> None:
+    files = _build(tmp_path, rpath="$ORIGIN/b")
+    before = libraries.scan([], files=[str(files["prog"])])
+    assert before["objects"][str(files["prog"])]["libraries"]["librh.so.1"] == str(files["b"])
+    assert {str(files["prog"]), str(files["b"]), libraries.LD_CACHE} <= set(before["fingerprints"])
+    again = libraries.rescan(before, [])
+    assert again.get("reused") and again["objects"] == before["objects"]
+    files["b"].unlink()  # what it found is gone: scanned again, and found elsewhere or not at all
+    after = libraries.rescan(before, [])
+    assert not after.get("reused")
+    assert after["objects"][str(files["prog"])]["libraries"]["librh.so.1"] != str(files["b"])
+    files["a"].write_bytes(files["a"].read_bytes())  # untouched path, but the scan before did not rest on it
+    assert libraries.rescan(libraries.scan([], files=[str(files["prog"])]), []).get("reused")
+
+
+@needs_gcc
+def test_elf_facts_are_remembered_by_file_and_kept_in_a_root_only_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "build").mkdir()
+    files = _build(tmp_path / "build", rpath="$ORIGIN/b")
+    first = libraries.scan([], files=[str(files["prog"])])
+    reads: list[str] = []
+    real = libraries.read_elf
+    monkeypatch.setattr(libraries, "read_elf", lambda path: reads.append(path) or real(path))
+    again = libraries.scan([], files=[str(files["prog"])], known=first["elf_seen"])
+    assert reads == [] and again["objects"] == first["objects"]  # nothing parsed twice
+    files["b"].write_bytes(files["b"].read_bytes())  # rewritten: a new ctime, read again
+    libraries.scan([], files=[str(files["prog"])], known=first["elf_seen"])
+    assert reads == [str(files["b"])]
+    broken = {key: ["not", "a", "row"] for key in first["elf_seen"]}
+    assert libraries.scan([], files=[str(files["prog"])], known=broken)["objects"] == first["objects"]
+    if os.geteuid() == 0:
+        cache = tmp_path / "cache"
+        libraries.save_elf_table(str(cache), first, again)
+        assert libraries.load_elf_table(str(cache)) == {**first["elf_seen"], **again["elf_seen"]}
+        table = cache / "hashes" / libraries.ELF_TABLE
+        assert table.stat().st_mode & 0o077 == 0
+        os.chmod(table, 0o646)  # writable by others: not trusted any more
+        assert libraries.load_elf_table(str(cache)) == {}
 
 
 def _scan(objects: dict[str, dict[str, str | None]]) -> dict:
