@@ -589,7 +589,7 @@ def table(results: dict[str, Any]) -> list[tuple[str, str, str]]:
             rows.append(("    of which apt-get and dpkg", f"{release['plain_apt_s']:.1f} s",
                          f"apt/real {ratio:.2f} (runs {each}); the rest: hazard scans, automatic marks"))  # fmt: skip
         ratio, each = paired(runs, "disk_replay_s", "real_s")
-        rows.append(("  replay, no services, disk upper (volatile overlay)", f"{release['disk_replay_s']:.1f} s",
+        rows.append(("  replay, no services, disk upper (volatile, metacopy)", f"{release['disk_replay_s']:.1f} s",
                      f"replay/real {ratio:.2f} (runs {each})"))  # fmt: skip
         ratio, each = paired(runs, "live_replay_s", "real_s")
         rows.append(("  replay, services booted and live", f"{release['live_replay_s']:.1f} s",
@@ -637,7 +637,7 @@ def table(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         if fixed.get("booted_keeper_setup_teardown_ms") is not None:
             rows.append(("  booted path: layers + masks + cgroup, no boot", f"{fixed['booted_keeper_setup_teardown_ms']:.0f} ms", ""))
         rows.append(("  replay machinery, empty transaction", f"{fixed['empty_replay_ms']:.0f} ms",
-                     "dpkg-query x2, apt-get, dpkg --audit, apt-get check"))  # fmt: skip
+                     "dpkg-query x2, hazard scans (ELF table not kept here), apt-get, dpkg --audit, apt-get check"))  # fmt: skip
     hook = results.get("hook")
     if hook:
         for name, row in hook.items():
