@@ -24,6 +24,7 @@ from apt_rehearse.boot import HELD_BACK, BootedSandbox, find_init
 from apt_rehearse.libraries import load_elf_table, lost_libraries, save_elf_table, summary as library_summary
 from apt_rehearse.cgroups import SandboxCgroup, cgroup2_mount
 from apt_rehearse.observe import observe, settle
+from apt_rehearse.upper_place import disk_room_problem, free_and_size, read_meminfo, upper_fits_in_memory
 from apt_rehearse.sandbox import INSIDE_SHARE, SandboxRunner, SandboxSpec, check_supported, cleanup_upper_dir, plan_sandbox
 from apt_rehearse.service_checks import service_findings
 from apt_rehearse.transaction import INSTALLING_ACTIONS, REMOVING_ACTIONS, Transaction
@@ -94,62 +95,6 @@ def _remove_stale_uppers(base: str) -> None:
             cleanup_upper_dir(os.path.join(base, name))
 
 
-def read_meminfo() -> dict[str, int]:
-    """/proc/meminfo in bytes."""
-    values = {}
-    try:
-        with open("/proc/meminfo", encoding="ascii") as handle:
-            for line in handle:
-                name, _, rest = line.partition(":")
-                fields = rest.split()
-                if fields and fields[0].isdigit():
-                    values[name] = int(fields[0]) * (1024 if fields[1:] == ["kB"] else 1)
-    except OSError:
-        pass
-    return values
-
-
-def upper_fits_in_memory(unpacked: int, settings: Settings, meminfo: dict[str, int]) -> bool:
-    """Whether the uppers go to a tmpfs: a change that unpacks to less than
-    Large-Change, less than the tmpfs's cap, and less than half the memory
-    available now (the other half is for dpkg, the maintainer scripts and
-    the booted services, and for the host's own work). Memory is where the
-    replay is fastest; a disk upper is where a large change cannot run out
-    of room or push the host into swap."""
-    if unpacked >= settings.large_change_bytes:
-        return False
-    total = meminfo.get("MemTotal")
-    if settings.tmpfs_size.endswith("%") and total:
-        try:
-            cap = total * float(settings.tmpfs_size[:-1]) / 100
-        except ValueError:
-            cap = total / 2
-    else:
-        cap = float(settings.tmpfs_size) if settings.tmpfs_size.isdigit() else float("inf")
-    if unpacked >= cap:
-        return False
-    available = meminfo.get("MemAvailable")
-    return available is None or unpacked < available / 2
-
-
-def disk_room_problem(unpacked: int, free: int, size: int) -> str | None:
-    """Why a disk upper of about ``unpacked`` bytes would crowd the host's
-    own file system (it must keep 1 GiB or 5% free, whichever is more, for
-    the host's services), or None."""
-    reserve = max(1 << 30, size // 20)
-    if free - unpacked >= reserve:
-        return None
-    return (f"about {unpacked / 1e6:.0f} MB unpacked would leave less than {reserve / 1e6:.0f} MB free "
-            f"of the {free / 1e6:.0f} MB there")  # fmt: skip
-
-
-def _free_and_size(path: str) -> tuple[int, int]:
-    while not os.path.exists(path):
-        path = os.path.dirname(path)
-    info = os.statvfs(path)
-    return info.f_bavail * info.f_frsize, info.f_blocks * info.f_frsize
-
-
 def _choose_upper(transaction: Transaction, settings: Settings) -> str | None:
     packed = sum(os.path.getsize(c.deb) for c in transaction.changes if c.deb and os.path.exists(c.deb))
     unpacked = packed * 3  # unpacked trees are roughly three times their .debs
@@ -159,7 +104,7 @@ def _choose_upper(transaction: Transaction, settings: Settings) -> str | None:
         return None
     else:
         base = settings.disk_upper_base
-    problem = disk_room_problem(unpacked, *_free_and_size(base))
+    problem = disk_room_problem(unpacked, *free_and_size(base))
     if problem:
         raise RehearsalLimit(f"no room for the rehearsal's upper layer in {base}: {problem}; point "
                              "APT::Rehearse::Upper-Dir at a file system with room, or raise APT::Rehearse::Tmpfs-Size")  # fmt: skip

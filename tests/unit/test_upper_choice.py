@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from apt_rehearse.config import Settings
-from apt_rehearse.rehearse import read_meminfo, upper_fits_in_memory
+from apt_rehearse.upper_place import disk_room_problem, read_meminfo, upper_fits_in_memory
 
 GIB = 1 << 30
 
@@ -40,8 +40,6 @@ def test_meminfo_of_this_machine() -> None:
 
 
 def test_a_disk_upper_never_crowds_the_hosts_file_system() -> None:
-    from apt_rehearse.rehearse import disk_room_problem
-
     assert disk_room_problem(6 * GIB, 200 * GIB, 256 * GIB) is None
     # 20 GiB free of 256: 5% (12.8 GiB) must stay free for the host's services
     assert disk_room_problem(6 * GIB, 20 * GIB, 256 * GIB) is None
