@@ -20,6 +20,8 @@ import stat
 import subprocess
 from typing import Any
 
+from apt_rehearse.deb_hashes import DIRECTORY, load_table, save_table
+
 try:  # pragma: no cover - the Debian package depends on python3-pyelftools
     from elftools.common.exceptions import ELFError
     from elftools.elf.dynamic import DynamicSegment
@@ -391,16 +393,12 @@ MAX_ELF_ROWS = 50_000
 
 
 def load_elf_table(cache_dir: str) -> dict[str, list[Any]]:
-    from apt_rehearse.deb_hashes import DIRECTORY, load_table
-
     rows = load_table(os.path.join(cache_dir, DIRECTORY), ELF_TABLE, ELF_SCHEMA, ELF_TABLE_LIMIT)
     return {key: row for key, row in rows.items() if isinstance(row, list) and len(row) in (0, 5)}
 
 
 def save_elf_table(cache_dir: str, *scans: dict[str, Any]) -> None:
     """Keep the ELF facts the scans of one rehearsal saw (before and after)."""
-    from apt_rehearse.deb_hashes import DIRECTORY, save_table
-
     seen: dict[str, list[Any]] = {}
     for result in scans:
         seen.update(result.get("elf_seen") or {})

@@ -108,27 +108,27 @@ def root_state(root: str = "/", skip: tuple[str, ...] = (), *, host: bool = True
     root_dev = os.lstat(root).st_dev
     skipped = (EXCLUDED + VOLATILE if host else ()) + tuple(skip)
     state: dict[str, tuple[Any, ...]] = {}
+
+    def examined(full: str) -> os.stat_result | None:
+        if _under(full, skipped):
+            return None
+        try:
+            return os.lstat(full)
+        except OSError:
+            return None
+
     for dirpath, dirnames, filenames in os.walk(root):
         keep = []
         for name in dirnames:
-            full = os.path.join(dirpath, name)
-            if _under(full, skipped):
-                continue
-            try:
-                info = os.lstat(full)
-            except OSError:
-                continue
-            if info.st_dev != root_dev:
-                continue  # a mount point: another filesystem
+            info = examined(os.path.join(dirpath, name))
+            if info is None or info.st_dev != root_dev:
+                continue  # skipped, gone, or a mount point: another filesystem
             keep.append(name)
         dirnames[:] = keep
         for name in [*filenames, *dirnames]:
             full = os.path.join(dirpath, name)
-            if _under(full, skipped):
-                continue
-            try:
-                info = os.lstat(full)
-            except OSError:
+            info = examined(full)
+            if info is None:
                 continue
             entry: tuple[Any, ...] = (stat.S_IFMT(info.st_mode), stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid,
                                       info.st_ino, info.st_ctime_ns)  # fmt: skip
