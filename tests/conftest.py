@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
@@ -162,3 +162,14 @@ def run_on_terminal(argv: list[str], answers: list[tuple[str, str]], timeout: fl
     code = proc.wait(timeout=60)
     os.close(master)
     return code, seen
+
+
+@pytest.fixture(scope="session", autouse=True)
+def release_states_of_test_trees_go() -> Iterator[None]:
+    """--release rehearsals of test trees leave apt states in the machine's
+    cache; once the trees are gone, so are those states (as the next
+    rehearsal would prune them, but the machine is left as found now)."""
+    yield
+    from apt_rehearse import housekeeping
+
+    housekeeping.prune_release_states("/var/cache/apt-rehearse/releases", None)

@@ -135,7 +135,7 @@ def _rehearse_request(command: str, packages: list[str], options: Options) -> in
     # where python3-apt is broken.
     import apt_pkg
 
-    from apt_rehearse import config, deb_hashes, planner, release, report, verdict_cache
+    from apt_rehearse import config, deb_hashes, housekeeping, planner, release, report, verdict_cache
     from apt_rehearse.progress import for_stream
     from apt_rehearse.rehearse import PhaseClock, rehearse
     from apt_rehearse.sandbox import check_supported
@@ -193,6 +193,7 @@ def _rehearse_request(command: str, packages: list[str], options: Options) -> in
         deb_hashes.remember(settings.cache_dir, [(c.deb, c.sha256) for c in transaction.changes if c.deb and c.sha256])
         if command == "gate":
             verdict_cache.record_approval(settings.cache_dir, transaction, rehearsal.verdict, document.get("report_path"))
+    housekeeping.tidy(settings, [c.deb for c in transaction.changes if c.deb], state.directory if state else None)
     if options.json_output:
         click.echo(json.dumps(document, indent=2))
     else:

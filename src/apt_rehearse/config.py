@@ -13,6 +13,7 @@ import os
 import apt_pkg
 
 from apt_rehearse.errors import UsageError
+from apt_rehearse.hook import DEFAULT_MAX_AGE
 
 LOG_DIR = "/var/log/apt-rehearse"
 CACHE_DIR = "/var/cache/apt-rehearse"
@@ -37,6 +38,10 @@ class Settings:
     http_urls: list[str] = dataclasses.field(default_factory=list)
     # Software dpkg does not know about, beyond /opt, /usr/local and /srv.
     library_paths: list[str] = dataclasses.field(default_factory=list)
+    # What stays of earlier rehearsals (see housekeeping).
+    keep_reports: int = 100
+    archives_max_age: float = 7 * 86400.0
+    verdict_max_age: float = float(DEFAULT_MAX_AGE)
 
 
 def parse_option(option: str) -> tuple[str, str]:
@@ -102,6 +107,10 @@ def read_settings() -> Settings:
     settings.memory_max = _size_bytes(memory) if memory else None
     settings.http_urls = list(config.value_list("APT::Rehearse::Http-Urls"))
     settings.library_paths = [p for p in config.value_list("APT::Rehearse::Library-Paths") if p.startswith("/")]
+    settings.keep_reports = max(config.find_i("APT::Rehearse::Keep-Reports", settings.keep_reports), 1)
+    # In days, as apt's own APT::Archives::MaxAge.
+    settings.archives_max_age = 86400.0 * config.find_i("APT::Rehearse::Archives-Max-Age", 7)
+    settings.verdict_max_age = float(config.find_i("APT::Rehearse::Cache-Max-Age", int(settings.verdict_max_age)))
     return settings
 
 

@@ -204,7 +204,7 @@ def _load_config(hook: HookInput) -> None:
 def _rehearse_now(hook: HookInput, transaction, unattended: bool, cache_dir: str) -> int:  # noqa: ANN001
     import apt_pkg
 
-    from apt_rehearse import config, report, verdict_cache
+    from apt_rehearse import config, housekeeping, report, verdict_cache
     from apt_rehearse.progress import for_stream
     from apt_rehearse.rehearse import rehearse
 
@@ -219,6 +219,8 @@ def _rehearse_now(hook: HookInput, transaction, unattended: bool, cache_dir: str
                          unattended=unattended)
     document = report.finish(rehearsal, settings, duration_s=time.monotonic() - began)
     verdict_cache.record(cache_dir, transaction, rehearsal.verdict, document.get("report_path"))
+    # apt's own archives are apt's: only our reports, verdicts and states.
+    housekeeping.tidy(settings)
     text = report.render_text(document, color=not unattended and not os.environ.get("NO_COLOR")
                               and apt_pkg.config.find_b("APT::Color", True))  # fmt: skip
     if unattended:

@@ -23,6 +23,7 @@ from debian.deb822 import Deb822
 
 from apt_rehearse.config import apt_download_dir
 from apt_rehearse.errors import RehearsalError, UsageError
+from apt_rehearse.housekeeping import mark_release_state
 
 CODENAME_RE = re.compile(r"^[a-z][a-z0-9-]*$")
 
@@ -143,6 +144,7 @@ def prepare(root: str, release: str, cache_dir: str) -> ReleaseState:
             handle.write(new_text)
     if total == 0:
         raise UsageError(f"no apt source names '{old}' or '{old}-*'; cannot switch them to {release}")
+    mark_release_state(directory, real_root)
     return ReleaseState(directory, lists_dir, sources)
 
 

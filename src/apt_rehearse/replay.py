@@ -27,6 +27,17 @@ PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 POLICY_RC_D = "/usr/sbin/policy-rc.d"
 EMPTY_DIR = "/run/apt-rehearse/empty"
 OUTPUT_LIMIT = 4 << 20  # bytes of apt output kept; the tail matters most
+# apt run without the system's sources must not save the cache it builds:
+# it would replace /var/cache/apt/*.bin, which match the system's sources,
+# with caches of no lists at all, and every apt tool the maintainer scripts
+# and dpkg-preconfigure (apt-extracttemplates) start would rebuild them from
+# all the lists again. The real run leaves them valid.
+NO_CACHE_FILES = ["-o", "Dir::Cache::pkgcache=", "-o", "Dir::Cache::srcpkgcache="]
+# After apt-get update, as the sysadmin runs it before a release upgrade, the
+# caches match the new lists; the replay installs those lists itself, then
+# has them built by an apt tool that, unlike "apt-cache gencaches", takes no
+# lock apt-get would wait for.
+GENCACHES_ARGV = ["apt-cache", "policy"]
 
 
 @dataclasses.dataclass
@@ -138,6 +149,7 @@ def apt_command(plan: ReplayPlan, status_fd: int = 3) -> list[str]:
         # or a difference we report (and it never tries the network).
         "-o", "Dir::Etc::sourcelist=/dev/null",
         "-o", f"Dir::Etc::sourceparts={EMPTY_DIR}",
+        *NO_CACHE_FILES,
     ]  # fmt: skip
     for option in plan.apt_options:
         argv += ["-o", option]
@@ -246,7 +258,7 @@ def _install_release_state(plan: ReplayPlan) -> None:
 
 
 APT_QUIET_OPTIONS = ["-o", "Dir::Etc::sourcelist=/dev/null", "-o", f"Dir::Etc::sourceparts={EMPTY_DIR}",
-                     "-o", "APT::Color=false", "-o", "APT::Rehearse::Enable=false"]  # fmt: skip
+                     "-o", "APT::Color=false", "-o", "APT::Rehearse::Enable=false", *NO_CACHE_FILES]  # fmt: skip
 
 
 AUTOREMOVE_ARGV = ["apt-get", "--simulate", "autoremove", *APT_QUIET_OPTIONS]
@@ -303,6 +315,10 @@ def replay_inside(plan: ReplayPlan, session: SandboxSession | None, channel: Cha
     channel.send("phase", name="replay")
     with parts("state before"):
         _install_release_state(plan)
+        # Not waited for: apt writes its caches whole (a temporary file,
+        # renamed), and the first tool that needs them, apt-extracttemplates
+        # under dpkg-preconfigure, starts a second or more into apt's run.
+        gencaches_run = start_command(GENCACHES_ARGV) if plan.release_upgrade else None
         os.makedirs(EMPTY_DIR, exist_ok=True)
         before = package_states()
     with parts("hazards before"):
@@ -326,6 +342,8 @@ def replay_inside(plan: ReplayPlan, session: SandboxSession | None, channel: Cha
         else:
             with open(POLICY_RC_D, "wb") as handle:
                 handle.write(saved_policy)
+    # Its failure is apt's own to report: the tools that meet the lists say it.
+    finish_command(gencaches_run, GENCACHES_ARGV[0])
     # apt marks .deb files it was given as manually installed; give back the
     # marks the real run would leave.
     # What no source offers does not depend on the marks: asked beside apt-mark.
@@ -345,7 +363,7 @@ def replay_inside(plan: ReplayPlan, session: SandboxSession | None, channel: Cha
                          "autoremovable": hazards_before.get("autoremovable")}  # fmt: skip
     with parts("audit"):
         audit_status, audit_output = run_command(["dpkg", "--audit"])
-        check_status, check_output = run_command(["apt-get", "check", "-o", "Dir::Etc::sourcelist=/dev/null", "-o", f"Dir::Etc::sourceparts={EMPTY_DIR}"])
+        check_status, check_output = run_command(["apt-get", "check", *APT_QUIET_OPTIONS])
     with parts("upper"):
         upper = session.upper_bytes() if session else {}
         growth = session.growth() if session else {}

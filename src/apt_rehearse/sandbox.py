@@ -524,9 +524,9 @@ class SandboxSession:
         return info.f_bavail * info.f_frsize
 
 
-# apt's binary caches: the replay rebuilds them from dpkg's status and the
-# transaction's .debs only, the real run from all its lists; neither size
-# says anything about the real run.
+# apt's binary caches: rebuilt whole by the first apt tool after dpkg has
+# changed the status file, in the replay as in the real run; what they
+# weigh says nothing about the room the transaction needs.
 REGENERATED = {("var/cache/apt", "pkgcache.bin"), ("var/cache/apt", "srcpkgcache.bin")}
 # What the booted copy itself writes (its journal), not the transaction.
 BOOT_ONLY = ("var/log/journal",)

@@ -236,3 +236,56 @@ def test_unsupported_systems_exit_3(scenario: dict) -> None:
                           capture_output=True, text=True, check=False)  # fmt: skip
     assert proc.returncode == 3, proc.stderr
     assert "CAP_SYS_ADMIN" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+
+def _caches_around(tree: Path, work: Path, argv: list[str]) -> tuple[set[str], set[str]]:
+    """In a throw-away overlay of the tree, with apt's binary caches built for
+    the tree's own sources: "path inode mtime" of each cache before and after
+    argv ran there with the tree's own apt."""
+    for name in ("upper", "work", "merged"):
+        (work / name).mkdir(parents=True)
+    script = (
+        'mount -t overlay -o "lowerdir=$1,upperdir=$2/upper,workdir=$2/work" rh-cache "$0" && '
+        'mount -t proc proc "$0/proc" && shift 2 && exec chroot "$0" "$@"'
+    )
+    listing = 'stat -c "%n %i %Y" /var/cache/apt/pkgcache.bin /var/cache/apt/srcpkgcache.bin'
+    shell = f"apt-cache policy >/dev/null && {listing} && echo -- && {' '.join(argv)} >/dev/null 2>&1; {listing}"
+    proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script, str(work / "merged"),
+                           str(tree), str(work), "sh", "-c", shell],
+                          capture_output=True, text=True, check=True, timeout=300)  # fmt: skip
+    before, _, after = proc.stdout.partition("--\n")
+    return set(before.splitlines()), set(after.splitlines())
+
+
+def test_replay_apt_leaves_the_systems_apt_caches_alone(scenario: dict, tmp_path: Path) -> None:
+    # The replay's apt-get sees no sources: a cache it saved would hold no
+    # lists, and every apt tool after it (apt-extracttemplates under
+    # dpkg-preconfigure, in every maintainer script) would rebuild it.
+    import sys
+
+    sys.path.insert(0, str(SRC))
+    from apt_rehearse.replay import APT_QUIET_OPTIONS, NO_CACHE_FILES
+
+    pairs = list(zip(APT_QUIET_OPTIONS[::2], APT_QUIET_OPTIONS[1::2]))
+    sourceless = [word for pair in pairs if pair[1] not in NO_CACHE_FILES for word in pair]
+    assert len(sourceless) == len(APT_QUIET_OPTIONS) - 4
+    # Without the replay's options, the same apt-get replaces them (the check can fail):
+    before, after = _caches_around(scenario["tree"], tmp_path / "a", ["apt-get", "-s", "check", *sourceless])
+    assert len(before) == 2 and after != before
+    before, after = _caches_around(scenario["tree"], tmp_path / "b", ["apt-get", "-s", "check", *APT_QUIET_OPTIONS])
+    assert len(before) == 2 and after == before
+
+
+def test_a_rehearsal_keeps_only_the_newest_reports(scenario: dict, tmp_path: Path) -> None:
+    log_dir = tmp_path / "log"
+    log_dir.mkdir()
+    old = [log_dir / f"2020010{day}T000000-{day * 6:012d}.{suffix}" for day in (1, 2, 3) for suffix in ("json", "txt")]
+    for path in old:
+        path.write_text("{}")
+    proc, document = run_json("--root", str(scenario["tree"]), "-o", f"APT::Rehearse::Log-Dir={log_dir}",
+                              "-o", "APT::Rehearse::Keep-Reports=2", "install", "rh-clean")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    left = sorted(path.name for path in log_dir.iterdir() if path.name != "latest.json")
+    newest = Path(document["report_path"]).name.removesuffix(".json")
+    assert left == sorted([old[4].name, old[5].name, f"{newest}.json", f"{newest}.log", f"{newest}.txt"])
