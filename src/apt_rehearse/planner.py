@@ -7,8 +7,10 @@ apt-rehearse's own archive cache, never to apt's: the host's
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import hashlib
+import itertools
 import os
 import re
 import sys
@@ -182,20 +184,30 @@ def suggest_replacements(cache: apt.Cache, removed: list[str]) -> dict[str, str]
     def eligible(pkg: apt.Package) -> bool:
         return not pkg.marked_delete and pkg.candidate is not None and pkg.candidate.downloadable
 
-    names = cache.keys()
-    providers: list[tuple[apt.Package, set[str]]] | None = None
+    # A match starts with the name's part before its first number: only the
+    # names sorted next to that part are tried.
+    names = sorted(cache.keys())
+    providers: dict[str, list[apt.Package]] | None = None  # provided name -> packages
     suggestions: dict[str, str] = {}
     for name in removed:
         pattern = replacement_pattern(name)
         if pattern is None:
             continue
-        candidates = [cache[other] for other in names if other != name and pattern.match(other)]
+        prefix = VERSION_IN_NAME.split(name, maxsplit=1)[0]
+        start = bisect.bisect_left(names, prefix)
+        nearby = itertools.takewhile(lambda other: other.startswith(prefix), names[start:])
+        candidates = [cache[other] for other in nearby if other != name and pattern.match(other)]
         candidates = [pkg for pkg in candidates if pkg.name != name and eligible(pkg)]
         if not candidates and name in cache and cache[name].installed is not None:
-            provided = set(cache[name].installed.provides)
             if providers is None:
-                providers = [(pkg, set(pkg.candidate.provides)) for pkg in cache if eligible(pkg)]
-            candidates = [pkg for pkg, provides in providers if pkg.name != name and provided & provides]
+                providers = {}
+                for pkg in cache:
+                    if eligible(pkg):
+                        for provided_name in set(pkg.candidate.provides):
+                            providers.setdefault(provided_name, []).append(pkg)
+            found = {pkg.name: pkg for provided_name in set(cache[name].installed.provides)
+                     for pkg in providers.get(provided_name, ()) if pkg.name != name}  # fmt: skip
+            candidates = list(found.values())
         if candidates:
             # The newest version in the name wins (php8.4 over php8.3).
             best = max(candidates, key=lambda p: ([int(x) for x in re.findall(r"\d+", p.name)], p.name))
@@ -273,8 +285,10 @@ def attach_debs(changes: list[Change], cache: apt.Cache, archive_dir: str, fetch
         if change.action in INSTALLING_ACTIONS and change.to_version:
             version = cache[change.package].versions.get(change.to_version)
             names = [_deb_filename(change.package, change.to_version, change.arch)]
-            if version is not None and version.filename:
-                names.append(os.path.basename(version.filename))
+            # One records lookup each: on compressed lists (Acquire::GzipIndexes) it is a decompression.
+            filename = version.filename if version is not None else None
+            if filename:
+                names.append(os.path.basename(filename))
             path = next((fetched[n] for n in names if n in fetched), os.path.join(archive_dir, names[0]))
             if not os.path.isfile(path):
                 raise RehearsalError(f"the downloaded file for {change.name} {change.to_version} is missing ({path})")

@@ -33,11 +33,6 @@ OUTPUT_LIMIT = 4 << 20  # bytes of apt output kept; the tail matters most
 # and dpkg-preconfigure (apt-extracttemplates) start would rebuild them from
 # all the lists again. The real run leaves them valid.
 NO_CACHE_FILES = ["-o", "Dir::Cache::pkgcache=", "-o", "Dir::Cache::srcpkgcache="]
-# After apt-get update, as the sysadmin runs it before a release upgrade, the
-# caches match the new lists; the replay installs those lists itself, then
-# has them built by an apt tool that, unlike "apt-cache gencaches", takes no
-# lock apt-get would wait for.
-GENCACHES_ARGV = ["apt-cache", "policy"]
 
 
 @dataclasses.dataclass
@@ -315,10 +310,6 @@ def replay_inside(plan: ReplayPlan, session: SandboxSession | None, channel: Cha
     channel.send("phase", name="replay")
     with parts("state before"):
         _install_release_state(plan)
-        # Not waited for: apt writes its caches whole (a temporary file,
-        # renamed), and the first tool that needs them, apt-extracttemplates
-        # under dpkg-preconfigure, starts a second or more into apt's run.
-        gencaches_run = start_command(GENCACHES_ARGV) if plan.release_upgrade else None
         os.makedirs(EMPTY_DIR, exist_ok=True)
         before = package_states()
     with parts("hazards before"):
@@ -342,8 +333,6 @@ def replay_inside(plan: ReplayPlan, session: SandboxSession | None, channel: Cha
         else:
             with open(POLICY_RC_D, "wb") as handle:
                 handle.write(saved_policy)
-    # Its failure is apt's own to report: the tools that meet the lists say it.
-    finish_command(gencaches_run, GENCACHES_ARGV[0])
     # apt marks .deb files it was given as manually installed; give back the
     # marks the real run would leave.
     # What no source offers does not depend on the marks: asked beside apt-mark.
