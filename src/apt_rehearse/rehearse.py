@@ -24,7 +24,7 @@ from apt_rehearse.boot import HELD_BACK, BootedSandbox, find_init
 from apt_rehearse.libraries import load_elf_table, lost_libraries, save_elf_table, summary as library_summary
 from apt_rehearse.cgroups import SandboxCgroup, cgroup2_mount
 from apt_rehearse.observe import observe, settle
-from apt_rehearse.upper_place import disk_room_problem, free_and_size, read_meminfo, upper_fits_in_memory
+from apt_rehearse.upper_place import disk_room_problem, free_and_size, host_reserve, read_meminfo, upper_fits_in_memory
 from apt_rehearse.sandbox import INSIDE_SHARE, SandboxRunner, SandboxSpec, check_supported, cleanup_upper_dir, plan_sandbox
 from apt_rehearse.service_checks import service_findings
 from apt_rehearse.transaction import INSTALLING_ACTIONS, REMOVING_ACTIONS, Transaction
@@ -213,6 +213,7 @@ def rehearse(
             release_upgrade=bool(sources_rewrite or private_lists),
             grub_probe_answers=grub_probe_answers,
             elf_known=load_elf_table(settings.cache_dir),
+            room_floor=host_reserve(free_and_size(upper_dir)[1]) if upper_dir else None,
         )
         if init:
             result, observations = _run_booted(plan, init, replay_plan, progress, clock, settings, transaction.identity,
@@ -227,6 +228,14 @@ def rehearse(
         if upper_dir:
             cleanup_upper_dir(upper_dir)
 
+    stopped_at = result["apt"].get("stopped_for_room")
+    if stopped_at is not None:
+        raise RehearsalLimit(
+            f"the rehearsal was stopped: its disk upper in {os.path.dirname(upper_dir or '')} had left only "
+            f"{stopped_at / 1e6:.0f} MB free there, less than the {replay_plan.room_floor / 1e6:.0f} MB the "
+            "host keeps for its own services; this says nothing about the packages. Point "
+            "APT::Rehearse::Upper-Dir at a file system with more room"
+        )
     if checks.out_of_room(result):
         where = f"the disk upper in {os.path.dirname(upper_dir)}" if upper_dir else f"its tmpfs upper (size {settings.tmpfs_size})"
         raise RehearsalLimit(

@@ -58,6 +58,10 @@ class ReplayPlan:
     # ELF facts of earlier rehearsals (libraries.elf_key -> row): files
     # unchanged since are not parsed again.
     elf_known: dict[str, list[Any]] = dataclasses.field(default_factory=dict)
+    # A disk upper: bytes its file system must keep free for the host. The
+    # estimate checked before may fall short (a postinst that builds a large
+    # file): apt is stopped when the room left falls below this.
+    room_floor: int | None = None
 
 
 def sandbox_env() -> dict[str, str]:
@@ -179,11 +183,16 @@ def _run_apt(plan: ReplayPlan, channel: Channel, timeout: float) -> dict[str, An
     selector.register(status_file, selectors.EVENT_READ, "status")
     pending = b""
     timed_out = False
+    stopped_for_room: int | None = None
     open_streams = 2
     while open_streams:
         remaining = timeout - (time.monotonic() - started)
         if remaining <= 0:
             timed_out = True
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+        if plan.room_floor is not None and (left := room_left()) < plan.room_floor:
+            stopped_for_room = left
             os.killpg(proc.pid, signal.SIGKILL)
             break
         for key, _ in selector.select(timeout=min(remaining, 1.0)):
@@ -210,10 +219,17 @@ def _run_apt(plan: ReplayPlan, channel: Channel, timeout: float) -> dict[str, An
         "argv": argv,
         "exit_status": code,
         "timed_out": timed_out,
+        "stopped_for_room": stopped_for_room,
         "output": output.decode("utf-8", "replace"),
         "status_lines": status_lines,
         "seconds": round(time.monotonic() - started, 3),
     }
+
+
+def room_left() -> int:
+    """Bytes free where the uppers live: an overlay reports its upper's file system."""
+    info = os.statvfs("/")
+    return info.f_bavail * info.f_frsize
 
 
 def _forward_progress(line: str, channel: Channel) -> None:

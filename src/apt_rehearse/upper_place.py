@@ -52,11 +52,16 @@ def upper_fits_in_memory(unpacked: int, settings: Settings, meminfo: dict[str, i
     return available is None or unpacked < available / 2
 
 
+def host_reserve(size: int) -> int:
+    """What a disk upper must leave free of a file system of ``size`` bytes
+    for the host's own services: 1 GiB or 5%, whichever is more."""
+    return max(1 << 30, size // 20)
+
+
 def disk_room_problem(unpacked: int, free: int, size: int) -> str | None:
     """Why a disk upper of about ``unpacked`` bytes would crowd the host's
-    own file system (it must keep 1 GiB or 5% free, whichever is more, for
-    the host's services), or None."""
-    reserve = max(1 << 30, size // 20)
+    own file system (see host_reserve), or None."""
+    reserve = host_reserve(size)
     if free - unpacked >= reserve:
         return None
     return (f"about {unpacked / 1e6:.0f} MB unpacked would leave less than {reserve / 1e6:.0f} MB free "

@@ -14,6 +14,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -56,7 +57,11 @@ def scenario(sandbox_capable: None):
         install_into(tree, v1)
         (tree / "etc/rh-conf.conf").write_text(CONF_LOCAL)
         repo = LocalRepo(base / "repo")
-        for deb in v1 + v2:
+        # Installed by one test only: its postinst builds a file far larger
+        # than its .deb (as update-initramfs or a database migration may).
+        grow = build_deb(base / "debs", "rh-grow", "1.0",
+                         postinst="fallocate -l 300M /var/lib/rh-grow-data\nsleep 60\n")  # fmt: skip
+        for deb in [*v1, *v2, grow]:
             repo.add(deb)
         repo.publish()
         serve_to_tree(tree, repo)
@@ -202,6 +207,30 @@ def test_a_disk_upper_without_room_is_refused_before_anything_runs(scenario: dic
         assert_host_clean(before)
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+def test_a_disk_upper_that_outgrows_its_estimate_is_stopped(scenario: dict, tmp_path: Path) -> None:
+    """The room checked before rests on an estimate (3x the .debs); a postinst
+    that writes 300 MB must not eat the host's reserve (1 GiB) while it runs."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    # 1.2 GB: room for the estimate plus the 1 GiB reserve, not for 300 MB more.
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1200m", "rh-disk", str(disk)], check=True)
+    try:
+        before = host_snapshot()
+        started = time.monotonic()
+        proc = run_cli("--root", str(scenario["tree"]), "-o", f"APT::Rehearse::Upper-Dir={disk}/uppers",
+                       "-o", f"APT::Rehearse::Log-Dir={scenario['log']}", "install", "rh-grow")  # fmt: skip
+        took = time.monotonic() - started
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        [line] = proc.stderr.strip().splitlines()
+        assert line.startswith(f"E: the rehearsal was stopped: its disk upper in {disk}/uppers had left only")
+        assert "APT::Rehearse::Upper-Dir" in line
+        assert took < 50  # stopped, not left to finish the postinst's 60 s
+        assert os.listdir(disk / "uppers") == []  # the upper is gone
+        assert_host_clean(before)
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
 
 
 @pytest.mark.parametrize(
