@@ -196,7 +196,9 @@ def install_recorders(grub_probe_answers: dict[str, tuple[int, str]] | None = No
         handle.write(_placing_script())
     os.chmod(PLACE_SCRIPT, 0o755)
     subprocess.run([PLACE_SCRIPT], stdin=subprocess.DEVNULL, env=PATH_ENV, check=False)
-    return {"dpkg_option": f"Dpkg::Options::=--post-invoke={PLACE_SCRIPT}", "refused": refused}
+    # dpkg runs the hook with "sh -c": sourced there, it costs one shell
+    # per dpkg invocation, not two (a release upgrade has some 230).
+    return {"dpkg_option": f"Dpkg::Options::=--post-invoke=. {PLACE_SCRIPT}", "refused": refused}
 
 
 def recorded_commands() -> list[dict[str, str]]:
