@@ -23,7 +23,9 @@ from apt_rehearse.errors import RehearsalError
 
 
 class ForkedCall:
-    def __init__(self, function: Callable[..., Any], *args: Any) -> None:
+    def __init__(self, function: Callable[..., Any], *args: Any, niceness: int = 0) -> None:
+        """Start ``function(*args)``; ``niceness`` above ours lets the work
+        it runs beside (dpkg's) have the CPU first."""
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         parent = os.getpid()
         pid = os.fork()
@@ -35,6 +37,8 @@ class ForkedCall:
                 if os.getppid() != parent:  # the parent died before the line above
                     os._exit(1)
                 signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C is for the parent, which cancels us
+                if niceness:
+                    os.nice(niceness)
                 try:
                     payload = pickle.dumps(("ok", function(*args)))
                 except Exception as error:  # noqa: BLE001 - handed to the parent, which raises it

@@ -190,8 +190,9 @@ def rehearse(
                                 "(" + (notes[-1] if notes else "no init") + ")")
     upper_dir = _choose_upper(transaction, settings)
     observations: dict[str, Any] = {}
-    # The host's facts are read beside the sandbox, on the core dpkg leaves idle.
-    facts_call = ForkedCall(_gather_facts, transaction)
+    # The host's facts are read beside the sandbox, on the core dpkg leaves
+    # idle: niced, so that they never hold up dpkg and the scans before it.
+    facts_call = ForkedCall(_gather_facts, transaction, niceness=10)
     try:
         spec = SandboxSpec(root=transaction.root, tmpfs_size=settings.tmpfs_size, upper_dir=upper_dir,
                            read_only_binds=binds, hostname=_hostname(transaction.root), boot=init is not None)  # fmt: skip

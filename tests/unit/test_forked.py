@@ -74,3 +74,10 @@ def test_the_child_dies_with_its_parent_and_skips_atexit(tmp_path: Path) -> None
         time.sleep(0.05)
     assert _gone(child)
     assert not marker.exists()  # neither the quick child nor the killed parent ran atexit
+
+
+def test_the_child_can_be_niced_below_us() -> None:
+    ours = os.nice(0)
+    assert ForkedCall(os.nice, 0, niceness=5).result() == min(ours + 5, 19)
+    assert ForkedCall(os.nice, 0).result() == ours
+    assert os.nice(0) == ours  # ours is untouched
