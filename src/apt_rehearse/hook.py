@@ -18,7 +18,6 @@ from apt_rehearse.hookstream import HookInput, HookInputError, parse, to_transac
 
 INFO_FD = 20
 DEFAULT_CACHE_DIR = "/var/cache/apt-rehearse"
-DEFAULT_MAX_AGE = 6 * 3600
 PREFIX = "apt-rehearse:"
 
 
@@ -140,8 +139,10 @@ def main() -> int:
                                      lambda package, arch: flags.get((package, arch), flags.get((package, ""), False)))  # fmt: skip
         if transaction.is_empty:
             return EXIT_GO
-        max_age = float(hook.get("APT::Rehearse::Cache-Max-Age", str(DEFAULT_MAX_AGE)) or DEFAULT_MAX_AGE)
         from apt_rehearse import verdict_cache
+
+        default_age = verdict_cache.DEFAULT_MAX_AGE
+        max_age = float(hook.get("APT::Rehearse::Cache-Max-Age", str(default_age)) or default_age)
 
         cached = verdict_cache.lookup(cache_dir, transaction, max_age, lambda: _installed_versions(root))
         if cached is not None:

@@ -23,6 +23,7 @@ from typing import Any, Callable
 from apt_rehearse.transaction import INSTALLING_ACTIONS, Transaction
 
 SCHEMA = "apt-rehearse-verdict/1"
+DEFAULT_MAX_AGE = 6 * 3600  # APT::Rehearse::Cache-Max-Age, seconds
 
 
 def _directory(cache_dir: str) -> str:
