@@ -106,7 +106,15 @@ def removal_findings(transaction: Transaction, facts: dict[str, RemovalFacts]) -
             marks.append("as requested")
         else:
             kinds.append("Remove")
-            if change.manual:
+            successor = transaction.successors.get(change.package)
+            if change.manual and successor:
+                # Renamed, not lost: what needs the old name still has it. The
+                # sysadmin's "manual" does not pass to the new name, though.
+                kinds.append("Remove-Renamed")
+                automatic = any(c.package == successor and not c.manual for c in transaction.changes)
+                marks.append(f"manually installed; renamed: {successor} provides it"
+                             + (" and is marked automatic" if automatic else ""))  # fmt: skip
+            elif change.manual:
                 kinds.append("Remove-Manual")
                 marks.append("manually installed")
             if fact.enabled_services:
@@ -124,6 +132,7 @@ def removal_findings(transaction: Transaction, facts: dict[str, RemovalFacts]) -
             "arch": change.arch, "version": change.from_version, "manual": change.manual,
             "requested": change.requested, "enabled_services": fact.enabled_services,
             "web_modules": fact.web_modules, "action": change.action, "replacement": replacement,
+            "successor": transaction.successors.get(change.package),
         }))  # fmt: skip
     return findings
 
@@ -142,6 +151,12 @@ def expected_versions(transaction: Transaction, before: dict[str, dict[str, str]
     expected = {name: _installed(state) for name, state in before.items()}
     for change in transaction.changes:
         expected[change.name] = change.to_version if change.action in INSTALLING_ACTIONS else None
+        if change.action in INSTALLING_ACTIONS and change.from_version and change.name not in before:
+            # An upgrade that changes the architecture (linux-libc-dev: amd64
+            # -> all): dpkg knew the old version under the old name:arch.
+            for name, state in before.items():
+                if name.rsplit(":", 1)[0] == change.package and _installed(state) == change.from_version:
+                    expected[name] = None
     return expected
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from apt_rehearse.errors import EXIT_BLOCKED, EXIT_GO, RehearsalError, one_line
 from apt_rehearse.hookstream import HookInput, HookInputError, parse, to_transaction
+from apt_rehearse.transaction import INSTALLING_ACTIONS, REMOVING_ACTIONS, Transaction, find_successors
 
 INFO_FD = 20
 DEFAULT_CACHE_DIR = "/var/cache/apt-rehearse"
@@ -148,6 +149,7 @@ def main() -> int:
         if cached is not None:
             hashes.save()
             return _cached_verdict(cached, transaction.identity, time.monotonic() - started)
+        transaction.successors = _successors(transaction)
         code = _rehearse_now(hook, transaction, unattended, cache_dir)
         hashes.save()
         return code
@@ -161,6 +163,17 @@ def main() -> int:
 
             traceback.print_exc()
         return _failed(f"internal error: {error.__class__.__name__}: {error}", 1, hook, unattended)
+
+
+def _successors(transaction: Transaction) -> dict[str, str]:
+    """Renamed packages (libfoo1 -> libfoo1t64): asked of the .debs' control
+    only when a manually installed package goes, the one case they change."""
+    if not any(c.action in REMOVING_ACTIONS and c.manual and not c.requested for c in transaction.changes):
+        return {}
+    from apt_rehearse.facts import deb_provides
+
+    provides = {c.package: deb_provides(c.deb) for c in transaction.changes if c.action in INSTALLING_ACTIONS and c.deb}
+    return find_successors(transaction.changes, provides)
 
 
 def _cached_verdict(entry: dict, identity: str, seconds: float) -> int:

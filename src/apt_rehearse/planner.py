@@ -22,7 +22,7 @@ import apt_pkg
 
 from apt_rehearse.config import apt_download_dir
 from apt_rehearse.errors import RehearsalError, UsageError
-from apt_rehearse.transaction import INSTALLING_ACTIONS, Change, Transaction, classify, sha256_file
+from apt_rehearse.transaction import INSTALLING_ACTIONS, Change, Transaction, classify, find_successors, sha256_file
 
 COMMANDS = ("upgrade", "dist-upgrade", "full-upgrade", "install", "remove", "purge", "gate")
 
@@ -215,6 +215,20 @@ def suggest_replacements(cache: apt.Cache, removed: list[str]) -> dict[str, str]
     return suggestions
 
 
+def provided_names(cache: apt.Cache, changes: list[Change]) -> dict[str, list[str]]:
+    """What each package the changes install provides (only asked when
+    something is removed: renames are found among them)."""
+    if not any(c.action in ("remove", "purge") for c in changes):
+        return {}
+    provided = {}
+    for change in changes:
+        if change.action in INSTALLING_ACTIONS and change.package in cache:
+            candidate = cache[change.package].candidate
+            if candidate is not None:
+                provided[change.package] = list(candidate.provides)
+    return provided
+
+
 def _deb_filename(package: str, version: str, arch: str) -> str:
     # apt's own archive naming (QuoteString(Version, "_:")): an epoch's colon
     # becomes %3a.
@@ -314,6 +328,7 @@ def plan_transaction(request: Request, archive_dir: str, progress: bool, private
     changes = changes_from_cache(cache, request, requested)
     held = kept_back(cache, request)
     replacements = suggest_replacements(cache, [c.package for c in changes if c.action in ("remove", "purge")])
+    successors = find_successors(changes, provided_names(cache, changes))
     if changes:
         fetched = fetch_debs(cache, archive_dir, progress)
         changes = attach_debs(changes, cache, archive_dir, fetched)
@@ -327,4 +342,5 @@ def plan_transaction(request: Request, archive_dir: str, progress: bool, private
         release=request.release,
         private_apt_dir=private_apt_dir,
         replacements=replacements,
+        successors=successors,
     )

@@ -16,6 +16,8 @@ DEFAULTS: dict[str, tuple[str, str]] = {
     "Remove": ("info", "a package is removed as a side effect (a library replaced, ...)"),
     "Remove-Requested": ("info", "a package you asked to remove is removed"),
     "Remove-Manual": ("block", "a manually installed package is removed"),
+    "Remove-Renamed": ("warn", "a manually installed package is replaced by one that provides its name (libfoo1 -> "
+                       "libfoo1t64); the new name is not marked manual"),
     "Remove-Service": ("block", "a removed package ships a service the system starts"),
     "Remove-Module": ("block", "a removed package ships an Apache/Nginx module or a PHP extension"),
     "Script-Failure": ("block", "a maintainer script fails"),

@@ -38,6 +38,7 @@ def build(rehearsal: Rehearsal) -> dict[str, Any]:
             "dpkg_status_sha256": tx_json["dpkg_status_sha256"],
             "changes": tx_json["changes"],
             "kept_back": tx_json["kept_back"],
+            "successors": tx_json["successors"],
         },
         "findings": [f.to_json() for f in sorted(rehearsal.findings, key=_finding_order)],
         "phases": [{"name": name, "seconds": seconds} for name, seconds in rehearsal.phases],

@@ -12,7 +12,7 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 ACTIONS = ("install", "upgrade", "downgrade", "reinstall", "remove", "purge")
 INSTALLING_ACTIONS = ("install", "upgrade", "downgrade", "reinstall")
@@ -88,6 +88,10 @@ class Transaction:
     # removed package -> the target release's likely replacement (advice,
     # not part of the identity)
     replacements: dict[str, str] = dataclasses.field(default_factory=dict)
+    # removed package -> the package this very transaction installs that
+    # provides its name (a rename: libfoo1 -> libfoo1t64); nothing that
+    # depends on the old name loses it
+    successors: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def identity(self) -> str:
@@ -119,7 +123,25 @@ class Transaction:
             "changes": [c.to_json() for c in sorted(self.changes, key=lambda c: (c.package, c.arch))],
             "kept_back": sorted(self.kept_back),
             "replacements": dict(sorted(self.replacements.items())),
+            "successors": dict(sorted(self.successors.items())),
         }
+
+
+def find_successors(changes: list[Change], provides: dict[str, Iterable[str]]) -> dict[str, str]:
+    """Each removed package whose name a package installed by the same
+    changes provides (``provides``: installed package -> the names it
+    provides). Renames such as the t64 transition (libmagic1 ->
+    libmagic1t64, "Provides: libmagic1") and dropped -dev aliases
+    (libncurses5-dev, provided by libncurses-dev) keep every dependency on
+    the old name satisfied: they are not lost the way a dropped package is."""
+    installing = {c.package for c in changes if c.action in INSTALLING_ACTIONS}
+    removed = {c.package for c in changes if c.action in REMOVING_ACTIONS}
+    successors: dict[str, str] = {}
+    for package in sorted(installing):
+        for name in provides.get(package, ()):
+            if name in removed and name != package:
+                successors.setdefault(name, package)
+    return successors
 
 
 def sha256_file(path: str | Path) -> str:

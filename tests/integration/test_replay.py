@@ -36,6 +36,9 @@ def _packages(debs: Path) -> tuple[list[Path], list[Path]]:
         build_deb(debs, "rh-keep", "1.0", files={"/usr/share/rh-keep/data": "kept\n"}),
         build_deb(debs, "rh-app", "1.0", files={"/usr/share/rh-app/version": "1.0\n"}),
         build_deb(debs, "rh-conf", "1.0", conffiles={"/etc/rh-conf.conf": CONF_V1}),
+        build_deb(debs, "rh-libold1", "1.0", arch="amd64", files={"/usr/lib/rh-libold.so.1": "1.0\n"}),
+        build_deb(debs, "rh-user", "1.0", depends="rh-libold1"),
+        build_deb(debs, "rh-arch", "1.0", files={"/usr/share/rh-arch/version": "1.0\n"}),
     ]
     v2 = [
         build_deb(debs, "rh-clean", "2.0", files={"/usr/share/rh-clean/version": "2.0\n"},
@@ -44,6 +47,13 @@ def _packages(debs: Path) -> tuple[list[Path], list[Path]]:
                   postinst='echo "rh-fail: cannot migrate the database" >&2\nexit 3\n'),
         build_deb(debs, "rh-app", "2.0", files={"/usr/share/rh-app/version": "2.0\n"}, conflicts="rh-keep"),
         build_deb(debs, "rh-conf", "2.0", conffiles={"/etc/rh-conf.conf": CONF_V2}),
+        # A rename, the way trixie's 64-bit time transition made them.
+        build_deb(debs, "rh-libold1t64", "2.0", arch="amd64", files={"/usr/lib/rh-libold.so.1": "2.0\n"},
+                  provides="rh-libold1 (= 2.0)", replaces="rh-libold1",
+                  extra_control={"Breaks": "rh-libold1 (<< 2.0)"}),
+        build_deb(debs, "rh-user", "2.0", depends="rh-libold1t64"),
+        # Architecture: all -> amd64 (linux-libc-dev went the other way in trixie).
+        build_deb(debs, "rh-arch", "2.0", arch="amd64", files={"/usr/share/rh-arch/version": "2.0\n"}),
     ]  # fmt: skip
     return v1, v2
 
@@ -110,6 +120,21 @@ def test_conflict_removes_manual_package(scenario: dict) -> None:
     assert removal["severity"] == "block"
     assert "REMOVED" in removal["message"] and "manually installed" in removal["message"]
     assert not by_check(document, "replay-mismatch")
+
+
+def test_a_renamed_package_and_an_architecture_change_are_what_they_are(scenario: dict) -> None:
+    proc, document = rehearse(scenario, "install", "rh-user", "rh-arch")
+    assert proc.returncode == 0, (proc.stderr, document["transaction"]["changes"], document["findings"])
+    changes = {c["package"]: c for c in document["transaction"]["changes"]}
+    assert (changes["rh-libold1"]["action"], changes["rh-libold1"]["manual"]) == ("remove", True)
+    assert (changes["rh-libold1t64"]["action"], changes["rh-libold1t64"]["manual"]) == ("install", False)
+    assert (changes["rh-arch"]["arch"], changes["rh-arch"]["from"], changes["rh-arch"]["to"]) == ("amd64", "1.0", "2.0")
+    assert document["transaction"]["successors"] == {"rh-libold1": "rh-libold1t64"}
+    [removal] = by_check(document, "removal")
+    assert removal["severity"] == "warn" and "Remove-Renamed" in removal["kinds"], removal
+    assert "renamed: rh-libold1t64 provides it and is marked automatic" in removal["message"]
+    assert not by_check(document, "replay-mismatch"), by_check(document, "replay-mismatch")
+    assert document["verdict"] == "warn"
 
 
 def test_modified_conffile_is_a_prompt(scenario: dict) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 from apt_rehearse import checks
 from apt_rehearse.facts import ConffilePrompt, RemovalFacts
 from apt_rehearse.policy import apply_policy, verdict
-from apt_rehearse.transaction import Change, Transaction
+from apt_rehearse.transaction import Change, Transaction, find_successors
 
 DPKG_OUTPUT = """\
 Preparing to unpack .../debs/0/rh-fail_2.0_all.deb ...
@@ -95,6 +95,48 @@ def test_mismatch_and_half_configured_are_found() -> None:
     kinds = {f.check: f for f in findings}
     assert "package-state" in kinds and "half-configured" in kinds["package-state"].message
     assert kinds["replay-mismatch"].details["differences"] == [{"package": "z:amd64", "expected": "9", "actual": None}]
+
+
+def test_an_upgrade_that_changes_the_architecture_is_no_mismatch() -> None:
+    # bookworm -> trixie: linux-libc-dev goes amd64 -> all, python3-tomli all -> amd64.
+    tx = _tx(Change("linux-libc-dev", "all", "6.1.187-1", "6.12.118-1", "upgrade"),
+             Change("python3-tomli", "amd64", "2.0.1-2", "2.2.1-2+b1", "upgrade"))  # fmt: skip
+    before = {"linux-libc-dev:amd64": {"version": "6.1.187-1", "status": "ii "},
+              "python3-tomli:all": {"version": "2.0.1-2", "status": "ii "}}  # fmt: skip
+    after = {"linux-libc-dev:all": {"version": "6.12.118-1", "status": "ii "},
+             "python3-tomli:amd64": {"version": "2.2.1-2+b1", "status": "ii "}}  # fmt: skip
+    assert checks.state_findings(tx, _replay(after, before)) == []
+    # ... but the old name:arch staying behind still is one.
+    after["linux-libc-dev:amd64"] = {"version": "6.1.187-1", "status": "ii "}
+    [finding] = checks.state_findings(tx, _replay(after, before))
+    assert finding.details["differences"] == [{"package": "linux-libc-dev:amd64", "expected": None, "actual": "6.1.187-1"}]
+
+
+def test_a_renamed_manual_package_warns_instead_of_blocking() -> None:
+    changes = [
+        Change("libmagic1", "amd64", "1:5.44-3", None, "remove", manual=True),
+        Change("libmagic1t64", "amd64", None, "1:5.46-5", "install"),
+        Change("libncurses5-dev", "amd64", "6.4-4", None, "remove", manual=True),
+        Change("libncurses-dev", "amd64", "6.4-4", "6.5-2", "upgrade", manual=True),
+        Change("tool", "amd64", "1.0", None, "remove", manual=True),
+    ]
+    provides = {"libmagic1t64": ["libmagic1"], "libncurses-dev": ["libncurses5-dev", "libtinfo-dev"]}
+    tx = Transaction(changes, successors=find_successors(changes, provides))
+    assert tx.successors == {"libmagic1": "libmagic1t64", "libncurses5-dev": "libncurses-dev"}
+    findings = {f.subject: f for f in apply_policy(checks.removal_findings(tx, {}), lambda key, default: default)}
+    magic = findings["libmagic1"]
+    assert magic.severity == "warn" and magic.kinds == ["Remove", "Remove-Renamed"]
+    assert "renamed: libmagic1t64 provides it and is marked automatic" in magic.message
+    assert "marked automatic" not in findings["libncurses5-dev"].message
+    assert findings["tool"].severity == "block"  # nothing provides it: lost
+    assert verdict(list(findings.values())) == "block"
+
+
+def test_successors_come_only_from_what_the_transaction_installs() -> None:
+    changes = [Change("libold1", "amd64", "1", None, "remove", manual=True),
+               Change("other", "amd64", "1", None, "remove")]  # fmt: skip
+    # A provider that this transaction does not install (or removes) is no successor.
+    assert find_successors(changes, {"other": ["libold1"], "elsewhere": ["libold1"]}) == {}
 
 
 def test_conffile_prompts_merge_prediction_and_dpkg_output() -> None:

@@ -125,3 +125,22 @@ def test_requested_packages_from_the_command_line() -> None:
 def test_configure_only_is_nothing_to_rehearse() -> None:
     text = "VERSION 3\nA=1\n\nfoo 1 amd64 none = 1 amd64 none **CONFIGURE**\n"
     assert transaction_of(text).is_empty
+
+
+def test_the_hook_finds_renames_in_the_debs_control(tmp_path: Path) -> None:
+    from lib.localrepo import build_deb
+
+    from apt_rehearse.hook import _successors
+    from apt_rehearse.transaction import Change, Transaction
+
+    renamed = build_deb(tmp_path, "libmagic1t64", "1:5.46-5", arch="amd64", provides="libmagic1 (= 1:5.46-5)")
+    plain = build_deb(tmp_path, "file", "1:5.46-5", arch="amd64", depends="libmagic1t64")
+    changes = [
+        Change("libmagic1", "amd64", "1:5.44-3", None, "remove", manual=True),
+        Change("libmagic1t64", "amd64", None, "1:5.46-5", "install", deb=str(renamed)),
+        Change("file", "amd64", "1:5.44-3", "1:5.46-5", "upgrade", deb=str(plain)),
+    ]
+    assert _successors(Transaction(changes)) == {"libmagic1": "libmagic1t64"}
+    # Only a manual removal makes the .debs worth opening.
+    changes[0] = Change("libmagic1", "amd64", "1:5.44-3", None, "remove", manual=False)
+    assert _successors(Transaction(changes)) == {}

@@ -21,3 +21,25 @@ def test_hook_snippet_registers_version_3_on_fd_20() -> None:
     assert '"/usr/lib/apt-rehearse/apt-hook ||' in text
     assert 'DPkg::Tools::Options::/usr/lib/apt-rehearse/apt-hook::Version "3";' in text
     assert 'DPkg::Tools::Options::/usr/lib/apt-rehearse/apt-hook::InfoFD "20";' in text
+
+
+def test_every_policy_kind_is_documented_and_completed() -> None:
+    from apt_rehearse.policy import DEFAULTS
+
+    completion = (REPO / "data/apt-rehearse.bash-completion").read_text()
+    readme = (REPO / "README.md").read_text()
+    snippet = (REPO / "hooks/50apt-rehearse-policy").read_text()
+    manual = (REPO / "doc/apt-rehearse.8").read_text()
+    for kind, (severity, _meaning) in DEFAULTS.items():
+        assert re.search(rf"\b{re.escape(kind)}\b(?!-)", completion), kind
+        assert re.search(rf"`{re.escape(kind)}`\s+\(?{severity}\b", readme), kind
+        assert f'//APT::Rehearse::Policy::{kind} "{severity}";' in snippet, kind
+        assert f'.BR {kind.replace("-", chr(92) + "-")} " (default: " {severity} )' in manual, kind
+
+
+def test_every_setting_is_completed() -> None:
+    completion = (REPO / "data/apt-rehearse.bash-completion").read_text()
+    source = "".join(path.read_text() for path in (REPO / "src/apt_rehearse").glob("*.py"))
+    keys = set(re.findall(r"APT::Rehearse::([A-Z][A-Za-z-]*)", source)) - {"Policy"}
+    for key in keys:
+        assert f"APT::Rehearse::{key}" in completion, key
