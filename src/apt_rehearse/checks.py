@@ -107,13 +107,14 @@ def removal_findings(transaction: Transaction, facts: dict[str, RemovalFacts]) -
         else:
             kinds.append("Remove")
             successor = transaction.successors.get(change.package)
-            if change.manual and successor:
+            if successor:
                 # Renamed, not lost: what needs the old name still has it. The
                 # sysadmin's "manual" does not pass to the new name, though.
-                kinds.append("Remove-Renamed")
                 automatic = any(c.package == successor and not c.manual for c in transaction.changes)
-                marks.append(f"manually installed; renamed: {successor} provides it"
-                             + (" and is marked automatic" if automatic else ""))  # fmt: skip
+                if change.manual:
+                    kinds.append("Remove-Renamed")
+                marks.append(("manually installed; " if change.manual else "") + f"renamed: {successor} provides it"
+                             + (" and is marked automatic" if automatic and change.manual else ""))  # fmt: skip
             elif change.manual:
                 kinds.append("Remove-Manual")
                 marks.append("manually installed")

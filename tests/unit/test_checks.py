@@ -119,16 +119,21 @@ def test_a_renamed_manual_package_warns_instead_of_blocking() -> None:
         Change("libncurses5-dev", "amd64", "6.4-4", None, "remove", manual=True),
         Change("libncurses-dev", "amd64", "6.4-4", "6.5-2", "upgrade", manual=True),
         Change("tool", "amd64", "1.0", None, "remove", manual=True),
+        Change("libssl3", "amd64", "3.0.19-1", None, "remove"),
+        Change("libssl3t64", "amd64", None, "3.5.4-1", "install"),
     ]
-    provides = {"libmagic1t64": ["libmagic1"], "libncurses-dev": ["libncurses5-dev", "libtinfo-dev"]}
+    provides = {"libmagic1t64": ["libmagic1"], "libncurses-dev": ["libncurses5-dev", "libtinfo-dev"],
+                "libssl3t64": ["libssl3"]}  # fmt: skip
     tx = Transaction(changes, successors=find_successors(changes, provides))
-    assert tx.successors == {"libmagic1": "libmagic1t64", "libncurses5-dev": "libncurses-dev"}
+    assert tx.successors == {"libmagic1": "libmagic1t64", "libncurses5-dev": "libncurses-dev", "libssl3": "libssl3t64"}
     findings = {f.subject: f for f in apply_policy(checks.removal_findings(tx, {}), lambda key, default: default)}
     magic = findings["libmagic1"]
     assert magic.severity == "warn" and magic.kinds == ["Remove", "Remove-Renamed"]
     assert "renamed: libmagic1t64 provides it and is marked automatic" in magic.message
     assert "marked automatic" not in findings["libncurses5-dev"].message
     assert findings["tool"].severity == "block"  # nothing provides it: lost
+    ssl = findings["libssl3"]  # a side effect anyway: named, not raised
+    assert ssl.severity == "info" and ssl.kinds == ["Remove"] and ssl.message.endswith("(renamed: libssl3t64 provides it)")
     assert verdict(list(findings.values())) == "block"
 
 
