@@ -126,7 +126,7 @@ def removal_findings(transaction: Transaction, facts: dict[str, RemovalFacts]) -
                 marks.append("ships " + ", ".join(sorted({m.split(":")[0] for m in fact.web_modules})) + " module(s)")
         verb = "PURGED" if change.action == "purge" else "REMOVED"
         replacement = transaction.replacements.get(change.package)
-        if replacement and len(kinds) > 1:
+        if replacement and len(kinds) > 1 and not transaction.successors.get(change.package):
             marks.append(f"likely replaced by {replacement}")
         message = f"{change.package} {change.from_version} would be {verb}" + (f" ({'; '.join(marks)})" if marks else "")
         findings.append(Finding("removal", kinds, change.package, message, {
