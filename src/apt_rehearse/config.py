@@ -33,6 +33,7 @@ class Settings:
     cache_dir: str = CACHE_DIR
     save_report: bool = True
     services: bool = True  # boot the system's own init and compare its services
+    snapshots: bool = True  # btrfs subvolumes: a read-only snapshot is the lower, not the live system
     boot_timeout: float = 90.0
     memory_max: int | None = None
     http_urls: list[str] = dataclasses.field(default_factory=list)
@@ -102,6 +103,7 @@ def read_settings() -> Settings:
     settings.cache_dir = config.find("APT::Rehearse::Cache-Dir", settings.cache_dir)
     settings.save_report = config.find_b("APT::Rehearse::Save-Report", True)
     settings.services = config.find_b("APT::Rehearse::Services", True)
+    settings.snapshots = config.find_b("APT::Rehearse::Snapshots", True)
     settings.boot_timeout = float(config.find_i("APT::Rehearse::Boot-Timeout", int(settings.boot_timeout)))
     memory = config.find("APT::Rehearse::Memory-Max", "")
     settings.memory_max = _size_bytes(memory) if memory else None

@@ -13,7 +13,7 @@ import os
 import time
 from typing import Any, Callable
 
-from apt_rehearse import bootchain, checks, facts, hazard_checks, janitor
+from apt_rehearse import bootchain, checks, facts, hazard_checks, janitor, snapshots
 from apt_rehearse.config import Settings
 from apt_rehearse.errors import RehearsalError, RehearsalLimit, UnsupportedSystem
 from apt_rehearse.forked import ForkedCall
@@ -25,6 +25,7 @@ from apt_rehearse.libraries import load_elf_table, lost_libraries, save_elf_tabl
 from apt_rehearse.cgroups import SandboxCgroup, cgroup2_mount
 from apt_rehearse.observe import observe, settle
 from apt_rehearse.upper_place import disk_room_problem, free_and_size, host_reserve, read_meminfo, upper_fits_in_memory
+from apt_rehearse.mountinfo import read_mountinfo, state_submounts
 from apt_rehearse.sandbox import INSIDE_SHARE, SandboxRunner, SandboxSpec, check_supported, cleanup_upper_dir, plan_sandbox
 from apt_rehearse.service_checks import service_findings
 from apt_rehearse.transaction import INSTALLING_ACTIONS, REMOVING_ACTIONS, Transaction
@@ -193,9 +194,16 @@ def rehearse(
     # The host's facts are read beside the sandbox, on the core dpkg leaves
     # idle: niced, so that they never hold up dpkg and the scans before it.
     facts_call = ForkedCall(_gather_facts, transaction, niceness=10)
+    taken: list[snapshots.Snapshot] = []
     try:
+        taken, lower_note = _still_lowers(transaction.root, settings, debug)
+        if lower_note:
+            notes.append(lower_note)
         spec = SandboxSpec(root=transaction.root, tmpfs_size=settings.tmpfs_size, upper_dir=upper_dir,
-                           read_only_binds=binds, hostname=_hostname(transaction.root), boot=init is not None)  # fmt: skip
+                           read_only_binds=binds, hostname=_hostname(transaction.root), boot=init is not None,
+                           lowers={snap.source: snap.path for snap in taken},
+                           live_layers=[(_inside_path(transaction.root, os.path.join(snap.source, nested)),
+                                         os.path.join(snap.source, nested)) for snap in taken for nested in snap.nested])  # fmt: skip
         plan = plan_sandbox(spec)
         if debug:
             for line in plan.describe():
@@ -228,6 +236,8 @@ def rehearse(
         progress.done()
         if upper_dir:
             cleanup_upper_dir(upper_dir)
+        for snap in taken:
+            snapshots.delete(snap.path, snapshots.btrfs_tool() or "btrfs")
 
     stopped_at = result["apt"].get("stopped_for_room")
     if stopped_at is not None:
@@ -276,8 +286,6 @@ def rehearse(
         if observations.get("baseline"):
             findings += service_findings(observations["baseline"], observations.get("upgraded"), observations.get("rebooted"))
         apply_policy(findings, lookup)
-    if transaction.root == "/":
-        notes.append("the lower layer is the live system; files that changed during the rehearsal may differ")
     return Rehearsal(
         transaction=transaction,
         findings=findings,
@@ -323,6 +331,43 @@ def disk_usage(root: str, growth: dict[str, dict[str, int]]) -> list[dict[str, A
             "free_bytes": info.f_bfree * info.f_frsize, "size_bytes": info.f_blocks * info.f_frsize,
         })  # fmt: skip
     return rows
+
+
+def _inside_path(root: str, host_path: str) -> str:
+    return "/" if host_path == root else "/" + os.path.relpath(host_path, root)
+
+
+def _still_lowers(root: str, settings: Settings, debug: Callable[[str], None] | None) -> tuple[list[snapshots.Snapshot], str]:
+    """Read-only snapshots of the target's btrfs subvolumes, for lowers that do
+    not change under the rehearsal; and the report's note on what stays live."""
+    entries = read_mountinfo()
+    sources = [root] + [entry.target for entry in state_submounts(root, entries)]
+    tool = snapshots.btrfs_tool()
+    taken: list[snapshots.Snapshot] = []
+    failed = ""
+    if settings.snapshots and tool:
+        for source in sources:
+            if snapshots.can_snapshot(source, entries):
+                try:
+                    taken.append(snapshots.take(source, tool))
+                except OSError as error:
+                    failed = f" (a btrfs snapshot failed: {error})"
+    if debug:
+        for snap in taken:
+            debug(f"sandbox: lower of {snap.source} is the read-only snapshot {snap.path}; live inside it: "
+                  + (", ".join(snap.nested) or "nothing"))  # fmt: skip
+    snapped = {snap.source for snap in taken}
+    live = [_inside_path(root, source) for source in sources if source not in snapped]
+    live += [_inside_path(root, os.path.join(snap.source, nested)) for snap in taken for nested in snap.nested]
+    if not taken:
+        if root != "/":
+            return [], ""
+        return [], "the lower layer is the live system; files that changed during the rehearsal may differ" + failed
+    note = "the lower layer of " + ", ".join(_inside_path(root, snap.source) for snap in taken)
+    note += " is a read-only btrfs snapshot taken as the rehearsal began"
+    if live:
+        note += f"; {', '.join(sorted(live))} stayed live: files that changed there during the rehearsal may differ"
+    return taken, note + failed
 
 
 def _hostname(root: str) -> str | None:

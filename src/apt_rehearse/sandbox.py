@@ -358,6 +358,12 @@ class SandboxSpec:
     read_only_binds: dict[str, str] = dataclasses.field(default_factory=dict)  # host dir -> inside path
     hostname: str | None = None
     boot: bool = False  # the system's own init runs inside (services)
+    # host mount (or root) -> what to use as its lower instead: a read-only
+    # snapshot of it (snapshots.py)
+    lowers: dict[str, str] = dataclasses.field(default_factory=dict)
+    # (inside path, host path) overlaid on top of the layers above: the
+    # subvolumes nested in a snapshotted one, which the snapshot leaves empty
+    live_layers: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -403,9 +409,14 @@ def plan_sandbox(spec: SandboxSpec, mounts: list[MountEntry] | None = None) -> S
     new_root = f"{stage}/root"
     layers_base = f"{stage}/layers"
     steps: list[Step] = []
-    pins = [root, *spec.read_only_binds]
     submounts = state_submounts(root, mounts)
-    pins += [entry.target for entry in submounts]
+    layer_sources = [("/", root)] + [("/" + os.path.relpath(entry.target, root), entry.target) for entry in submounts]
+    layer_sources = [(inside, spec.lowers.get(host, host)) for inside, host in layer_sources]
+    layer_sources += spec.live_layers
+    # Parents before what is mounted inside them.
+    layer_sources = [layer_sources[0]] + sorted(layer_sources[1:], key=lambda pair: (pair[0].count("/"), pair[0]))
+    pins = [layer_sources[0][1], *spec.read_only_binds]
+    pins += [host for _inside, host in layer_sources[1:]]
     if spec.upper_dir:
         pins.append(spec.upper_dir)
     steps.append(PinHostPaths(list(dict.fromkeys(pins))))
@@ -414,10 +425,7 @@ def plan_sandbox(spec: SandboxSpec, mounts: list[MountEntry] | None = None) -> S
     steps.append(Tmpfs(stage, tmpfs_options))
     if spec.upper_dir:
         steps.append(BindWritable(spec.upper_dir, layers_base))
-    layers = [Layer("/", root, f"{layers_base}/0")]
-    for index, entry in enumerate(submounts, start=1):
-        inside = "/" + os.path.relpath(entry.target, root)
-        layers.append(Layer(inside, entry.target, f"{layers_base}/{index}"))
+    layers = [Layer(inside, host, f"{layers_base}/{index}") for index, (inside, host) in enumerate(layer_sources)]
     for layer in layers:
         target = new_root if layer.mountpoint == "/" else new_root + layer.mountpoint
         steps.append(Overlay(layer.lower, layer.layer_dir, target, layer.mountpoint, volatile=spec.upper_dir is not None))
