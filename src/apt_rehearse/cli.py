@@ -182,6 +182,7 @@ def _rehearse_request(command: str, packages: list[str], options: Options) -> in
         clock=clock,
         unattended=command == "gate",
         shell=options.shell,
+        unavailable_sources=state.unavailable if state else None,
     )
     color = interactive and not os.environ.get("NO_COLOR") and apt_pkg.config.find_b("APT::Color", True)
     document = report.finish(rehearsal, settings, duration_s=time.monotonic() - began)

@@ -35,6 +35,8 @@ DEFAULTS: dict[str, tuple[str, str]] = {
     "Boot-Chain": ("block", "a kernel's initramfs is not built, or a bootloader config names a missing kernel/initrd"),
     "Boot-Command": ("info", "a command that writes to disks or firmware (grub-install, ...) would run; recorded"),
     "Conffile-Left": ("info", "the run leaves a .dpkg-dist/.dpkg-old/.ucf-* file beside a conffile"),
+    "Source-Missing": ("warn", "a source offers nothing for the target release (a repository that has not published "
+                       "it yet): what came from it is neither upgraded nor rehearsed"),
     "Obsolete": ("info", "after a release upgrade, installed packages no source offers any more"),
     "Auto-Removable": ("info", "packages that become auto-removable"),
     "Service-Failed": ("block", "a service active before the upgrade is failed or gone after it (or after a reboot)"),

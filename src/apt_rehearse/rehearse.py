@@ -140,12 +140,21 @@ def rehearse(
     clock: PhaseClock | None = None,
     unattended: bool = False,
     shell: bool = False,
+    unavailable_sources: dict[str, str] | None = None,
 ) -> Rehearsal:
     started = datetime.datetime.now(datetime.timezone.utc)
     began = time.monotonic()
     clock = clock or PhaseClock()
+    source_findings = [
+        Finding("release", ["Source-Missing"], source,
+                f"{source} offers nothing for {transaction.release or 'the target release'}: what this system has "
+                f"from it stays as it is, neither upgraded nor rehearsed (apt: {why})", {"apt": why})
+        for source, why in sorted((unavailable_sources or {}).items())
+    ]  # fmt: skip
     if transaction.is_empty:
-        return Rehearsal(transaction, [], "pass", started, round(time.monotonic() - began, 3), clock.phases,
+        apply_policy(source_findings, lookup)
+        return Rehearsal(transaction, source_findings, verdict(source_findings), started,
+                         round(time.monotonic() - began, 3), clock.phases,
                          notes=["nothing to rehearse: the transaction changes no package"])  # fmt: skip
     check_supported()
     if not os.path.isdir(transaction.root):
@@ -255,7 +264,7 @@ def rehearse(
         )
     result["timeout"] = settings.timeout
     with clock.timed("checks"):
-        findings = checks.removal_findings(transaction, removal_facts)
+        findings = source_findings + checks.removal_findings(transaction, removal_facts)
         findings += checks.state_findings(transaction, result)
         dpkg_options = transaction.apt_config.get("DPkg::Options", [])
         nobody_answers = unattended and not any(o.startswith(CONF_FORCE_OPTIONS) for o in dpkg_options)

@@ -34,6 +34,42 @@ class ReleaseState:
     lists_dir: str
     # path relative to the target root -> rewritten content
     sources: dict[str, str]
+    release: str = ""
+    # sources that offer nothing for the release (a third-party repository
+    # that has not published it yet) -> apt's words
+    unavailable: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+# apt's words for "this repository has no such suite": permanent, unlike a
+# network error, which is worth another try.
+MISSING_SUITE = re.compile(r"does not have a Release file|404\s+Not Found|File not found|No such file or directory")
+FETCH_FAILED = re.compile(r"^Failed to fetch (\S+)")
+NO_RELEASE_FILE = re.compile(r"^The repository '(\S+) (\S+) Release' does not have a Release file")
+SUMMARY_LINES = ("Some index files failed to download",)
+
+
+def missing_suites(message: str) -> dict[str, str] | None:
+    """The repositories apt found without the suite, from a failed update's
+    message (apt's errors, joined by python-apt); None when anything else
+    went wrong too (a network error: worth another try, then fatal)."""
+    missing: dict[str, str] = {}
+    for item in re.split(r",\s*(?=[EW]:)", message.strip()):
+        level, _, text = item.partition(":")
+        text = text.strip()
+        if level not in ("E", "W") or not text or text.startswith(SUMMARY_LINES):
+            continue
+        if not MISSING_SUITE.search(text):
+            if level == "E":
+                return None
+            continue
+        where = NO_RELEASE_FILE.match(text) or FETCH_FAILED.match(text)
+        source = where.group(1) if where else text
+        if where and "/dists/" in source:
+            source = source.split("/dists/", 1)[0] + " " + source.split("/dists/", 1)[1].split("/", 1)[0]
+        elif where and where.re is NO_RELEASE_FILE:
+            source = f"{where.group(1)} {where.group(2)}"
+        missing.setdefault(source, text[:300])
+    return missing or None
 
 
 def current_codename(root: str) -> str:
@@ -145,7 +181,7 @@ def prepare(root: str, release: str, cache_dir: str) -> ReleaseState:
     if total == 0:
         raise UsageError(f"no apt source names '{old}' or '{old}-*'; cannot switch them to {release}")
     mark_release_state(directory, real_root)
-    return ReleaseState(directory, lists_dir, sources)
+    return ReleaseState(directory, lists_dir, sources, release)
 
 
 def use(state: ReleaseState, progress: bool) -> None:
@@ -159,9 +195,25 @@ def use(state: ReleaseState, progress: bool) -> None:
     for _ in range(3):
         try:
             cache.update(fetch_progress, raise_on_error=True)
+            state.unavailable = {}
             return
         except apt.cache.FetchFailedException as error:
             last_error = error
+            missing = missing_suites(str(error))
+            if missing is not None:
+                # What apt does too: the other sources' lists are in place.
+                # The sysadmin's upgrade goes ahead without that repository.
+                if not _has_lists_of(state):
+                    raise UsageError(f"no apt source offers '{state.release}' ({next(iter(missing.values()))}); "
+                                     "is it a Debian release codename?") from error  # fmt: skip
+                state.unavailable = missing
+                return
         except apt.cache.LockFailedException as error:
             raise RehearsalError(f"cannot lock {state.lists_dir}: {error}") from error
     raise RehearsalError(f"cannot fetch the package lists of the target release: {str(last_error).strip()}")
+
+
+def _has_lists_of(state: ReleaseState) -> bool:
+    """Whether any source's package list for the release is in place."""
+    marker = f"_dists_{state.release}"
+    return any(marker in name and "_Packages" in name for name in os.listdir(state.lists_dir))

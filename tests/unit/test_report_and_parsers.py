@@ -133,3 +133,24 @@ def test_text_report_says_what_the_hazard_checks_covered_and_json_has_the_figure
     lines = report.render_text(document).splitlines()
     assert ("N: also checked the libraries of 76 program(s) and module(s); 1 kernel(s) and their initramfs; "
             "the free space of /, /boot") in lines
+
+
+def test_missing_suites_are_told_from_network_errors() -> None:
+    missing_suites = release.missing_suites
+    # As python-apt joins apt's errors (seen on this machine, apt 2.6).
+    file_repo = ("E:Failed to fetch file:/srv/repo/dists/trixie/main/binary-amd64/Packages  File not found - "
+                 "/srv/repo/dists/trixie/main/binary-amd64/Packages (2: No such file or directory), "
+                 "E:Some index files failed to download. They have been ignored, or old ones used instead.")  # fmt: skip
+    assert list(missing_suites(file_repo)) == ["file:/srv/repo trixie"]
+    http_repo = ("E:The repository 'https://download.docker.com/linux/debian trixie Release' does not have a Release "
+                 "file., W:Updating from such a repository can't be done securely, and is therefore disabled by "
+                 "default., E:Failed to fetch https://download.docker.com/linux/debian/dists/trixie/InRelease  404  "
+                 "Not Found [IP: 192.0.2.1 443]")  # fmt: skip
+    assert list(missing_suites(http_repo)) == ["https://download.docker.com/linux/debian trixie"]
+    # A network error is worth another try, even beside a missing suite.
+    offline = ("E:Failed to fetch http://deb.debian.org/debian/dists/trixie/InRelease  Temporary failure resolving "
+               "'deb.debian.org', E:Some index files failed to download. They have been ignored, or old ones used "
+               "instead.")  # fmt: skip
+    assert missing_suites(offline) is None
+    assert missing_suites(http_repo + ", " + offline) is None
+    assert missing_suites("") is None
