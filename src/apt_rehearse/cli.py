@@ -136,6 +136,7 @@ def _rehearse_request(command: str, packages: list[str], options: Options) -> in
     import apt_pkg
 
     from apt_rehearse import config, deb_hashes, housekeeping, planner, release, report, verdict_cache
+    from apt_rehearse.forked import ForkedCall
     from apt_rehearse.progress import for_stream
     from apt_rehearse.rehearse import PhaseClock, rehearse
     from apt_rehearse.sandbox import check_supported
@@ -160,12 +161,20 @@ def _rehearse_request(command: str, packages: list[str], options: Options) -> in
     os.chmod(settings.cache_dir, 0o755)
 
     state = None
+    source_cache_call = None
     with clock.timed("plan"):
         if options.release:
             state = release.prepare(root, options.release, settings.cache_dir)
             release.use(state, interactive)
-        transaction = planner.plan_transaction(request, archive_dir, interactive,
-                                               state.directory if state else None)  # fmt: skip
+            # On the core the planner leaves idle.
+            source_cache_call = ForkedCall(release.build_source_cache, state, root)
+        try:
+            transaction = planner.plan_transaction(request, archive_dir, interactive,
+                                                   state.directory if state else None)  # fmt: skip
+            source_cache = _finished(source_cache_call)
+        finally:
+            if source_cache_call:
+                source_cache_call.cancel()
 
     def debug(line: str) -> None:
         click.echo(f"D: {line}", err=True)
@@ -183,6 +192,7 @@ def _rehearse_request(command: str, packages: list[str], options: Options) -> in
         unattended=command == "gate",
         shell=options.shell,
         unavailable_sources=state.unavailable if state else None,
+        source_cache=source_cache,
     )
     color = interactive and not os.environ.get("NO_COLOR") and apt_pkg.config.find_b("APT::Color", True)
     document = report.finish(rehearsal, settings, duration_s=time.monotonic() - began)
@@ -202,6 +212,16 @@ def _rehearse_request(command: str, packages: list[str], options: Options) -> in
         if document.get("report_path"):
             click.echo(f"Report: {document['report_path']}")
     return EXIT_BLOCKED if rehearsal.verdict == "block" else EXIT_GO
+
+
+def _finished(call: Any) -> Any:
+    """What a side job found, or None when it failed: it only saves time."""
+    if call is None:
+        return None
+    try:
+        return call.result()
+    except RehearsalError:
+        return None
 
 
 @main.command("upgrade")

@@ -141,6 +141,7 @@ def rehearse(
     unattended: bool = False,
     shell: bool = False,
     unavailable_sources: dict[str, str] | None = None,
+    source_cache: str | None = None,
 ) -> Rehearsal:
     started = datetime.datetime.now(datetime.timezone.utc)
     began = time.monotonic()
@@ -181,6 +182,10 @@ def rehearse(
     if private_lists:
         lists_inside = f"{INSIDE_SHARE}/lists"
         binds[private_lists] = lists_inside
+    cache_inside = None
+    if private_lists and source_cache:
+        binds[os.path.dirname(source_cache)] = f"{INSIDE_SHARE}/aptcache"
+        cache_inside = f"{INSIDE_SHARE}/aptcache/{os.path.basename(source_cache)}"
 
     notes = []
     init = None
@@ -225,6 +230,7 @@ def rehearse(
             apt_options=_replay_options(transaction, extra_apt_options or []),
             timeout=settings.timeout,
             private_lists=lists_inside,
+            source_cache=cache_inside,
             sources_rewrite=sources_rewrite or {},
             services_live=init is not None,
             library_dirs=settings.library_paths,
@@ -238,6 +244,8 @@ def rehearse(
                                                shell)
         else:
             result = _run(SandboxRunner(spec, plan), replay_plan, progress, clock)
+        if debug and result.get("source_cache"):
+            debug(f"replay: apt inside {result['source_cache']} the release's prepared srcpkgcache.bin")
         with clock.timed("facts"):  # what is left of it: the wait
             removal_facts, predicted_prompts = facts_call.result()
     finally:

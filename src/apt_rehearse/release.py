@@ -14,6 +14,8 @@ import dataclasses
 import hashlib
 import os
 import re
+import shutil
+import subprocess
 
 import apt
 import apt.progress.base
@@ -21,6 +23,7 @@ import apt.progress.text
 import apt_pkg
 from debian.deb822 import Deb822
 
+from apt_rehearse import syscalls
 from apt_rehearse.config import apt_download_dir
 from apt_rehearse.errors import RehearsalError, UsageError
 from apt_rehearse.housekeeping import mark_release_state
@@ -217,3 +220,43 @@ def _has_lists_of(state: ReleaseState) -> bool:
     """Whether any source's package list for the release is in place."""
     marker = f"_dists_{state.release}"
     return any(marker in name and "_Packages" in name for name in os.listdir(state.lists_dir))
+
+
+def build_source_cache(state: ReleaseState, root: str) -> str | None:
+    """apt's srcpkgcache.bin of the release's lists, valid for apt inside the
+    sandbox, where the same lists sit at /var/lib/apt/lists.
+
+    The real run's apt caches were built by the sysadmin's apt update, before
+    it; without this, the replay's first apt tool (apt-extracttemplates,
+    under dpkg-preconfigure) reads every list of the release again, in the
+    middle of the replay. apt names each list in its cache by path, size and
+    mtime, and takes only a cache its own version made: so the target's own
+    apt-cache builds it (in a chroot when the target is not /), in a process
+    of its own (ForkedCall) that binds the lists over /var/lib/apt/lists and
+    our cache directory over /var/cache/apt in a private mount namespace,
+    which ends with it. Nothing of the target is written. apt-cache takes no
+    lock, and keeps a cache it finds valid as it is."""
+    lists, apt_cache = os.path.join(root, "var/lib/apt/lists"), os.path.join(root, "var/cache/apt")
+    if not (os.path.isdir(lists) and os.path.isdir(apt_cache)):
+        return None
+    cache_dir = os.path.join(state.directory, "cache")
+    parts = os.path.join(cache_dir, "sources.list.d")
+    os.makedirs(parts, mode=0o755, exist_ok=True)
+    shutil.copyfile(os.path.join(state.directory, "sources.list"), os.path.join(cache_dir, "sources.list"))
+    for stale in os.listdir(parts):
+        os.unlink(os.path.join(parts, stale))
+    for name in os.listdir(os.path.join(state.directory, "sources.list.d")):
+        shutil.copyfile(os.path.join(state.directory, "sources.list.d", name), os.path.join(parts, name))
+    syscalls.unshare(syscalls.CLONE_NEWNS)
+    syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
+    syscalls.mount(state.lists_dir, lists, None, syscalls.MS_BIND)
+    syscalls.mount(cache_dir, apt_cache, None, syscalls.MS_BIND)
+    argv = ["apt-cache", "-o", "Dir::Etc::sourcelist=/var/cache/apt/sources.list",
+            "-o", "Dir::Etc::sourceparts=/var/cache/apt/sources.list.d", "-o", "Dir::Cache::pkgcache=",
+            "-o", "Dir::Cache::srcpkgcache=/var/cache/apt/srcpkgcache.bin", "stats"]  # fmt: skip
+    if os.path.realpath(root) != "/":
+        argv = ["chroot", root, *argv]
+    environment = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
+    subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, env=environment, check=False)
+    target = os.path.join(cache_dir, "srcpkgcache.bin")
+    return target if os.path.isfile(target) else None

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import os
 import selectors
+import shutil
 import signal
 import subprocess
 import time
@@ -44,6 +45,7 @@ class ReplayPlan:
     apt_options: list[str]  # extra "-o Key=Value" for apt-get, in order
     timeout: float
     private_lists: str | None = None  # inside path of a --release apt state to install
+    source_cache: str | None = None  # inside path of its srcpkgcache.bin (release.build_source_cache)
     sources_rewrite: dict[str, str] = dataclasses.field(default_factory=dict)  # path -> new content
     # With the system booted, maintainer scripts stop and restart services
     # exactly as the real run will; without it, a policy-rc.d keeps them down.
@@ -249,7 +251,7 @@ def _write(path: str, content: str, mode: int = 0o644) -> None:
     os.chmod(path, mode)
 
 
-def _install_release_state(plan: ReplayPlan) -> None:
+def _install_release_state(plan: ReplayPlan) -> tuple[int, int] | None:
     """Point the rehearsed system at the target release, as the sysadmin would."""
     for path, content in plan.sources_rewrite.items():
         _write(path, content)
@@ -263,9 +265,30 @@ def _install_release_state(plan: ReplayPlan) -> None:
         for name in os.listdir(plan.private_lists):
             source = os.path.join(plan.private_lists, name)
             if os.path.isfile(source) and name != "lock":
-                with open(source, "rb") as src, open(os.path.join(lists, name), "wb") as dst:
-                    while block := src.read(1 << 20):
-                        dst.write(block)
+                # shutil.copy2 keeps the mtime: apt's cache names each list by
+                # its path, size and mtime.
+                shutil.copy2(source, os.path.join(lists, name))
+    if plan.source_cache and os.path.isfile(plan.source_cache):
+        # Placed after the sources: apt takes a cache older than them as stale.
+        try:
+            shutil.copyfile(plan.source_cache, SOURCE_CACHE)
+            os.chmod(SOURCE_CACHE, 0o644)
+        except OSError:
+            return None  # apt builds its own, as it would have
+        return _cache_identity()
+    return None
+
+
+SOURCE_CACHE = "/var/cache/apt/srcpkgcache.bin"
+
+
+def _cache_identity() -> tuple[int, int] | None:
+    """Which srcpkgcache.bin is in place: apt replaces one it finds stale."""
+    try:
+        info = os.stat(SOURCE_CACHE)
+    except OSError:
+        return None
+    return info.st_ino, info.st_mtime_ns
 
 
 APT_QUIET_OPTIONS = ["-o", "Dir::Etc::sourcelist=/dev/null", "-o", f"Dir::Etc::sourceparts={EMPTY_DIR}",
@@ -325,7 +348,7 @@ def replay_inside(plan: ReplayPlan, session: SandboxSession | None, channel: Cha
     parts = PartClock()
     channel.send("phase", name="replay")
     with parts("state before"):
-        _install_release_state(plan)
+        placed_cache = _install_release_state(plan)
         os.makedirs(EMPTY_DIR, exist_ok=True)
         before = package_states()
     with parts("hazards before"):
@@ -341,6 +364,7 @@ def replay_inside(plan: ReplayPlan, session: SandboxSession | None, channel: Cha
     try:
         with parts("apt"):
             apt_run = _run_apt(plan, channel, plan.timeout)
+        cache_after_apt = _cache_identity() if placed_cache else None
     finally:
         if plan.services_live:
             pass
@@ -384,6 +408,9 @@ def replay_inside(plan: ReplayPlan, session: SandboxSession | None, channel: Cha
         "upper_free_bytes": session.upper_free_bytes() if session else 1 << 40,
         "timings": parts.seconds,
         "hazards": hazards,
+        # Whether apt took the release's prepared cache as valid (or read
+        # every list again): for --debug and the tests.
+        "source_cache": None if placed_cache is None else ("reused" if cache_after_apt == placed_cache else "rebuilt"),
     }
 
 

@@ -100,3 +100,12 @@ def test_a_release_no_source_offers_is_one_line_and_exit_2(two_sources: dict) ->
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     assert proc.stderr.startswith("E: no apt source offers 'trixy'"), proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+def test_apt_inside_takes_the_prepared_cache_of_the_release(two_sources: dict) -> None:
+    # apt's own check decides (index paths, sizes, mtimes, apt's version):
+    # it keeps a srcpkgcache.bin it finds valid and replaces a stale one.
+    proc = run_cli("--root", str(two_sources["tree"]), "--no-services", "--debug", "--json", "-o",
+                   f"APT::Rehearse::Log-Dir={two_sources['base']}/log", "dist-upgrade", "--release", "trixie")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "D: replay: apt inside reused the release's prepared srcpkgcache.bin" in proc.stderr, proc.stderr[-3000:]
