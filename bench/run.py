@@ -595,6 +595,10 @@ def table(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         ratio, each = paired(runs, "plain_replay_s", "real_s")
         rows.append(("  replay, no services (policy-rc.d, like for like)", f"{release['plain_replay_s']:.1f} s",
                      f"replay/real {ratio:.2f} (runs {each}) " + ok(ratio, GOALS["release replay/real"])))  # fmt: skip
+        if release.get("tmpfs_real_s"):
+            ratio, each = paired(runs, "plain_replay_s", "tmpfs_real_s")
+            rows.append(("    against the same real run in memory", "", f"replay/tmpfs-real {ratio:.2f} (runs {each}): "
+                         "what the rehearsal adds to the floor"))  # fmt: skip
         if release.get("plain_apt_s"):
             ratio, each = paired(runs, "plain_apt_s", "real_s")
             rows.append(("    of which apt-get and dpkg", f"{release['plain_apt_s']:.1f} s",
