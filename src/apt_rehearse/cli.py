@@ -162,6 +162,8 @@ def _rehearse_request(command: str, packages: list[str], options: Options) -> in
 
     state = None
     source_cache_call = None
+    # .debs hashed by an earlier run and unchanged since are not read again.
+    known_debs = deb_hashes.DebHashes(settings.cache_dir)
     with clock.timed("plan"):
         if options.release:
             state = release.prepare(root, options.release, settings.cache_dir)
@@ -170,7 +172,7 @@ def _rehearse_request(command: str, packages: list[str], options: Options) -> in
             source_cache_call = ForkedCall(release.build_source_cache, state, root)
         try:
             transaction = planner.plan_transaction(request, archive_dir, interactive,
-                                                   state.directory if state else None)  # fmt: skip
+                                                   state.directory if state else None, known_debs.sha256)  # fmt: skip
             source_cache = _finished(source_cache_call)
         finally:
             if source_cache_call:
@@ -200,10 +202,12 @@ def _rehearse_request(command: str, packages: list[str], options: Options) -> in
         # The real run of this very transaction (apt-get, or each step of
         # unattended-upgrades) finds the verdict and is not rehearsed again.
         verdict_cache.record(settings.cache_dir, transaction, rehearsal.verdict, document.get("report_path"))
-        # ... without reading its .debs again to know them (see deb_hashes).
-        deb_hashes.remember(settings.cache_dir, [(c.deb, c.sha256) for c in transaction.changes if c.deb and c.sha256])
         if command == "gate":
             verdict_cache.record_approval(settings.cache_dir, transaction, rehearsal.verdict, document.get("report_path"))
+    # The hook's cache hit, and the next rehearsal's planning, know these
+    # .debs without reading them again (each hash was stored with the
+    # fingerprint its file had before and after it was read: see deb_hashes).
+    known_debs.save()
     housekeeping.tidy(settings, [c.deb for c in transaction.changes if c.deb], state.directory if state else None)
     if options.json_output:
         click.echo(json.dumps(document, indent=2))

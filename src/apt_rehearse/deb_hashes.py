@@ -99,16 +99,3 @@ def save_table(directory: str, name: str, schema: str, files: dict[str, Any]) ->
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         json.dump({"schema": schema, "files": files}, handle)
     os.replace(temporary, path)
-
-
-def remember(cache_dir: str, debs: list[tuple[str, str]]) -> None:
-    """After a rehearsal: keep the hashes of its .debs (path, sha256 the
-    rehearsal used), each read again so the fingerprint is the content's."""
-    table = DebHashes(cache_dir)
-    for path, expected in debs:
-        try:
-            if table.sha256(path) != expected:
-                table.fresh.pop(path, None)  # changed since it was rehearsed: not this transaction's file
-        except OSError:
-            continue
-    table.save()

@@ -57,9 +57,17 @@ def test_a_table_someone_else_could_write_is_ignored(tmp_path: Path) -> None:
 
 
 @needs_root
-def test_remember_keeps_only_what_matches_the_rehearsed_hash(tmp_path: Path) -> None:
+def test_a_file_that_changes_while_it_is_read_is_not_remembered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cache, deb = _setup(tmp_path)
-    deb_hashes.remember(cache, [(str(deb), "0" * 64)])  # changed since: not kept
+    real = deb_hashes.digest
+
+    def digest_while_apt_replaces_it(handle: object) -> str:
+        sha = real(handle)
+        deb.write_bytes(b"y" * 1000)  # same size, a new ctime: another file than the one read
+        return sha
+
+    monkeypatch.setattr(deb_hashes, "digest", digest_while_apt_replaces_it)
+    table = deb_hashes.DebHashes(cache)
+    table.sha256(str(deb))
+    table.save()
     assert deb_hashes.DebHashes(cache).known == {}
-    deb_hashes.remember(cache, [(str(deb), hashlib.sha256(b"x" * 1000).hexdigest())])
-    assert str(deb) in deb_hashes.DebHashes(cache).known
