@@ -257,6 +257,9 @@ def build_source_cache(state: ReleaseState, root: str) -> str | None:
     if os.path.realpath(root) != "/":
         argv = ["chroot", root, *argv]
     environment = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
-    subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, env=environment, check=False)
+    try:
+        subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, env=environment, check=False, timeout=300)
+    except subprocess.TimeoutExpired:
+        return None  # apt inside builds its own, as without this
     target = os.path.join(cache_dir, "srcpkgcache.bin")
     return target if os.path.isfile(target) else None
