@@ -33,6 +33,7 @@ from apt_rehearse.mountinfo import MountEntry, mount_of
 PREFIX = ".apt-rehearse-snapshot."
 SUBVOLUME_ROOT_INODE = 256  # every btrfs subvolume's top directory
 TOOL_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+MAX_NESTED = 32  # each nested subvolume becomes an overlay of its own
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +73,10 @@ def take(source: str, tool: str) -> Snapshot:
     _run([tool, "subvolume", "snapshot", "-r", source, path])
     try:
         nested = nested_subvolumes(source, tool, own=path)
+        if len(nested) > MAX_NESTED:
+            # Docker's btrfs driver keeps a subvolume per image layer: an
+            # overlay for each would be hundreds of mounts. Read live.
+            raise OSError(f"{source} holds {len(nested)} nested subvolumes (more than {MAX_NESTED})")
     except OSError:
         delete(path, tool)
         raise

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import subprocess
 import tempfile
 import time
@@ -172,3 +173,18 @@ def test_a_killed_rehearsal_leaves_no_snapshot(btrfs_tree: dict) -> None:
     assert _subvolumes(btrfs_tree["mount"]) == btrfs_tree["subvolumes"]
     assert not list(btrfs_tree["tree"].glob(".apt-rehearse-snapshot.*"))
     assert_host_clean(before)
+
+
+def test_too_many_nested_subvolumes_mean_no_snapshot(btrfs_tree: dict) -> None:
+    # As under Docker's btrfs driver (a subvolume per image layer): the
+    # snapshot is dropped at once and the rehearsal reads live.
+    code = ("import sys\nfrom apt_rehearse import snapshots\nsnapshots.MAX_NESTED = 0\n"
+            "try:\n    snapshots.take(sys.argv[1], snapshots.btrfs_tool())\nexcept OSError as error:\n"
+            "    print(error)\n    sys.exit(3)\n")  # fmt: skip
+    environment = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"))
+    proc = subprocess.run([sys.executable, "-c", code, str(btrfs_tree["tree"])], capture_output=True, text=True,
+                          env=environment, timeout=60)  # fmt: skip
+    assert proc.returncode == 3, (proc.stdout, proc.stderr)
+    assert "holds 1 nested subvolumes (more than 0)" in proc.stdout
+    assert _subvolumes(btrfs_tree["mount"]) == btrfs_tree["subvolumes"]
+    assert not list(btrfs_tree["tree"].glob(".apt-rehearse-snapshot.*"))
