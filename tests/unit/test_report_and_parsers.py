@@ -142,6 +142,10 @@ def test_missing_suites_are_told_from_network_errors() -> None:
                  "/srv/repo/dists/trixie/main/binary-amd64/Packages (2: No such file or directory), "
                  "E:Some index files failed to download. They have been ignored, or old ones used instead.")  # fmt: skip
     assert list(missing_suites(file_repo)) == ["file:/srv/repo trixie"]
+    # apt 3.0 (trixie) puts a warning first.
+    trixie = ("W:Repositories should provide a clear-signed InRelease file, but none found at "
+              "file:/srv/repo/dists/trixie/InRelease., " + file_repo)  # fmt: skip
+    assert list(missing_suites(trixie)) == ["file:/srv/repo trixie"]
     http_repo = ("E:The repository 'https://download.docker.com/linux/debian trixie Release' does not have a Release "
                  "file., W:Updating from such a repository can't be done securely, and is therefore disabled by "
                  "default., E:Failed to fetch https://download.docker.com/linux/debian/dists/trixie/InRelease  404  "
