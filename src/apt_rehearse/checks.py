@@ -100,21 +100,22 @@ def removal_findings(transaction: Transaction, facts: dict[str, RemovalFacts]) -
     findings = []
     for change in transaction.by_action(*REMOVING_ACTIONS):
         fact = facts.get(change.name, RemovalFacts([], []))
+        successor = transaction.successors.get(change.package)
         kinds, marks = [], []
         if change.requested:
             kinds.append("Remove-Requested")
             marks.append("as requested")
         else:
             kinds.append("Remove")
-            successor = transaction.successors.get(change.package)
-            if successor:
+            if successor and change.manual:
                 # Renamed, not lost: what needs the old name still has it. The
                 # sysadmin's "manual" does not pass to the new name, though.
+                kinds.append("Remove-Renamed")
                 automatic = any(c.package == successor and not c.manual for c in transaction.changes)
-                if change.manual:
-                    kinds.append("Remove-Renamed")
-                marks.append(("manually installed; " if change.manual else "") + f"renamed: {successor} provides it"
-                             + (" and is marked automatic" if automatic and change.manual else ""))  # fmt: skip
+                marks.append(f"manually installed; renamed: {successor} provides it"
+                             + (" and is marked automatic" if automatic else ""))  # fmt: skip
+            elif successor:
+                marks.append(f"renamed: {successor} provides it")
             elif change.manual:
                 kinds.append("Remove-Manual")
                 marks.append("manually installed")
@@ -126,14 +127,14 @@ def removal_findings(transaction: Transaction, facts: dict[str, RemovalFacts]) -
                 marks.append("ships " + ", ".join(sorted({m.split(":")[0] for m in fact.web_modules})) + " module(s)")
         verb = "PURGED" if change.action == "purge" else "REMOVED"
         replacement = transaction.replacements.get(change.package)
-        if replacement and len(kinds) > 1 and not transaction.successors.get(change.package):
+        if replacement and len(kinds) > 1 and not successor:
             marks.append(f"likely replaced by {replacement}")
         message = f"{change.package} {change.from_version} would be {verb}" + (f" ({'; '.join(marks)})" if marks else "")
         findings.append(Finding("removal", kinds, change.package, message, {
             "arch": change.arch, "version": change.from_version, "manual": change.manual,
             "requested": change.requested, "enabled_services": fact.enabled_services,
             "web_modules": fact.web_modules, "action": change.action, "replacement": replacement,
-            "successor": transaction.successors.get(change.package),
+            "successor": successor,
         }))  # fmt: skip
     return findings
 

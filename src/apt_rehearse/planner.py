@@ -24,7 +24,7 @@ import apt_pkg
 
 from apt_rehearse.config import apt_download_dir
 from apt_rehearse.errors import RehearsalError, UsageError
-from apt_rehearse.transaction import INSTALLING_ACTIONS, Change, Transaction, classify, find_successors, sha256_file
+from apt_rehearse.transaction import INSTALLING_ACTIONS, REMOVING_ACTIONS, Change, Transaction, classify, find_successors, sha256_file
 
 COMMANDS = ("upgrade", "dist-upgrade", "full-upgrade", "install", "remove", "purge", "gate")
 
@@ -220,7 +220,7 @@ def suggest_replacements(cache: apt.Cache, removed: list[str]) -> dict[str, str]
 def provided_names(cache: apt.Cache, changes: list[Change]) -> dict[str, list[str]]:
     """What each package the changes install provides (only asked when
     something is removed: renames are found among them)."""
-    if not any(c.action in ("remove", "purge") for c in changes):
+    if not any(c.action in REMOVING_ACTIONS for c in changes):
         return {}
     provided = {}
     for change in changes:

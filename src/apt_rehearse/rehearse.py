@@ -216,8 +216,7 @@ def rehearse(
         spec = SandboxSpec(root=transaction.root, tmpfs_size=settings.tmpfs_size, upper_dir=upper_dir,
                            read_only_binds=binds, hostname=_hostname(transaction.root), boot=init is not None,
                            lowers={snap.source: snap.path for snap in taken},
-                           live_layers=[(_inside_path(transaction.root, os.path.join(snap.source, nested)),
-                                         os.path.join(snap.source, nested)) for snap in taken for nested in snap.nested])  # fmt: skip
+                           live_layers=[os.path.join(snap.source, nested) for snap in taken for nested in snap.nested])  # fmt: skip
         plan = plan_sandbox(spec)
         if debug:
             for line in plan.describe():

@@ -14,7 +14,6 @@ import dataclasses
 import hashlib
 import os
 import re
-import shutil
 import subprocess
 
 import apt
@@ -65,12 +64,12 @@ def missing_suites(message: str) -> dict[str, str] | None:
             if level == "E":
                 return None
             continue
-        where = NO_RELEASE_FILE.match(text) or FETCH_FAILED.match(text)
-        source = where.group(1) if where else text
-        if where and "/dists/" in source:
-            source = source.split("/dists/", 1)[0] + " " + source.split("/dists/", 1)[1].split("/", 1)[0]
-        elif where and where.re is NO_RELEASE_FILE:
-            source = f"{where.group(1)} {where.group(2)}"
+        source = text
+        if no_release := NO_RELEASE_FILE.match(text):
+            source = f"{no_release.group(1)} {no_release.group(2)}"
+        elif (fetch := FETCH_FAILED.match(text)) and "/dists/" in fetch.group(1):
+            base, _, rest = fetch.group(1).partition("/dists/")
+            source = f"{base} {rest.split('/', 1)[0]}"
         missing.setdefault(source, text[:300])
     return missing or None
 
@@ -233,27 +232,21 @@ def build_source_cache(state: ReleaseState, root: str) -> str | None:
     mtime, and takes only a cache its own version made: so the target's own
     apt-cache builds it (in a chroot when the target is not /), in a process
     of its own (ForkedCall) that binds the lists over /var/lib/apt/lists and
-    our cache directory over /var/cache/apt in a private mount namespace,
-    which ends with it. Nothing of the target is written. apt-cache takes no
-    lock, and keeps a cache it finds valid as it is."""
+    the release state (its sources, and cache/ for the result) over
+    /var/cache/apt in a private mount namespace, which ends with it. Nothing
+    of the target is written. apt-cache takes no lock, and keeps a cache it
+    finds valid as it is."""
     lists, apt_cache = os.path.join(root, "var/lib/apt/lists"), os.path.join(root, "var/cache/apt")
     if not (os.path.isdir(lists) and os.path.isdir(apt_cache)):
         return None
-    cache_dir = os.path.join(state.directory, "cache")
-    parts = os.path.join(cache_dir, "sources.list.d")
-    os.makedirs(parts, mode=0o755, exist_ok=True)
-    shutil.copyfile(os.path.join(state.directory, "sources.list"), os.path.join(cache_dir, "sources.list"))
-    for stale in os.listdir(parts):
-        os.unlink(os.path.join(parts, stale))
-    for name in os.listdir(os.path.join(state.directory, "sources.list.d")):
-        shutil.copyfile(os.path.join(state.directory, "sources.list.d", name), os.path.join(parts, name))
+    os.makedirs(os.path.join(state.directory, "cache"), mode=0o755, exist_ok=True)
     syscalls.unshare(syscalls.CLONE_NEWNS)
     syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
     syscalls.mount(state.lists_dir, lists, None, syscalls.MS_BIND)
-    syscalls.mount(cache_dir, apt_cache, None, syscalls.MS_BIND)
+    syscalls.mount(state.directory, apt_cache, None, syscalls.MS_BIND)
     argv = ["apt-cache", "-o", "Dir::Etc::sourcelist=/var/cache/apt/sources.list",
             "-o", "Dir::Etc::sourceparts=/var/cache/apt/sources.list.d", "-o", "Dir::Cache::pkgcache=",
-            "-o", "Dir::Cache::srcpkgcache=/var/cache/apt/srcpkgcache.bin", "stats"]  # fmt: skip
+            "-o", "Dir::Cache::srcpkgcache=/var/cache/apt/cache/srcpkgcache.bin", "stats"]  # fmt: skip
     if os.path.realpath(root) != "/":
         argv = ["chroot", root, *argv]
     environment = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
@@ -261,5 +254,5 @@ def build_source_cache(state: ReleaseState, root: str) -> str | None:
         subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, env=environment, check=False, timeout=300)
     except subprocess.TimeoutExpired:
         return None  # apt inside builds its own, as without this
-    target = os.path.join(cache_dir, "srcpkgcache.bin")
+    target = os.path.join(state.directory, "cache", "srcpkgcache.bin")
     return target if os.path.isfile(target) else None

@@ -361,9 +361,9 @@ class SandboxSpec:
     # host mount (or root) -> what to use as its lower instead: a read-only
     # snapshot of it (snapshots.py)
     lowers: dict[str, str] = dataclasses.field(default_factory=dict)
-    # (inside path, host path) overlaid on top of the layers above: the
-    # subvolumes nested in a snapshotted one, which the snapshot leaves empty
-    live_layers: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    # host directories below root overlaid live on top of the layers above:
+    # the subvolumes nested in a snapshotted one, which the snapshot leaves empty
+    live_layers: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -410,13 +410,11 @@ def plan_sandbox(spec: SandboxSpec, mounts: list[MountEntry] | None = None) -> S
     layers_base = f"{stage}/layers"
     steps: list[Step] = []
     submounts = state_submounts(root, mounts)
-    layer_sources = [("/", root)] + [("/" + os.path.relpath(entry.target, root), entry.target) for entry in submounts]
-    layer_sources = [(inside, spec.lowers.get(host, host)) for inside, host in layer_sources]
-    layer_sources += spec.live_layers
+    below = [("/" + os.path.relpath(host, root), spec.lowers.get(host, host))
+             for host in [entry.target for entry in submounts] + spec.live_layers]  # fmt: skip
     # Parents before what is mounted inside them.
-    layer_sources = [layer_sources[0]] + sorted(layer_sources[1:], key=lambda pair: (pair[0].count("/"), pair[0]))
-    pins = [layer_sources[0][1], *spec.read_only_binds]
-    pins += [host for _inside, host in layer_sources[1:]]
+    layer_sources = [("/", spec.lowers.get(root, root)), *sorted(below, key=lambda pair: (pair[0].count("/"), pair[0]))]
+    pins = [layer_sources[0][1], *spec.read_only_binds, *(lower for _inside, lower in layer_sources[1:])]
     if spec.upper_dir:
         pins.append(spec.upper_dir)
     steps.append(PinHostPaths(list(dict.fromkeys(pins))))

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import IN_CI, assert_host_clean, cli_command, host_snapshot
+from conftest import IN_CI, SRC, assert_host_clean, cli_command, host_snapshot
 from lib.localrepo import LocalRepo, build_deb, serve_to_tree
 from lib.trees import bookworm_tree, dpkg_status_digest, install_into
 
@@ -93,7 +93,7 @@ def btrfs_tree(sandbox_capable: None):
 
 
 def _start(tree: Path, base: Path, *options: str) -> subprocess.Popen[str]:
-    environment = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"))
+    environment = dict(os.environ, PYTHONPATH=str(SRC))
     environment.pop("APT_REHEARSE", None)
     argv = [*cli_command(), "--root", str(tree), "--json", "--no-services", "-o", f"APT::Rehearse::Log-Dir={base}/log",
             "-o", f"APT::Rehearse::Upper-Dir={base}/uppers", *options, "install", "rh-probe"]  # fmt: skip
@@ -181,7 +181,7 @@ def test_too_many_nested_subvolumes_mean_no_snapshot(btrfs_tree: dict) -> None:
     code = ("import sys\nfrom apt_rehearse import snapshots\nsnapshots.MAX_NESTED = 0\n"
             "try:\n    snapshots.take(sys.argv[1], snapshots.btrfs_tool())\nexcept OSError as error:\n"
             "    print(error)\n    sys.exit(3)\n")  # fmt: skip
-    environment = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"))
+    environment = dict(os.environ, PYTHONPATH=str(SRC))
     proc = subprocess.run([sys.executable, "-c", code, str(btrfs_tree["tree"])], capture_output=True, text=True,
                           env=environment, timeout=60)  # fmt: skip
     assert proc.returncode == 3, (proc.stdout, proc.stderr)
