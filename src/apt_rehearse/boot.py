@@ -9,7 +9,10 @@ upgrade boots the very same layers: a reboot into the upgraded system.
 Code runs inside through ``run_inside``: a process that joins the booted
 PID 1's namespaces (setns) and its root, so apt, systemctl and the probes
 see exactly what the services see. Everything dies with the keeper: boots
-with their pid namespace, layers with the keeper's mount namespace.
+with their pid namespace, layers with the keeper's mount namespace. The
+booted init and every process that joins it run confined (confine.py):
+the bounding set and the seccomp filter, set before init is exec'd, pass to
+every service; a joiner confines itself once it has joined.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import time
 import traceback
 from typing import Any, Callable, Iterator
 
-from apt_rehearse import syscalls
+from apt_rehearse import confine, syscalls
 from apt_rehearse.cgroups import SandboxCgroup
 from apt_rehearse.errors import RehearsalError, RehearsalLimit, UnsupportedSystem
 from apt_rehearse.sandbox import Channel, Context, SandboxPlan, _tree_bytes, layer_growth, read_events
@@ -92,6 +95,7 @@ class BootedSandbox:
         self.pid1: int | None = None
         self.boots = 0
         self.masked: list[str] = []
+        self.syscall_filter = confine.build_filter()
 
     # -- the keeper ----------------------------------------------------------
 
@@ -234,6 +238,7 @@ class BootedSandbox:
                 step.execute(ctx)
             for fd in ctx.pinned.values():
                 os.close(fd)
+            confine.confine(self.syscall_filter)
             env = {"container": "apt-rehearse", "TERM": "dumb", "LANG": "C.UTF-8",
                    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}  # fmt: skip
             null = os.open("/dev/null", os.O_RDWR)
@@ -323,6 +328,7 @@ class BootedSandbox:
             try:
                 syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
                 _join(fds, root_fd)
+                confine.confine(self.syscall_filter)
                 child = os.fork()
                 if child == 0:
                     os.execvpe(argv[0], argv, env)
@@ -351,6 +357,7 @@ class BootedSandbox:
                 os.close(read_fd)
                 syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
                 _join(fds, root_fd)
+                confine.confine(self.syscall_filter)
                 worker = os.fork()  # only children enter the pid namespace
                 if worker == 0:
                     channel = Channel(write_fd)

@@ -12,7 +12,10 @@ Host safety rules (DESIGN.md) this module keeps:
   written; the uppers live on a size-capped tmpfs or in a directory of ours;
 - /dev is a tmpfs with nodes made by mknod, never a bind of host nodes;
 - /proc is fresh, /sys read-only, /run and /tmp fresh tmpfs;
-- host directories that must be seen inside (the .debs) are bound read-only.
+- host directories that must be seen inside (the .debs) are bound read-only;
+- everything inside runs confined (confine.py): /proc/sys read-only but for
+  /proc/sys/net, /proc's kernel entries masked, every overlay nodev, a
+  reduced capability bounding set and a seccomp filter.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import sys
 import traceback
 from typing import Any, Callable, Iterator
 
-from apt_rehearse import syscalls
+from apt_rehearse import confine, syscalls
 from apt_rehearse.errors import RehearsalError, RehearsalLimit, UnsupportedSystem
 from apt_rehearse.mountinfo import MountEntry, read_mountinfo, state_submounts
 
@@ -180,7 +183,9 @@ class Overlay(Step):
         try:
             for index, extra in enumerate(choices):
                 try:
-                    syscalls.mount("overlay", self.target, "overlay", 0, options + extra)
+                    # nodev: a device node in the tree (a chroot's dev/, a
+                    # tree made with its own /dev) cannot be opened inside.
+                    syscalls.mount("overlay", self.target, "overlay", syscalls.MS_NODEV, options + extra)
                     return
                 except OSError as error:
                     if error.errno != errno.EINVAL or index == len(choices) - 1:
@@ -202,6 +207,49 @@ class Proc(Step):
     def execute(self, ctx: Context) -> None:
         flags = syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC
         syscalls.mount("proc", self.target, "proc", flags)
+
+
+@dataclasses.dataclass
+class ProcMasks(Step):
+    """/proc/sys read-only but for the private network's, kernel entries masked.
+
+    The kernel's settings outside /proc/sys/net are the host's: a booted
+    systemd-sysctl (which skips itself when /proc/sys is read-only, as in any
+    container) or a postinst's sysctl -w would set them for the host. The
+    entries nspawn hides (kcore, kmsg, sysrq-trigger, ...) get an empty
+    read-only file bound over them; the hardware directories are bound
+    read-only.
+    """
+
+    target: str  # the fresh proc's mount point
+    stash: str  # a directory of ours for the empty file bound over masked entries
+
+    def describe(self) -> str:
+        return (f"confine {self.target}: read-only {', '.join(confine.PROC_READ_ONLY)} (but "
+                f"{', '.join(confine.PROC_WRITABLE)}), masked {', '.join(confine.PROC_INACCESSIBLE)}")  # fmt: skip
+
+    def execute(self, ctx: Context) -> None:
+        os.makedirs(self.stash, exist_ok=True)
+        empty = f"{self.stash}/empty"
+        if not os.path.exists(empty):
+            os.close(os.open(empty, os.O_WRONLY | os.O_CREAT, 0o000))
+        read_only = syscalls.MS_BIND | syscalls.MS_REMOUNT | syscalls.MS_RDONLY | syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC
+        for name in confine.PROC_INACCESSIBLE:
+            path = f"{self.target}/{name}"
+            if os.path.isfile(path):
+                syscalls.mount(empty, path, None, syscalls.MS_BIND)
+                syscalls.mount(None, path, None, read_only)
+        bound = []
+        for name in (*confine.PROC_READ_ONLY, *confine.PROC_WRITABLE):
+            path = f"{self.target}/{name}"
+            if os.path.isdir(path):
+                # Each bound on itself first: the writable one on top of its
+                # read-only parent stays a mount of its own.
+                syscalls.mount(path, path, None, syscalls.MS_BIND)
+                bound.append(name)
+        for name in bound:
+            if name not in confine.PROC_WRITABLE:
+                syscalls.mount(None, f"{self.target}/{name}", None, read_only)
 
 
 @dataclasses.dataclass
@@ -436,7 +484,7 @@ def plan_sandbox(spec: SandboxSpec, mounts: list[MountEntry] | None = None) -> S
         steps.append(BindReadOnly(host_path, staged))
         staged_binds[staged] = inside
     first_boot_step = len(steps)
-    steps += [Proc(f"{new_root}/proc"), SysfsReadOnly(f"{new_root}/sys")]
+    steps += [Proc(f"{new_root}/proc"), ProcMasks(f"{new_root}/proc", f"{stage}/masks"), SysfsReadOnly(f"{new_root}/sys")]
     if spec.boot:
         steps.append(Cgroup2(f"{new_root}/sys/fs/cgroup"))
     steps += [
@@ -473,6 +521,7 @@ def check_supported() -> None:
         raise UnsupportedSystem(
             "no CAP_SYS_ADMIN here (an unprivileged container?); apt-rehearse needs to create namespaces and mounts"
         )
+    confine.check_available()
 
 
 # ---------------------------------------------------------------------------
@@ -625,13 +674,15 @@ class SandboxRunner:
         self.pid: int | None = None
 
     def run(self, inside: InsideFunction) -> Iterator[dict[str, Any]]:
+        # Built here, loaded in the sandbox's PID 1 after pivot_root.
+        syscall_filter = confine.build_filter()
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child
             os.close(read_fd)
-            _child_main(self.plan, inside, write_fd)
+            _child_main(self.plan, inside, write_fd, syscall_filter)
         self.pid = pid
         os.close(write_fd)
         try:
@@ -653,7 +704,7 @@ class SandboxRunner:
         self.pid = None
 
 
-def _child_main(plan: SandboxPlan, inside: InsideFunction, write_fd: int) -> None:  # pragma: no cover
+def _child_main(plan: SandboxPlan, inside: InsideFunction, write_fd: int, syscall_filter: Any) -> None:  # pragma: no cover
     """The intermediate process: unshare, then fork the sandbox's PID 1."""
     code = 1
     channel = Channel(write_fd)
@@ -672,7 +723,7 @@ def _child_main(plan: SandboxPlan, inside: InsideFunction, write_fd: int) -> Non
             os._exit(3)
         init_pid = os.fork()
         if init_pid == 0:
-            _init_main(plan, inside, channel)
+            _init_main(plan, inside, channel, syscall_filter)
         # Keep our own descriptor closed so EOF reaches the host when init ends.
         os.close(write_fd)
         while True:
@@ -690,8 +741,8 @@ def _child_main(plan: SandboxPlan, inside: InsideFunction, write_fd: int) -> Non
     os._exit(code if 0 <= code < 256 else 1)
 
 
-def _init_main(plan: SandboxPlan, inside: InsideFunction, channel: Channel) -> None:  # pragma: no cover
-    """PID 1 of the sandbox: build the mounts, pivot, run ``inside``."""
+def _init_main(plan: SandboxPlan, inside: InsideFunction, channel: Channel, syscall_filter: Any) -> None:  # pragma: no cover
+    """PID 1 of the sandbox: build the mounts, pivot, confine, run ``inside``."""
     code = 0
     try:
         syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -715,6 +766,11 @@ def _init_main(plan: SandboxPlan, inside: InsideFunction, channel: Channel) -> N
         for fd in set(ctx.pinned.values()) - set(lower_fds.values()):
             os.close(fd)
         session = SandboxSession(plan, layer_fds, stage_fd, lower_fds)
+        try:
+            confine.confine(syscall_filter)
+        except OSError as error:
+            raise UnsupportedSystem(f"cannot confine the sandbox ({error}); apt-rehearse will not run a rehearsal "
+                                    "it cannot confine") from error  # fmt: skip
         result = inside(session, channel)
         channel.send("result", result=result)
     except RehearsalLimit as error:

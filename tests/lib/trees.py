@@ -43,7 +43,7 @@ def suite_sources(suite: str) -> tuple[str, ...]:
 
 SOURCES = suite_sources(SUITE)
 # What the apt-rehearse package depends on, so its .deb installs in a tree.
-PRODUCT_DEPENDS = ("python3-apt", "python3-debian", "python3-click", "python3-pyelftools")
+PRODUCT_DEPENDS = ("python3-apt", "python3-debian", "python3-click", "python3-pyelftools", "python3-seccomp")
 
 # Each variant: the packages added to --variant=important, and customize
 # hooks (run by mmdebstrap with "$1" = the new root).
