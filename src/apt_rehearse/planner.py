@@ -270,6 +270,61 @@ def kept_back(cache: apt.Cache, request: Request) -> list[str]:
     )  # fmt: skip
 
 
+ALLOW_UNAUTHENTICATED = "APT::Get::AllowUnauthenticated"
+UNAUTHENTICATED_FIX = ("fix the source's key, or allow it as apt does with [trusted=yes] on the source "
+                       f"or -o {ALLOW_UNAUTHENTICATED}=true")  # fmt: skip
+
+
+def unauthenticated(cache: apt.Cache, changes: list[Change]) -> dict[str, list[str]]:
+    """The packages the changes would install from no trusted source, each
+    with the sources that offer it.
+
+    apt's own rule (pkgAcqArchive): a version is authenticated when one of
+    the indexes that offer it is trusted, that is its Release was signed with
+    a key apt verified, or its source says [trusted=yes]. Lists fetched with
+    Acquire::AllowInsecureRepositories are there, but not trusted."""
+    found: dict[str, list[str]] = {}
+    for change in changes:
+        if change.action not in INSTALLING_ACTIONS or change.package not in cache:
+            continue
+        candidate = cache[change.package].candidate
+        if candidate is None or not candidate.downloadable:
+            continue  # nothing to fetch: fetch_debs says so
+        indexes = [cache._list.find_index(package_file) for package_file, _ in candidate._cand.file_list]
+        indexes = [index for index in indexes if index is not None]
+        if not any(index.is_trusted for index in indexes):
+            found[change.package] = [index.describe for index in indexes]
+    if found:
+        # An index's own description names its list file too: name the
+        # source as apt does ("URI SUITE").
+        sources = {index.describe: f"{meta.uri.rstrip('/')} {meta.dist}"
+                   for meta in cache._list.list for index in meta.index_files}  # fmt: skip
+        found = {name: sorted({sources.get(d, d) for d in described}) for name, described in found.items()}
+    return found
+
+
+def refuse_unauthenticated(cache: apt.Cache, changes: list[Change]) -> None:
+    """Refuse, as apt-get does, packages that cannot be authenticated, unless
+    apt's configuration allows them (APT::Get::AllowUnauthenticated): they
+    would be unpacked and their scripts run as root in the rehearsal."""
+    if apt_pkg.config.find_b(ALLOW_UNAUTHENTICATED, False):
+        return
+    found = unauthenticated(cache, changes)
+    if not found:
+        return
+    names = sorted(found)
+    shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+    sources = sorted({source for offered in found.values() for source in offered})
+    if not sources:
+        where = "no trusted source offers " + ("it" if len(names) == 1 else "them")
+    elif len(sources) == 1:
+        where = f"source {sources[0]} has no valid signature"
+    else:
+        where = f"sources {', '.join(sources)} have no valid signature"
+    what = f"package {shown} cannot" if len(names) == 1 else f"packages {shown} cannot"
+    raise UsageError(f"{what} be authenticated ({where}); {UNAUTHENTICATED_FIX}")
+
+
 def fetch_debs(cache: apt.Cache, archive_dir: str, progress: bool) -> dict[str, str]:
     """Download the .debs into our own archive cache (apt's stays untouched).
 
@@ -287,6 +342,11 @@ def fetch_debs(cache: apt.Cache, archive_dir: str, progress: bool) -> dict[str, 
             manager.get_archives(fetcher, cache._list, cache._records)
         except SystemError as error:
             raise RehearsalError(f"apt cannot find the packages to rehearse: {str(error).strip()}") from error
+        # apt-get's own last check, on the very files it would fetch
+        # (refuse_unauthenticated has named the packages before).
+        untrusted = [item.desc_uri for item in fetcher.items if not item.is_trusted]
+        if untrusted and not apt_pkg.config.find_b(ALLOW_UNAUTHENTICATED, False):
+            raise UsageError(f"{untrusted[0]} cannot be authenticated; {UNAUTHENTICATED_FIX}")
         fetcher.run()
         errors = [f"{item.desc_uri}: {item.error_text}" for item in fetcher.items
                   if item.status != item.STAT_DONE or not item.complete]  # fmt: skip
@@ -338,6 +398,8 @@ def plan_transaction(request: Request, archive_dir: str, progress: bool, private
     replacements = suggest_replacements(cache, [c.package for c in changes if c.action in ("remove", "purge")])
     successors = find_successors(changes, provided_names(cache, changes))
     if changes:
+        # Before anything is fetched: what apt would refuse is not rehearsed as root.
+        refuse_unauthenticated(cache, changes)
         fetched = fetch_debs(cache, archive_dir, progress)
         changes = attach_debs(changes, cache, archive_dir, fetched, sha256_of)
     return Transaction(

@@ -48,6 +48,10 @@ MISSING_SUITE = re.compile(r"does not have a Release file|404\s+Not Found|File n
 FETCH_FAILED = re.compile(r"^Failed to fetch (\S+)")
 NO_RELEASE_FILE = re.compile(r"^The repository '(\S+) (\S+) Release' does not have a Release file")
 SUMMARY_LINES = ("Some index files failed to download",)
+# apt update's refusal of a source without a valid signature (no key, a bad
+# one, none at all), unless the source says [trusted=yes] or
+# Acquire::AllowInsecureRepositories is set: no retry changes that.
+NOT_SIGNED = re.compile(r"The repository '(.+?)(?: (?:In)?Release)?' is not signed")
 
 
 def missing_suites(message: str) -> dict[str, str] | None:
@@ -201,6 +205,10 @@ def use(state: ReleaseState, progress: bool) -> None:
             return
         except apt.cache.FetchFailedException as error:
             last_error = error
+            if unsigned := NOT_SIGNED.search(str(error)):
+                raise UsageError(f"the repository {unsigned.group(1)} has no valid signature, so apt update refuses it "
+                                 "(as it would in the real release upgrade); fix the source's key, or allow it as apt "
+                                 "does with [trusted=yes] on the source") from error  # fmt: skip
             missing = missing_suites(str(error))
             if missing is not None:
                 # What apt does too: the other sources' lists are in place.

@@ -109,3 +109,63 @@ def test_apt_inside_takes_the_prepared_cache_of_the_release(two_sources: dict) -
                    f"APT::Rehearse::Log-Dir={two_sources['base']}/log", "dist-upgrade", "--release", "trixie")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "D: replay: apt inside reused the release's prepared srcpkgcache.bin" in proc.stderr, proc.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def unsigned_source(sandbox_capable: None):
+    """The archive, unsigned and without [trusted=yes] (issue 14)."""
+    base = Path(tempfile.mkdtemp(prefix="rh-rel-unsigned-", dir="/var/tmp"))
+    base.chmod(0o755)
+    try:
+        debs = base / "debs"
+        tool1 = build_deb(debs, "rh-tool", "1.0", files={"/usr/share/rh-tool/version": "1.0\n"})
+        tool2 = build_deb(debs, "rh-tool", "2.0", files={"/usr/share/rh-tool/version": "2.0\n"})
+        archive = suite_repo(base / "archive", {"bookworm": [tool1], "trixie": [tool2]})
+        tree = bookworm_tree(base / "tree", variant="minimal")
+        install_into(tree, [tool1])
+        (tree / "etc/apt/sources.list").write_text(f"deb file:{archive} bookworm main\n")
+        for other in (tree / "etc/apt/sources.list.d").glob("*"):
+            other.unlink()
+        yield {"base": base, "tree": tree, "archive": archive}
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _release_run(unsigned_source: dict, *options: str) -> subprocess.CompletedProcess[str]:
+    return run_cli("--root", str(unsigned_source["tree"]), "--no-services", "-o",
+                   f"APT::Rehearse::Log-Dir={unsigned_source['base']}/log", *options,
+                   "dist-upgrade", "--release", "trixie")  # fmt: skip
+
+
+def test_an_unsigned_source_is_refused_as_apt_update_refuses_it(unsigned_source: dict) -> None:
+    before = tree_hash(unsigned_source["tree"])
+    proc = _release_run(unsigned_source)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    [line] = proc.stderr.splitlines()
+    assert line.startswith(f"E: the repository file:{unsigned_source['archive']} trixie has no valid signature, "
+                           "so apt update refuses it"), line  # fmt: skip
+    assert "[trusted=yes]" in line and "Traceback" not in proc.stderr
+    assert tree_hash(unsigned_source["tree"]) == before
+
+
+def test_an_insecure_source_of_the_release_is_not_authenticated(unsigned_source: dict) -> None:
+    # apt update takes it with Acquire::AllowInsecureRepositories; apt-get would not install from it.
+    before = tree_hash(unsigned_source["tree"])
+    proc = _release_run(unsigned_source, "-o", "Acquire::AllowInsecureRepositories=true")
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    [line] = proc.stderr.splitlines()
+    assert line.startswith(f"E: package rh-tool cannot be authenticated (source file:{unsigned_source['archive']} "
+                           "trixie has no valid signature); "), line  # fmt: skip
+    assert tree_hash(unsigned_source["tree"]) == before
+
+
+def test_an_insecure_source_allowed_unauthenticated_is_rehearsed(unsigned_source: dict) -> None:
+    before = tree_hash(unsigned_source["tree"])
+    proc, document = run_json("--root", str(unsigned_source["tree"]), "--no-services", "-o",
+                              f"APT::Rehearse::Log-Dir={unsigned_source['base']}/log",
+                              "-o", "Acquire::AllowInsecureRepositories=true", "-o", "APT::Get::AllowUnauthenticated=true",
+                              "dist-upgrade", "--release", "trixie")  # fmt: skip
+    assert proc.returncode == 0, (proc.stderr[-3000:], document.get("findings"))
+    changes = {c["package"]: c for c in document["transaction"]["changes"]}
+    assert (changes["rh-tool"]["from"], changes["rh-tool"]["to"]) == ("1.0", "2.0")
+    assert tree_hash(unsigned_source["tree"]) == before

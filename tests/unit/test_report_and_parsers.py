@@ -158,3 +158,14 @@ def test_missing_suites_are_told_from_network_errors() -> None:
     assert missing_suites(offline) is None
     assert missing_suites(http_repo + ", " + offline) is None
     assert missing_suites("") is None
+
+
+def test_an_unsigned_source_is_told_from_apt_updates_refusal() -> None:
+    # apt 2.6's words, as python-apt joins them: no signature at all, and a key apt does not have.
+    unsigned = "E:The repository 'file:/srv/repo trixie Release' is not signed."
+    no_key = ("W:GPG error: http://repo.example/debian trixie InRelease: The following signatures couldn't be verified "
+              "because the public key is not available: NO_PUBKEY 0123456789ABCDEF, E:The repository "
+              "'http://repo.example/debian trixie InRelease' is not signed.")  # fmt: skip
+    assert release.NOT_SIGNED.search(unsigned).group(1) == "file:/srv/repo trixie"
+    assert release.NOT_SIGNED.search(no_key).group(1) == "http://repo.example/debian trixie"
+    assert release.NOT_SIGNED.search("E:The repository 'file:/srv/repo trixie Release' does not have a Release file.") is None
