@@ -328,11 +328,12 @@ class BootedSandbox:
             try:
                 syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
                 _join(fds, root_fd)
-                confine.confine(self.syscall_filter)
+                supervisor = confine.confine(self.syscall_filter)
                 child = os.fork()
                 if child == 0:
                     os.execvpe(argv[0], argv, env)
                 _, status = os.waitpid(child, 0)
+                _end_supervisor(supervisor)
                 os._exit(max(0, os.waitstatus_to_exitcode(status)) & 0xFF)
             except BaseException:  # noqa: BLE001
                 traceback.print_exc()
@@ -357,7 +358,7 @@ class BootedSandbox:
                 os.close(read_fd)
                 syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
                 _join(fds, root_fd)
-                confine.confine(self.syscall_filter)
+                supervisor = confine.confine(self.syscall_filter)
                 worker = os.fork()  # only children enter the pid namespace
                 if worker == 0:
                     channel = Channel(write_fd)
@@ -371,6 +372,7 @@ class BootedSandbox:
                     os._exit(1)
                 os.close(write_fd)
                 _, status = os.waitpid(worker, 0)
+                _end_supervisor(supervisor)
                 code = os.waitstatus_to_exitcode(status)
             except BaseException:  # noqa: BLE001
                 try:
@@ -405,6 +407,16 @@ def _end_joiner(pid: int, grace: float = 5.0) -> None:
             if os.waitpid(pid, os.WNOHANG)[0]:
                 return
             time.sleep(0.01)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except (ChildProcessError, ProcessLookupError):
+        pass
+
+
+def _end_supervisor(pid: int) -> None:  # pragma: no cover - in a joiner
+    """The joiner's mount supervisor: it is under the filter it serves, so it
+    would wait for ever; its callers are gone."""
+    try:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
     except (ChildProcessError, ProcessLookupError):

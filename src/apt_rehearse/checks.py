@@ -42,6 +42,16 @@ NETWORK_MARKERS = (
     "No route to host", "Failed to establish a new connection", "getaddrinfo", "keyserver receive failed",
     "Connection timed out", "Failed to connect to",
 )  # fmt: skip
+# What the sandbox's confinement refuses (confine.py): the host kernel's
+# settings, modules, clock, swap, devices. The real run has them.
+KERNEL_MARKERS = re.compile(
+    r"/proc/sys/\S*: Read-only file system|sysctl: (permission denied on key|setting key .*Read-only file system)"
+    r"|modprobe: ERROR: could not insert .*Operation not permitted|insmod: ERROR: could not insert"
+    r"|date: cannot set date: Operation not permitted|settimeofday\(\) failed|clock_settime.*Operation not permitted"
+    r"|swapon: .*(swapon failed: )?Operation not permitted|swapoff: .*Operation not permitted"
+    r"|mknod: .*Operation not permitted|binfmt_misc.*(Operation not permitted|Read-only file system)"
+    r"|kexec_(file_)?load failed.*Operation not permitted"
+)
 TAIL_LINES = 15
 
 
@@ -92,6 +102,14 @@ def needs_network(lines: list[str]) -> str | None:
     """The line that says a script wanted the network, if one does."""
     for line in lines:
         if any(marker in line for marker in NETWORK_MARKERS):
+            return line.strip()[:200]
+    return None
+
+
+def needs_kernel(lines: list[str]) -> str | None:
+    """The line that says a script reached for the host kernel, if one does."""
+    for line in lines:
+        if KERNEL_MARKERS.search(line):
             return line.strip()[:200]
     return None
 
@@ -170,17 +188,30 @@ def state_findings(transaction: Transaction, replay: dict[str, Any]) -> list[Fin
     failed_packages = {f["package"] for f in failures}
     offline = {f["package"]: needs_network(f.get("output_tail", [])) for f in failures}
     offline = {package: line for package, line in offline.items() if line}
-    # Packages left unconfigured only because an offline one failed under them.
-    consequences = {f["package"] for f in failures if offline and "dependency problems" in f["message"]}
+    # What the confinement refused: the sandbox's limit, as the network is.
+    confined = {f["package"]: needs_kernel(f.get("output_tail", [])) for f in failures if f["package"] not in offline}
+    confined = {package: line for package, line in confined.items() if line}
+    limited = {**{p: "Needs-Network" for p in offline}, **{p: "Needs-Kernel" for p in confined}}
+    # Packages left unconfigured only because a limited one failed under them.
+    consequences = {f["package"] for f in failures if limited and "dependency problems" in f["message"]}
     for failure in failures:
         script = failure.get("script", "dpkg")
         status = failure.get("exit_status")
         how = f"exit status {status}" if status is not None else f"signal {failure.get('signal', '?')}" if "signal" in failure else failure["message"]
         network = offline.get(failure["package"])
         if failure["package"] in consequences:
-            findings.append(Finding("script-failure", ["Needs-Network"], failure["package"],
+            kind = "Needs-Network" if "Needs-Network" in limited.values() else "Needs-Kernel"
+            why = "without the network" if kind == "Needs-Network" else "inside the sandbox's confinement"
+            findings.append(Finding("script-failure", [kind], failure["package"],
                                     f"{failure['package']}: left unconfigured ({how}) because "
-                                    f"{', '.join(sorted(offline))} could not be rehearsed without the network", failure))  # fmt: skip
+                                    f"{', '.join(sorted(limited))} could not be rehearsed {why}", failure))  # fmt: skip
+            continue
+        kernel = confined.get(failure["package"])
+        if kernel:
+            findings.append(Finding("script-failure", ["Needs-Kernel"], failure["package"],
+                                    f"{failure['package']}: {script} failed ({how}) during {failure['dpkg_action']} "
+                                    f"changing the host kernel's state, which the sandbox refuses (\"{kernel}\"); "
+                                    "the real run can: this step could not be rehearsed", failure))  # fmt: skip
             continue
         if network:
             # Not a verdict on the package: the rehearsal could not give it what it reached for.
@@ -201,7 +232,7 @@ def state_findings(transaction: Transaction, replay: dict[str, Any]) -> list[Fin
     after = replay["after"]
     for name, state in sorted(after.items()):
         status = state.get("status", "")
-        if _bare(name) in offline or _bare(name) in consequences:
+        if _bare(name) in limited or _bare(name) in consequences:
             continue  # said above: the sandbox's limit, not the package's state
         if len(status) >= 2 and (status[1] in "UFHWt" or status[2:3] == "R"):
             meaning = {"U": "unpacked but not configured", "F": "half-configured", "H": "half-installed",

@@ -105,6 +105,25 @@ DENIED = (
     "open_by_handle_at", "lookup_dcookie", "nfsservctl", "quotactl", "quotactl_fd", "acct", "syslog",
 )  # fmt: skip
 
+# File systems whose instance is the host kernel's own, whatever namespace
+# mounts them: a registration in binfmt_misc, a write to debugfs, tracefs,
+# securityfs (LSM policy), efivarfs (firmware variables), configfs, pstore,
+# bpffs or fusectl, or the host's device nodes in a devtmpfs, reach the
+# host. A new sysfs instance is writable: only read-only ones are let
+# through. seccomp cannot read the type string mount(2) is given, so these
+# calls go to a supervisor (MountSupervisor) that reads it and answers.
+# Bind, move, remount and propagation calls ignore the type: they never
+# leave the kernel.
+DENIED_FILESYSTEMS = frozenset({
+    "binfmt_misc", "debugfs", "tracefs", "securityfs", "efivarfs", "configfs", "pstore", "bpf", "fusectl",
+    "devtmpfs", "selinuxfs", "smackfs", "apparmorfs", "resctrl",
+})  # fmt: skip
+READ_ONLY_FILESYSTEMS = frozenset({"sysfs"})
+MS_RDONLY, MS_REMOUNT, MS_BIND, MS_MOVE = 1, 32, 4096, 8192
+MS_UNBINDABLE, MS_PRIVATE, MS_SLAVE, MS_SHARED = 1 << 17, 1 << 18, 1 << 19, 1 << 20
+TYPE_IGNORED = MS_REMOUNT | MS_BIND | MS_MOVE | MS_UNBINDABLE | MS_PRIVATE | MS_SLAVE | MS_SHARED
+SECCOMP_USER_NOTIF_FLAG_CONTINUE = 1
+
 # /proc entries nspawn makes inaccessible (files) or read-only (directories).
 PROC_INACCESSIBLE = ("kallsyms", "kcore", "keys", "kmsg", "sysrq-trigger", "timer_list", "config.gz")
 PROC_READ_ONLY = ("acpi", "apm", "asound", "bus", "fs", "irq", "scsi", "sys")
@@ -168,6 +187,15 @@ def build_filter() -> "seccomp.SyscallFilter":
             syscall_filter.add_rule(action, name)
         except (OSError, RuntimeError, ValueError):
             pass  # not a syscall on these architectures
+    # A new mount whose type the kernel reads goes to the supervisor; the new
+    # mount API's fsopen fails as on a kernel without it (util-linux and
+    # systemd then use mount(2)).
+    syscall_filter.add_rule(seccomp.NOTIFY, "mount", seccomp.Arg(3, seccomp.MASKED_EQ, TYPE_IGNORED, 0))
+    for name in ("fsopen", "fspick"):
+        try:
+            syscall_filter.add_rule(seccomp.ERRNO(errno.ENOSYS), name)
+        except (OSError, RuntimeError, ValueError):
+            pass
     # Audit is the host kernel's: as nspawn does, creating an audit socket
     # fails the way it does on a kernel without audit.
     syscall_filter.add_rule(seccomp.ERRNO(errno.EAFNOSUPPORT), "socket",
@@ -212,8 +240,9 @@ def limit_process_capabilities() -> None:
             raise
 
 
-def confine(syscall_filter: "seccomp.SyscallFilter") -> None:
-    """Confine the calling process and everything it will start.
+def confine(syscall_filter: "seccomp.SyscallFilter") -> int:
+    """Confine the calling process and everything it will start; returns the
+    pid of the mount supervisor it started (a child of the caller).
 
     The order matters: dropping from the bounding set needs CAP_SETPCAP,
     loading a filter without no_new_privs needs CAP_SYS_ADMIN; both are
@@ -222,6 +251,96 @@ def confine(syscall_filter: "seccomp.SyscallFilter") -> None:
     drop_bounding_set()
     syscall_filter.load()
     limit_process_capabilities()
+    listener = syscall_filter.get_notify_fd()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the supervisor
+        code = 0
+        try:
+            # It holds nothing of its parent's: a pipe it kept open would
+            # keep the far end from seeing EOF.
+            os.closerange(3, listener)
+            os.closerange(listener + 1, 65536)
+            supervise_mounts(syscall_filter, listener)
+        except BaseException:  # noqa: BLE001 - it must never return into its parent's code
+            code = 1
+        os._exit(code)
+    os.close(listener)
+    return pid
+
+
+def mount_allowed(fstype: str, flags: int) -> bool:
+    """Whether a new mount of this type stays inside the sandbox."""
+    if fstype in DENIED_FILESYSTEMS:
+        return False
+    return fstype not in READ_ONLY_FILESYSTEMS or bool(flags & MS_RDONLY)
+
+
+def _read_string(pid: int, address: int, limit: int = 64) -> str | None:
+    """A NUL-terminated string of another process, read through /proc."""
+    if not address:
+        return ""
+    try:
+        with open(f"/proc/{pid}/mem", "rb", buffering=0) as memory:
+            memory.seek(address)
+            # Up to the page's end first: the string may end before an unmapped page.
+            first = min(limit, 4096 - address % 4096)
+            data = memory.read(first)
+            if b"\0" not in data and first < limit:
+                try:
+                    data += memory.read(limit - first)
+                except OSError:
+                    pass
+    except (OSError, ValueError, OverflowError):
+        return None
+    return data.split(b"\0", 1)[0].decode("ascii", "replace")
+
+
+def _still_waiting(listener: int, notification_id: int) -> bool:
+    import fcntl
+    import struct
+
+    for request in (0x40082102, 0x80082102):  # SECCOMP_IOCTL_NOTIF_ID_VALID (_IOW; _IOR before 5.17)
+        try:
+            fcntl.ioctl(listener, request, struct.pack("Q", notification_id))
+            return True
+        except OSError as error:
+            if error.errno == errno.ENOENT:
+                return False
+    return False
+
+
+def supervise_mounts(syscall_filter: "seccomp.SyscallFilter", listener: int) -> None:
+    """Answer the mount(2) calls the filter hands over, until nobody is left under it.
+
+    What is read can change between the read and the kernel going on (a
+    second thread of the caller rewriting the string): a deliberate process
+    can win that race, which the kernel's documentation says of every such
+    supervisor; an ordinary package or service cannot.
+    """
+    import select
+
+    poller = select.poll()
+    poller.register(listener, select.POLLIN)
+    while True:
+        events = poller.poll()
+        if any(event & (select.POLLHUP | select.POLLERR | select.POLLNVAL) for _, event in events):
+            return  # every process under the filter is gone
+        try:
+            notification = syscall_filter.receive_notify()
+        except (OSError, RuntimeError, ValueError):
+            continue  # the caller died meanwhile
+        fstype = _read_string(notification.pid, notification.syscall_args[2])
+        if not _still_waiting(listener, notification.id):
+            continue
+        flags = notification.syscall_args[3]
+        if fstype is not None and mount_allowed(fstype, flags):
+            response = seccomp.NotificationResponse(notification, 0, 0, SECCOMP_USER_NOTIF_FLAG_CONTINUE)
+        else:
+            response = seccomp.NotificationResponse(notification, 0, -errno.EPERM, 0)
+        try:
+            syscall_filter.respond_notify(response)
+        except (OSError, RuntimeError, ValueError):
+            pass
 
 
 def check_available() -> None:

@@ -145,3 +145,51 @@ def release_findings(hazards: dict[str, Any]) -> list[Finding]:
 
 def _short(names: list[str]) -> str:
     return ", ".join(names[:LIST_LIMIT]) + (f" and {len(names) - LIST_LIMIT} more" if len(names) > LIST_LIMIT else "")
+
+
+KERNEL_APPLIERS = {"sysctl": "systemd-sysctl", "modules": "systemd-modules-load", "binfmt": "systemd-binfmt"}
+
+
+def kernel_findings(rows: list[dict[str, Any]], owners: dict[str, str]) -> list[Finding]:
+    """What the upgrade would change in the kernel at the next boot: never applied
+    in the sandbox, reported (``rows``: kernel_settings.changes with "running";
+    ``owners``: file -> the package that ships it)."""
+    findings = []
+    for row in rows:
+        kind, key, value, now = row["kind"], row["key"], row["value"], row["running"]
+        package = owners.get(row["file"])
+        source = f"{row['file']}, from {package}," if package else f"{row['file']} (which no package ships)"
+        when = f"at the next boot or restart of {KERNEL_APPLIERS[kind]}"
+        if kind == "sysctl":
+            if value is None:
+                message = (f"the upgrade no longer sets {key} ({_now(now)}), which {source} set to {row['was']}: "
+                           "from the next boot on, the kernel's default applies")  # fmt: skip
+            else:
+                state = "as now" if now is not None and now == value else _now(now)
+                if row["was"] is not None:
+                    state += f"; configured {row['was']} until now"
+                message = f"the upgrade sets {key} = {value} ({state}) through {source} {when}"
+        elif kind == "modules":
+            if value is None:
+                message = (f"the upgrade no longer loads the kernel module {key} at boot ({now} now), "
+                           f"which {source} listed")
+            else:
+                message = f"the upgrade loads the kernel module {key} ({now} now) through {source} {when}"
+        else:
+            state = f"{now} now" if now else "binfmt_misc is not mounted now"
+            if value is None:
+                message = (f"the upgrade no longer registers the binary format {key} at boot ({state}), "
+                           f"which {source} did")
+            else:
+                if row["was"] is not None:
+                    state += "; another rule until now"
+                interpreter = f" for {row['interpreter']}" if row.get("interpreter") else ""
+                message = (f"the upgrade registers the binary format {key}{interpreter} ({state}) "
+                           f"through {source} {when}")
+        findings.append(Finding("kernel", ["Kernel-Settings"], key, message,
+                                {**row, "package": package}))  # fmt: skip
+    return findings
+
+
+def _now(running: str | None) -> str:
+    return "the running value cannot be read" if running is None else f"now {running}"

@@ -13,7 +13,7 @@ import os
 import time
 from typing import Any, Callable
 
-from apt_rehearse import bootchain, checks, facts, hazard_checks, janitor, snapshots
+from apt_rehearse import bootchain, checks, facts, hazard_checks, janitor, kernel_settings, snapshots
 from apt_rehearse.config import Settings
 from apt_rehearse.errors import RehearsalError, RehearsalLimit, UnsupportedSystem
 from apt_rehearse.forked import ForkedCall
@@ -285,6 +285,7 @@ def rehearse(
             findings += hazard_checks.lost_library_findings(transaction, losses, owners)
             findings += hazard_checks.boot_findings(transaction, hazards)
             findings += hazard_checks.release_findings(hazards)
+            findings += _kernel_findings(transaction, hazards)
             if not hazards["libraries"].get("available", True):
                 notes.append(f"shared libraries were not checked: {hazards['libraries'].get('reason', 'unavailable')}")
             if hazards["before"]["libraries"].get("capped"):
@@ -320,12 +321,25 @@ def rehearse(
     )
 
 
+def _kernel_findings(transaction: Transaction, hazards: dict[str, Any]) -> list[Finding]:
+    """The kernel settings the run changes, against what this machine's kernel runs with."""
+    rows = kernel_settings.changes(hazards["before"]["kernel"], hazards["kernel"])
+    if not rows:
+        return []
+    # A dropped setting's file is gone from the rehearsed tree: the target's own lists name its package.
+    dropped = sorted({r["file"] for r in rows if r["value"] is None})
+    owners = facts.owners_of(transaction.root, dropped) if dropped else {}
+    owners.update(hazards.get("kernel_owners") or {})
+    return hazard_checks.kernel_findings(kernel_settings.running_now(rows), owners)
+
+
 def _hazard_figures(hazards: dict[str, Any] | None) -> dict[str, Any]:
     if not hazards:
         return {}
     return {
         "libraries": library_summary(hazards["before"]["libraries"], hazards["libraries"]),
         "boot": hazard_checks.boot_summary(hazards),
+        "kernel": kernel_settings.summary(hazards["kernel"]),
         "conffile_leftovers": hazards["conffile_leftovers"],
         "obsolete": hazards.get("obsolete"),
         "auto_removable": hazards.get("autoremovable"),

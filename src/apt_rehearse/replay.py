@@ -19,7 +19,7 @@ import subprocess
 import time
 from typing import Any, Iterator
 
-from apt_rehearse import bootchain, conffile_state, libraries
+from apt_rehearse import bootchain, conffile_state, facts, kernel_settings, libraries
 from apt_rehearse.errors import RehearsalError
 from apt_rehearse.sandbox import Channel, SandboxSession
 from apt_rehearse.transaction import INSTALLING_ACTIONS, Transaction
@@ -319,6 +319,7 @@ def _before_apt(plan: ReplayPlan) -> dict[str, Any]:
         "libraries": libraries.scan(plan.library_dirs, known=plan.elf_known),
         "boot": bootchain.boot_state(),
         "conffile_leftovers": conffile_state.leftovers(),
+        "kernel": kernel_settings.collect(),
     }
     if plan.release_upgrade:
         state["autoremovable"] = parse_autoremovable(*finish_command(autoremove_run, AUTOREMOVE_ARGV[0]))
@@ -336,7 +337,13 @@ def _after_apt(plan: ReplayPlan, before: dict[str, Any], recorders: dict[str, An
         "recorder_refused": recorders["refused"],
         "grub_probe_unanswered": bootchain.unanswered_grub_probes(),
         "conffile_leftovers": conffile_state.new_leftovers(before["conffile_leftovers"], conffile_state.leftovers()),
+        "kernel": kernel_settings.collect(),
     }
+    # Which package ships each file that brings a new setting: dpkg's lists as
+    # the run leaves them (those of a setting the run drops are the host's).
+    changed = kernel_settings.changes(before["kernel"], after["kernel"])
+    brought = {row["file"] for row in changed if row["value"] is not None}
+    after["kernel_owners"] = facts.owners_of("/", sorted(brought)) if brought else {}
     if plan.release_upgrade:
         after["autoremovable"] = parse_autoremovable(*finish_command(autoremove_run, AUTOREMOVE_ARGV[0]))
         after["obsolete"] = parse_obsolete(*finish_command(obsolete_run, OBSOLETE_ARGV[0]))
@@ -389,7 +396,8 @@ def replay_inside(plan: ReplayPlan, session: SandboxSession | None, channel: Cha
     with parts("hazards after"):
         hazards = _after_apt(plan, hazards_before, recorders, obsolete_run)
     hazards["before"] = {"libraries": hazards_before["libraries"], "boot": hazards_before["boot"],
-                         "autoremovable": hazards_before.get("autoremovable")}  # fmt: skip
+                         "autoremovable": hazards_before.get("autoremovable"),
+                         "kernel": hazards_before["kernel"]}  # fmt: skip
     with parts("audit"):
         audit_status, audit_output = run_command(["dpkg", "--audit"])
         check_status, check_output = run_command(["apt-get", "check", *APT_QUIET_OPTIONS])

@@ -178,6 +178,10 @@ def _checked(report: dict[str, Any]) -> str:
     references = (report.get("boot") or {}).get("references") or []
     if references:
         parts.append(f"{len(references)} bootloader reference(s)")
+    kernel = report.get("kernel")
+    if kernel:
+        parts.append(f"the kernel settings for the next boot ({kernel['sysctl']} sysctl key(s), {kernel['modules']} "
+                     f"module(s) to load, {kernel['binfmt']} binary format(s))")  # fmt: skip
     if report.get("disk"):
         parts.append("the free space of " + ", ".join(row["mount"] for row in report["disk"]))
     return "; ".join(parts)

@@ -10,7 +10,8 @@ point leaves nothing mounted and nothing running on the host.
 Host safety rules (DESIGN.md) this module keeps:
 - the target root and each local-disk submount are overlay lowers, never
   written; the uppers live on a size-capped tmpfs or in a directory of ours;
-- /dev is a tmpfs with nodes made by mknod, never a bind of host nodes;
+- /dev is a tmpfs with nodes made by mknod, never a bind of host nodes (only
+  where mknod is refused, inside a rehearsal, the same nodes bound read-only);
 - /proc is fresh, /sys read-only, /run and /tmp fresh tmpfs;
 - host directories that must be seen inside (the .debs) are bound read-only;
 - everything inside runs confined (confine.py): /proc/sys read-only but for
@@ -289,6 +290,26 @@ class Cgroup2(Step):
         syscalls.mount("cgroup2", self.target, "cgroup2", syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC)
 
 
+def _device_node(path: str, mode: int, major: int, minor: int, fallback: str) -> None:
+    """A node of the sandbox's own, made with mknod.
+
+    Where mknod is refused (apt-rehearse itself runs confined: a rehearsal
+    inside a rehearsal, a container without CAP_MKNOD), the same node of the
+    current /dev is bound instead, as nspawn does, read-only: a chmod or
+    chown through it fails (EROFS) instead of reaching the outer node, while
+    reads and writes to the device work as on the node itself.
+    """
+    try:
+        os.mknod(path, mode | stat.S_IFCHR, os.makedev(major, minor))
+        os.chmod(path, mode)
+        return
+    except PermissionError:
+        pass
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o000))
+    syscalls.mount(fallback, path, None, syscalls.MS_BIND)
+    syscalls.mount(None, path, None, syscalls.MS_BIND | syscalls.MS_REMOUNT | syscalls.MS_RDONLY | syscalls.MS_NOSUID)
+
+
 @dataclasses.dataclass
 class PrivateDev(Step):
     target: str
@@ -300,9 +321,7 @@ class PrivateDev(Step):
     def execute(self, ctx: Context) -> None:
         syscalls.mount("tmpfs", self.target, "tmpfs", syscalls.MS_NOSUID, "mode=0755,size=16m")
         for name, (major, minor) in DEVICE_NODES.items():
-            path = f"{self.target}/{name}"
-            os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(major, minor))
-            os.chmod(path, 0o666)
+            _device_node(f"{self.target}/{name}", 0o666, major, minor, f"/dev/{name}")
         for name in ("pts", "shm"):
             os.mkdir(f"{self.target}/{name}", 0o755)
         syscalls.mount(
@@ -311,7 +330,7 @@ class PrivateDev(Step):
         )  # fmt: skip
         os.symlink("pts/ptmx", f"{self.target}/ptmx")
         if self.console:
-            os.mknod(f"{self.target}/console", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+            _device_node(f"{self.target}/console", 0o600, 1, 3, "/dev/null")
         syscalls.mount("tmpfs", f"{self.target}/shm", "tmpfs", syscalls.MS_NOSUID | syscalls.MS_NODEV, "mode=1777")
         for name, link in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
                            ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):  # fmt: skip
