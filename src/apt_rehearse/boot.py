@@ -95,7 +95,7 @@ class BootedSandbox:
         self.pid1: int | None = None
         self.boots = 0
         self.masked: list[str] = []
-        self.syscall_filter = confine.build_filter()
+        self.filters = confine.build_filters()
 
     # -- the keeper ----------------------------------------------------------
 
@@ -238,7 +238,7 @@ class BootedSandbox:
                 step.execute(ctx)
             for fd in ctx.pinned.values():
                 os.close(fd)
-            confine.confine(self.syscall_filter)
+            confine.confine(self.filters)
             env = {"container": "apt-rehearse", "TERM": "dumb", "LANG": "C.UTF-8",
                    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}  # fmt: skip
             null = os.open("/dev/null", os.O_RDWR)
@@ -328,7 +328,7 @@ class BootedSandbox:
             try:
                 syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
                 _join(fds, root_fd)
-                supervisor = confine.confine(self.syscall_filter)
+                supervisor = confine.confine(self.filters)
                 child = os.fork()
                 if child == 0:
                     os.execvpe(argv[0], argv, env)
@@ -358,7 +358,7 @@ class BootedSandbox:
                 os.close(read_fd)
                 syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
                 _join(fds, root_fd)
-                supervisor = confine.confine(self.syscall_filter)
+                supervisor = confine.confine(self.filters)
                 worker = os.fork()  # only children enter the pid namespace
                 if worker == 0:
                     channel = Channel(write_fd)
@@ -416,6 +416,8 @@ def _end_joiner(pid: int, grace: float = 5.0) -> None:
 def _end_supervisor(pid: int) -> None:  # pragma: no cover - in a joiner
     """The joiner's mount supervisor: it is under the filter it serves, so it
     would wait for ever; its callers are gone."""
+    if pid <= 0:
+        return  # an outer sandbox's supervisor answers for it
     try:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)

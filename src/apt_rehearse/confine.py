@@ -37,6 +37,7 @@ pivot_root, where only modules already loaded can be used.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import errno
 import os
 import platform
@@ -130,6 +131,7 @@ PROC_READ_ONLY = ("acpi", "apm", "asound", "bus", "fs", "irq", "scsi", "sys")
 PROC_WRITABLE = ("sys/net",)  # the private network namespace's own settings
 
 # <linux/prctl.h>, <linux/capability.h>, <linux/seccomp.h>
+PR_GET_SECCOMP = 21
 PR_CAPBSET_READ = 23
 PR_CAPBSET_DROP = 24
 PR_CAP_AMBIENT = 47
@@ -167,7 +169,24 @@ def _architectures() -> list[object]:
     return [getattr(seccomp.Arch, name) for name in extra if hasattr(seccomp.Arch, name)]
 
 
-def build_filter() -> "seccomp.SyscallFilter":
+@dataclasses.dataclass
+class Filters:
+    """The filter, and the same without the mount supervisor's rule.
+
+    A process can be under one listener only: a sandbox started inside a
+    rehearsal (already under the outer one's filter, whose supervisor keeps
+    answering for it) loads the second.
+    """
+
+    supervised: "seccomp.SyscallFilter"
+    nested: "seccomp.SyscallFilter"
+
+
+def build_filters() -> Filters:
+    return Filters(build_filter(supervised=True), build_filter(supervised=False))
+
+
+def build_filter(supervised: bool = True) -> "seccomp.SyscallFilter":
     """The seccomp filter everything inside runs under."""
     if seccomp is None:
         raise UnsupportedSystem("python3-seccomp is not installed; apt-rehearse needs it to confine the sandbox "
@@ -190,7 +209,8 @@ def build_filter() -> "seccomp.SyscallFilter":
     # A new mount whose type the kernel reads goes to the supervisor; the new
     # mount API's fsopen fails as on a kernel without it (util-linux and
     # systemd then use mount(2)).
-    syscall_filter.add_rule(seccomp.NOTIFY, "mount", seccomp.Arg(3, seccomp.MASKED_EQ, TYPE_IGNORED, 0))
+    if supervised:
+        syscall_filter.add_rule(seccomp.NOTIFY, "mount", seccomp.Arg(3, seccomp.MASKED_EQ, TYPE_IGNORED, 0))
     for name in ("fsopen", "fspick"):
         try:
             syscall_filter.add_rule(seccomp.ERRNO(errno.ENOSYS), name)
@@ -240,16 +260,35 @@ def limit_process_capabilities() -> None:
             raise
 
 
-def confine(syscall_filter: "seccomp.SyscallFilter") -> int:
+def _filtered() -> bool:
+    """Whether this process already runs under a seccomp filter (prctl, not
+    /proc: a joiner's /proc is a pid namespace it is not in)."""
+    try:
+        return _prctl(PR_GET_SECCOMP, 0) != 0
+    except OSError:
+        return False
+
+
+def confine(filters: Filters) -> int:
     """Confine the calling process and everything it will start; returns the
-    pid of the mount supervisor it started (a child of the caller).
+    pid of the mount supervisor it started (a child of the caller), or 0
+    when an outer sandbox's supervisor answers for it.
 
     The order matters: dropping from the bounding set needs CAP_SETPCAP,
     loading a filter without no_new_privs needs CAP_SYS_ADMIN; both are
     kept, but each step is done while the capability it needs is certain.
     """
     drop_bounding_set()
-    syscall_filter.load()
+    nested = _filtered()
+    syscall_filter = filters.supervised
+    try:
+        syscall_filter.load()
+    except (OSError, RuntimeError):
+        if not nested:
+            raise
+        filters.nested.load()
+        limit_process_capabilities()
+        return 0
     limit_process_capabilities()
     listener = syscall_filter.get_notify_fd()
     pid = os.fork()
