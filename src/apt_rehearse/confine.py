@@ -396,6 +396,13 @@ def check_available() -> None:
         raise UnsupportedSystem("this kernel has no seccomp (CONFIG_SECCOMP_FILTER); apt-rehearse will not run "
                                 "a rehearsal it cannot confine to the sandbox")  # fmt: skip
     try:
+        effective = int(status_of().get("CapEff", "0"), 16)
+    except (OSError, ValueError):
+        effective = 0
+    if not effective & (1 << CAPABILITIES["CAP_SETPCAP"]):
+        raise UnsupportedSystem("no CAP_SETPCAP here, so the sandbox's capabilities cannot be dropped; apt-rehearse "
+                                "will not run a rehearsal it cannot confine")  # fmt: skip
+    try:
         _prctl(PR_CAPBSET_READ, CAPABILITIES["CAP_SYS_MODULE"])
     except OSError as error:
         raise UnsupportedSystem(f"cannot read the capability bounding set ({error.strerror}); apt-rehearse will "

@@ -163,6 +163,21 @@ def test_no_overlayfs(scenario) -> None:  # noqa: ANN001
     _one_line_exit(proc, 3, "overlayfs")
 
 
+@pytest.mark.case("unsupported: cannot confine (no python3-seccomp, no CAP_SETPCAP)")
+def test_cannot_confine(scenario, ledger) -> None:  # noqa: ANN001
+    """Never an unconfined rehearsal: one line, exit 3, nothing rehearsed."""
+    hidden = scenario.base / "no-seccomp"
+    hidden.mkdir(exist_ok=True)
+    (hidden / "seccomp.py").write_text("raise ImportError('python3-seccomp hidden by the test')\n")
+    for args in (("install", "rel-clean"), ("--no-services", "install", "rel-clean")):
+        ledger.tried()
+        argv = ["env", f"PYTHONPATH={hidden}:{SRC}", *rel_run.cli_argv(scenario.tree, scenario.log, scenario.cache, *args)]
+        proc = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600, check=False)
+        _one_line_exit(proc, 3, "python3-seccomp")
+        ledger.tried()
+        _one_line_exit(_cli(scenario, "setpriv", "--inh-caps=-setpcap", "--bounding-set=-setpcap", args=args), 3, "CAP_SETPCAP")
+
+
 READ_ONLY_ROOT = r"""
 set -e
 mount -o remount,bind,ro /

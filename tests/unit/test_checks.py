@@ -190,3 +190,46 @@ def test_a_script_that_needs_the_network_is_not_blamed() -> None:
     assert "because rh-fonts could not be rehearsed without the network" in findings[1].message
     apply_policy(findings, lambda key, default: default)
     assert {f.severity for f in findings} == {"warn"}
+
+
+def test_a_script_refused_by_the_confinement_is_not_blamed() -> None:
+    output = (
+        "Setting up rh-tune (2.0) ...\n"
+        "sysctl: setting key \"vm.swappiness\": Read-only file system\n"
+        "dpkg: error processing package rh-tune (--configure):\n"
+        " installed rh-tune package post-installation script subprocess returned error exit status 255\n"
+        "dpkg: dependency problems prevent configuration of rh-db:\n"
+        " rh-db depends on rh-tune; however:\n"
+        "  Package rh-tune is not configured yet.\n\n"
+        "dpkg: error processing package rh-db (--configure):\n"
+        " dependency problems - leaving unconfigured\n"
+        "Errors were encountered while processing:\n rh-tune\n rh-db\n"
+        "E: Sub-process /usr/bin/dpkg returned an error code (1)\n"
+    )
+    replay = {
+        "apt": {"output": output, "exit_status": 100, "timed_out": False},
+        "before": {}, "after": {"rh-tune:all": {"version": "2.0", "status": "iF"}, "rh-db:all": {"version": "2.0", "status": "iU"}},
+        "audit": {"output": ""}, "check": {"exit_status": 0, "output": ""},
+    }  # fmt: skip
+    tx = Transaction([Change("rh-tune", "all", "1.0", "2.0", "upgrade"), Change("rh-db", "all", "1.0", "2.0", "upgrade")])
+    findings = checks.state_findings(tx, replay)
+    assert [(f.subject, f.kinds) for f in findings] == [("rh-tune", ["Needs-Kernel"]), ("rh-db", ["Needs-Kernel"])]
+    assert "which the sandbox refuses" in findings[0].message and "vm.swappiness" in findings[0].message
+    assert "inside the sandbox's confinement" in findings[1].message
+    apply_policy(findings, lambda key, default: default)
+    assert {f.severity for f in findings} == {"warn"}
+
+
+def test_what_the_confinement_refuses_is_recognised() -> None:
+    refused = [
+        'sysctl: permission denied on key "kernel.printk_ratelimit"',
+        "sh: 1: cannot create /proc/sys/vm/swappiness: Read-only file system",
+        "modprobe: ERROR: could not insert 'dummy': Operation not permitted",
+        "date: cannot set date: Operation not permitted",
+        "swapon: /swapfile: swapon failed: Operation not permitted",
+        "mknod: /dev/sdz: Operation not permitted",
+    ]
+    for line in refused:
+        assert checks.needs_kernel([line]), line
+    for line in ("curl: (6) Could not resolve host: x", "E: something else failed", "mknod: /x: File exists"):
+        assert checks.needs_kernel([line]) is None, line
