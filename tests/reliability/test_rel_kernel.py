@@ -30,7 +30,7 @@ ROWS = {
     "kernel: sysrq": (("sysrq",), None),
     "kernel: keyrings, BPF, perf": (("keyring", "bpf", "perf"), None),
 }  # fmt: skip
-SCENARIOS = ("CLI passing", "CLI blocking", "CLI killed", "hook")
+SCENARIOS = ("CLI passing", "CLI blocking", "CLI killed", "hook passing", "hook blocking", "hook killed")
 
 
 @pytest.fixture(scope="module")
@@ -52,14 +52,15 @@ def outcomes(hostile: rel_kernel.Hostile) -> dict[str, dict]:
         cache = hostile.base / f"cache-{name.replace(' ', '-')}"  # no verdict of another scenario reused
         hostile.restore()
         before = hostile.state()
-        if name == "hook":
-            argv = rel_run.apt_argv(hostile.tree, hostile.base, log, cache, "install", "rh-hostile")
-            outcome = rel_run.run_and_kill(argv, None, hook=True)
+        blocking, killed = name.endswith("blocking"), name.endswith("killed")
+        request = ("install", "rh-hostile-strict") if blocking else ("install", "rh-hostile")
+        options = ("-o", "APT::Rehearse::Policy::Needs-Kernel=block") if blocking else ()
+        if name.startswith("hook"):
+            argv = rel_run.apt_argv(hostile.tree, hostile.base, log, cache, *options, *request)
+            outcome = rel_run.run_and_kill(argv, "replay" if killed else None, hook=True)
         else:
-            request = ("install", "rh-hostile-strict") if name == "CLI blocking" else ("install", "rh-hostile")
-            options = ("-o", "APT::Rehearse::Policy::Needs-Kernel=block") if name == "CLI blocking" else ()
             argv = rel_run.cli_argv(hostile.tree, log, cache, *options, "--json", *request)
-            outcome = rel_run.run_and_kill(argv, "replay" if name == "CLI killed" else None, log=log)
+            outcome = rel_run.run_and_kill(argv, "replay" if killed else None, log=log)
         after = hostile.state()
         results[name] = {"outcome": outcome, "tried": rel_kernel.attempts(rel_kernel.replay_logs(log)),
                          "changed": rel_kernel.differences(hostile, before, after), "log": log}  # fmt: skip
@@ -82,14 +83,17 @@ def test_the_host_kernel_is_untouched(outcomes: dict[str, dict], row: str, scena
         assert outcome.returncode == 0, outcome.output[-3000:]
     elif scenario == "CLI blocking":
         assert outcome.returncode == 10, outcome.output[-3000:]
-    elif scenario == "CLI killed":
+    elif scenario.endswith("killed"):
         assert outcome.killed_at == "replay", outcome.output[-3000:]
-    else:
-        assert "hook" not in outcome.output or "Traceback" not in outcome.output, outcome.output[-3000:]
-    if scenario == "CLI killed" and outside is None:
+    elif scenario == "hook passing":  # the hook lets apt go on, to the tests' dpkg that refuses
+        assert "verdict PASS" in outcome.output and "fake dpkg: refusing" in outcome.output, outcome.output[-3000:]
+    else:  # the hook stops apt before dpkg runs
+        assert "verdict BLOCK" in outcome.output and "fake dpkg: refusing" not in outcome.output, outcome.output[-3000:]
+    assert "Traceback" not in outcome.output, outcome.output[-3000:]
+    if scenario.endswith("killed") and outside is None:
         pytest.skip(f"{row}: checked inside only, and a killed run leaves no log")
     tried = [t for t in result["tried"] if t[1] in names]
-    if scenario != "CLI killed":  # a killed run leaves no report: judged outside only
+    if not scenario.endswith("killed"):  # a killed run leaves no report: judged outside only
         places = {where for where, *_ in tried}
         assert {"postinst", "service"} <= places, (places, outcome.output[-2000:])
     through = [t for t in tried if t[2] == "ok"]
