@@ -144,12 +144,18 @@ def parse_binfmt(text: str) -> list[tuple[str, str, str]]:
     return rules
 
 
+def _read_order(root: str, dirs: tuple[str, ...], single: str) -> list[str]:
+    """The files as the boot applies them: the directories', then the single
+    file, unless one of them already links to it (Debian's 99-sysctl.conf)."""
+    read = [resolve(root, path) for path in config_files(root, dirs)]
+    if resolve(root, single) not in read:
+        read.append(resolve(root, single))
+    return read
+
+
 def effective_sysctl(root: str = "/") -> dict[str, dict[str, Any]]:
     settings: dict[str, dict[str, Any]] = {}
-    read = [resolve(root, path) for path in config_files(root, SYSCTL_DIRS)]
-    if resolve(root, SYSCTL_CONF) not in read:
-        read.append(resolve(root, SYSCTL_CONF))
-    for real in read:
+    for real in _read_order(root, SYSCTL_DIRS, SYSCTL_CONF):
         for key, value, ignore in parse_sysctl(_read(root, real)):
             settings[key] = {"value": value, "file": real, "ignore_errors": ignore}
     return settings
@@ -161,10 +167,7 @@ def _module_key(name: str) -> str:
 
 def effective_modules(root: str = "/") -> dict[str, dict[str, Any]]:
     modules: dict[str, dict[str, Any]] = {}
-    read = [resolve(root, path) for path in config_files(root, MODULES_DIRS)]
-    if resolve(root, MODULES_FILE) not in read:
-        read.append(resolve(root, MODULES_FILE))
-    for real in read:
+    for real in _read_order(root, MODULES_DIRS, MODULES_FILE):
         for name in parse_modules(_read(root, real)):
             modules.setdefault(_module_key(name), {"module": name, "file": real})
     return modules
