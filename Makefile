@@ -2,17 +2,20 @@
 PYTHON ?= /usr/bin/python3
 PYTEST = PYTHONPATH=src $(PYTHON) -m pytest
 RUNTIME_DEPS = python3-apt python3-debian python3-click python3-pyelftools python3-seccomp
-TEST_DEPS = python3-pytest mmdebstrap dpkg-dev gcc libc6-dev btrfs-progs
+TEST_DEPS = python3-pytest python3-pyflakes mmdebstrap dpkg-dev gcc libc6-dev btrfs-progs
 DEB_DEPS = debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools lintian \
 	dh-exec bash-completion
 
-.PHONY: all deps rehearse check unit integration system reliability bench deb clean
+.PHONY: all deps rehearse check lint unit integration system reliability bench deb clean
 
 all: check
 
 # apt-get update once, then whatever is missing; nothing to do when all is there.
+# DEPS: what a target needs (everything by default; `make rehearse` only the
+# tool's own dependencies).
+DEPS ?= $(RUNTIME_DEPS) $(TEST_DEPS) $(DEB_DEPS)
 deps:
-	@missing=""; for p in $(RUNTIME_DEPS) $(TEST_DEPS) $(DEB_DEPS) $(EXTRA_DEPS); do \
+	@missing=""; for p in $(DEPS) $(EXTRA_DEPS); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "deps: installing$$missing"; \
@@ -22,7 +25,8 @@ deps:
 	fi
 
 # Rehearse this machine's pending dist-upgrade (nothing on the machine changes).
-rehearse: deps
+rehearse:
+	$(MAKE) --no-print-directory deps DEPS="$(RUNTIME_DEPS)"
 	PYTHONPATH=src $(PYTHON) -m apt_rehearse dist-upgrade
 
 # What a rehearsal costs against the real run (issue 7): prints a table, writes
@@ -32,9 +36,13 @@ bench: deps
 
 # Everything CI runs: unit, integration and system tests, then the proof of
 # safety (make reliability).
-check: deps
+check: deps lint
 	$(PYTEST) -q -p no:cacheprovider tests/unit tests/integration tests/system
 	$(MAKE) --no-print-directory reliability
+
+# pyflakes: unused imports and names, undefined names (the code's own linter).
+lint:
+	$(PYTHON) -m pyflakes src tests bench
 
 unit:
 	$(PYTEST) -q -p no:cacheprovider tests/unit

@@ -75,37 +75,29 @@ def _file_sha256(path: str, hashes: Any) -> str:
 
 def _auto_flags(root: str) -> dict[tuple[str, str], bool]:
     """apt's extended_states: which packages are automatically installed."""
+    import apt_pkg
+
     flags: dict[tuple[str, str], bool] = {}
-    path = os.path.join(root, "var/lib/apt/extended_states")
     try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            text = handle.read()
-    except OSError:
-        return flags
-    for paragraph in text.split("\n\n"):
-        fields = {}
-        for line in paragraph.splitlines():
-            key, _, value = line.partition(":")
-            fields[key.strip().lower()] = value.strip()
-        if "package" in fields:
-            flags[(fields["package"], fields.get("architecture", ""))] = fields.get("auto-installed") == "1"
+        with apt_pkg.TagFile(os.path.join(root, "var/lib/apt/extended_states")) as tagfile:
+            for section in tagfile:
+                if "Package" in section:
+                    flags[(section["Package"], section.get("Architecture", ""))] = section.get("Auto-Installed") == "1"
+    except (OSError, SystemError):  # none yet, or unreadable: nothing is marked automatic
+        return {}
     return flags
 
 
 def _installed_versions(root: str) -> dict[str, str | None]:
     """package:arch -> installed version, from dpkg's status file."""
+    import apt_pkg
+
     versions: dict[str, str | None] = {}
-    with open(os.path.join(root, "var/lib/dpkg/status"), encoding="utf-8", errors="replace") as handle:
-        for paragraph in handle.read().split("\n\n"):
-            fields = {}
-            for line in paragraph.splitlines():
-                if line[:1] not in (" ", "\t"):
-                    key, _, value = line.partition(":")
-                    fields[key] = value.strip()
-            if "Package" in fields and fields.get("Status", "").endswith(" installed"):
-                name = f"{fields['Package']}:{fields.get('Architecture', 'all')}"
-                versions[name] = fields.get("Version")
-                versions.setdefault(fields["Package"], fields.get("Version"))
+    with apt_pkg.TagFile(os.path.join(root, "var/lib/dpkg/status")) as tagfile:
+        for section in tagfile:
+            if "Package" in section and section.get("Status", "").endswith(" installed"):
+                versions[f"{section['Package']}:{section.get('Architecture', 'all')}"] = section.get("Version")
+                versions.setdefault(section["Package"], section.get("Version"))
     return versions
 
 

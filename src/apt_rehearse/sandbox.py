@@ -26,7 +26,6 @@ import errno
 import fcntl
 import json
 import os
-import select
 import shutil
 import signal
 import socket

@@ -66,10 +66,8 @@ def umount2(target: str, flags: int = 0) -> None:
 
 
 def pivot_root(new_root: str, put_old: str) -> None:
-    # glibc has no wrapper for pivot_root; syscall number 155 on x86_64, 41 on
-    # arm64/riscv64 (the generic table).
-    number = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}.get(os.uname().machine, 155)
-    _check(_libc.syscall(ctypes.c_long(number), _bytes(new_root), _bytes(put_old)), "pivot_root", new_root)
+    # glibc has exported pivot_root since 2.2.5; its syscall number differs per architecture.
+    _check(_libc.pivot_root(_bytes(new_root), _bytes(put_old)), "pivot_root", new_root)
 
 
 def prctl(option: int, arg: int) -> None:

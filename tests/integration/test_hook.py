@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_on_terminal
+from conftest import run_on_terminal
 from lib.localrepo import LocalRepo, build_deb
 from lib.machine import TREE_SETUP, in_tree, install_machine
 from lib.trees import bookworm_tree, build_package, dpkg_status_digest

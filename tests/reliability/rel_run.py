@@ -17,7 +17,6 @@ import dataclasses
 import os
 import select
 import signal
-import struct
 import subprocess
 import time
 from pathlib import Path

@@ -182,7 +182,11 @@ READ_ONLY_ROOT = r"""
 set -e
 mount -o remount,bind,ro /
 mount -t tmpfs -o size=64m tmpfs /run
+# The checkout stays where it is, even when it lives under /tmp (a clone
+# there, as a newcomer makes it): held on /run across the tmpfs on /tmp.
+mkdir /run/rel-src && mount --bind "$REL_SRC" /run/rel-src
 mount -t tmpfs -o size=64m tmpfs /tmp  # as on a read-only system
+mkdir -p "$REL_SRC" && mount --bind /run/rel-src "$REL_SRC"
 exec "$@"
 """
 
@@ -192,7 +196,7 @@ def test_read_only_root(scenario) -> None:  # noqa: ANN001
     """/ (and with it the tree) read-only, in a private mount namespace: the
     rehearsal needs no write to the root (uppers on tmpfs) and must still
     give a verdict, or refuse in one line with exit 3."""
-    prefix = ("unshare", "--mount", "--propagation", "private", "sh", "-c", READ_ONLY_ROOT, "sh")
+    prefix = ("env", f"REL_SRC={SRC.parent}", "unshare", "--mount", "--propagation", "private", "sh", "-c", READ_ONLY_ROOT, "sh")
     proc = _cli(scenario, *prefix, args=("--no-services", "install", "rel-clean"))
     _one_line_exit(proc, 3, "read-only")
     # Given writable places for its own files (a tmpfs on /run, here), the

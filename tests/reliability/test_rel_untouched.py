@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import rel_host
 import rel_run
-import rel_scenario
 from lib.trees import dpkg_status_digest, tree_hash
 
 LIMIT = "the rehearsal ran out of room"
