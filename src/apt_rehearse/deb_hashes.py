@@ -37,12 +37,7 @@ def fingerprint(info: os.stat_result) -> list[int]:
 
 def digest(handle: Any) -> str:
     """SHA-256 of an open file, read to its end."""
-    if hasattr(hashlib, "file_digest"):
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-    hasher = hashlib.sha256()
-    for block in iter(lambda: handle.read(1 << 20), b""):
-        hasher.update(block)
-    return hasher.hexdigest()
+    return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 class DebHashes:

@@ -108,7 +108,7 @@ def installed_conffiles(root: str) -> dict[str, dict[str, str]]:
 def md5_of(path: str) -> str | None:
     try:
         with open(path, "rb") as handle:
-            return hashlib.file_digest(handle, "md5").hexdigest() if hasattr(hashlib, "file_digest") else hashlib.md5(handle.read()).hexdigest()
+            return hashlib.file_digest(handle, "md5").hexdigest()
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         return None
 

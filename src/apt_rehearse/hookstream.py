@@ -123,6 +123,11 @@ def parse(text: str) -> HookInput:
     return HookInput(version, config, packages)
 
 
+# apt-get's and apt's options whose value is the next word (apt-get(8)).
+OPTIONS_WITH_VALUE = frozenset({"-o", "--option", "-c", "--config-file", "-t", "--target-release",
+                                "--default-release", "-a", "--host-architecture", "-P", "--build-profiles"})  # fmt: skip
+
+
 def requested_packages(command_line: str) -> set[str]:
     """Package names the user typed (``apt-get install foo bar-``)."""
     try:
@@ -132,7 +137,14 @@ def requested_packages(command_line: str) -> set[str]:
     commands = {"install", "remove", "purge", "reinstall", "autoremove"}
     seen_command = False
     names = set()
+    skip_value = False
     for word in words[1:]:
+        if skip_value:  # the value of "-o X=1", "-t trixie", ...
+            skip_value = False
+            continue
+        if word in OPTIONS_WITH_VALUE:
+            skip_value = True
+            continue
         if not seen_command:
             seen_command = word in commands
             continue

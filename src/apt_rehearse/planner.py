@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-import hashlib
 import itertools
 import os
 import re
@@ -47,12 +46,7 @@ class Request:
 
 
 def status_digest(root: str) -> str:
-    path = os.path.join(root, "var/lib/dpkg/status")
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(os.path.join(root, "var/lib/dpkg/status"))
 
 
 def open_cache(progress: bool) -> apt.Cache:

@@ -145,11 +145,8 @@ def find_successors(changes: list[Change], provides: dict[str, Iterable[str]]) -
 
 
 def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def classify(from_version: str | None, to_version: str | None, compare: Any) -> str:
