@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from pathlib import Path
+
+import pytest
 
 from apt_rehearse import housekeeping
 from apt_rehearse.config import Settings
@@ -84,8 +87,34 @@ def test_release_states_of_gone_roots_or_unused_go(tmp_path: Path) -> None:
     assert kept.exists() and unmarked_recent.exists() and current.exists() and (releases / "not-ours").exists()
 
 
-def test_tidy_never_fails_a_rehearsal(tmp_path: Path) -> None:
+@pytest.mark.parametrize("step", ["prune_reports", "prune_verdicts", "prune_archives", "prune_release_states"])
+def test_tidy_never_fails_a_rehearsal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str) -> None:
+    # Nothing there: nothing raised, and nothing made.
     settings = Settings(log_dir=str(tmp_path / "missing-log"), cache_dir=str(tmp_path / "missing-cache"))
-    housekeeping.tidy(settings, ["/nonexistent.deb"], None)  # nothing there: nothing raised
+    assert housekeeping.tidy(settings, ["/nonexistent.deb"], None) is None
+    assert not (tmp_path / "missing-log").exists() and not (tmp_path / "missing-cache").exists()
+    # A file where its directories should be: nothing raised, the file left as it is.
     (tmp_path / "log").write_text("a file where a directory should be")
-    housekeeping.tidy(Settings(log_dir=str(tmp_path / "log"), cache_dir=str(tmp_path / "log")), [], None)
+    assert housekeeping.tidy(Settings(log_dir=str(tmp_path / "log"), cache_dir=str(tmp_path / "log")), [], None) is None
+    assert (tmp_path / "log").read_text() == "a file where a directory should be"
+
+    # A step that fails outright (a read-only /var, an I/O error): the
+    # rehearsal, done and reported, still ends with its verdict.
+    log_dir, cache_dir = tmp_path / "reports", tmp_path / "cache"
+    log_dir.mkdir()
+    for day in range(1, 4):
+        _report(log_dir, f"2026010{day}T000000", str(day) * 12)
+    for directory in ("verdicts", "archives", "releases"):
+        (cache_dir / directory).mkdir(parents=True)
+    failed: list[str] = []
+
+    def refuse(*_args: object, **_kwargs: object) -> list[str]:
+        failed.append(step)
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(tmp_path))
+
+    monkeypatch.setattr(housekeeping, step, refuse)
+    try:
+        result = housekeeping.tidy(Settings(log_dir=str(log_dir), cache_dir=str(cache_dir), keep_reports=1), [], None)
+    except OSError as error:
+        pytest.fail(f"tidy let the error of {step} through to the rehearsal: {error}")
+    assert failed == [step] and result is None

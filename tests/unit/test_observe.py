@@ -1,0 +1,174 @@
+"""observe.units and observe.sockets on what a booted rehearsal really showed.
+
+tests/unit/data/booted-lamp/ was captured inside `apt-rehearse shell` on the
+bookworm LAMP test tree (capture.sh says how): apache2, mariadb, exim4 and
+ssh as the tree runs them, plus a unit that fails to start (rh-broken) and a
+perl listener (rh-listen) with TCP and UDP sockets on IPv4 and IPv6, one
+end-to-end TCP connection and one connected UDP socket, which are not
+listening. The fixtures are the exact output of observe.units' command and the
+files observe.sockets reads (/proc/net/*, each process's cgroup and fd links).
+"""
+
+from __future__ import annotations
+
+import builtins
+import glob
+import os
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from apt_rehearse import observe
+
+DATA = Path(__file__).parent / "data" / "booted-lamp"
+
+UNITS_COMMAND = ["systemctl", "list-units", "--all", "--plain", "--no-legend", "--no-pager", "--full",
+                 "--type=service,socket"]  # fmt: skip
+
+
+def test_units_runs_systemctl_and_reads_every_unit() -> None:
+    output = (DATA / "systemctl-list-units.txt").read_text()
+    calls: list[list[str]] = []
+
+    def run_command(argv: list[str], timeout: float = 600) -> tuple[int, str]:
+        calls.append(argv)
+        return 0, output
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(observe, "run_command", run_command)
+        units = observe.units()
+    assert calls == [UNITS_COMMAND]
+    assert len(units) == 79  # the fixture's 79 lines: 69 services, 10 sockets
+    assert sum(name.endswith(".service") for name in units) == 69
+    assert units["rh-broken.service"] == {"load": "loaded", "active": "failed", "sub": "failed"}
+    assert [name for name, unit in units.items() if unit["active"] == "failed"] == ["rh-broken.service"]
+    assert units["apache2.service"] == {"load": "loaded", "active": "active", "sub": "running"}
+    assert units["mariadb.service"] == {"load": "loaded", "active": "active", "sub": "running"}
+    assert units["systemd-journal-flush.service"] == {"load": "loaded", "active": "active", "sub": "exited"}
+    # Two-word load states and units systemd only knows by a reference.
+    assert units["auditd.service"] == {"load": "not-found", "active": "inactive", "sub": "dead"}
+    assert units["cron.service"] == {"load": "masked", "active": "inactive", "sub": "dead"}
+    # Sockets, listening or not; the description (words with spaces) is not a state.
+    assert units["uuidd.socket"] == {"load": "loaded", "active": "active", "sub": "listening"}
+    assert units["dbus.socket"] == {"load": "loaded", "active": "active", "sub": "running"}
+    assert units["syslog.socket"] == {"load": "loaded", "active": "inactive", "sub": "dead"}
+    assert {"getty@tty1.service", "modprobe@drm.service"} <= set(units)  # instances keep their names
+
+
+def test_units_of_a_system_without_systemctl_is_nothing() -> None:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(observe, "run_command", lambda argv, timeout=600: (127, "systemctl: not found in the rehearsed system"))
+        assert observe.units() == {}
+
+
+def test_journal_of_the_failed_unit() -> None:
+    output = (DATA / "journal-rh-broken.txt").read_text()
+    calls: list[list[str]] = []
+
+    def run_command(argv: list[str], timeout: float = 600) -> tuple[int, str]:
+        calls.append(argv)
+        return 0, output
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(observe, "run_command", run_command)
+        lines = observe.journal("rh-broken.service")
+    assert calls == [["journalctl", "--no-pager", "-o", "cat", "-n", "15", "-u", "rh-broken.service"]]
+    assert "rh-broken: cannot open /etc/rh-broken.conf" in lines
+    assert lines[-1] == "rh-broken.service: Failed with result 'exit-code'."
+
+
+def _processes() -> dict[str, dict[str, Any]]:
+    """proc-fds.txt: "pid PID COMM", "cgroup " and the file's lines, "fd N LINK"."""
+    processes: dict[str, dict[str, Any]] = {}
+    current: dict[str, Any] = {}
+    for line in (DATA / "proc-fds.txt").read_text().splitlines():
+        if line.startswith("pid "):
+            current = processes.setdefault(line.split()[1], {"cgroup": [], "fds": {}})
+        elif line.startswith("fd "):
+            _, number, link = line.split(" ", 2)
+            current["fds"][number] = link
+        else:
+            current["cgroup"].append(line.removeprefix("cgroup "))
+    return processes
+
+
+@pytest.fixture
+def booted_proc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The captured /proc rebuilt under tmp_path; observe reads it for /proc."""
+    proc = tmp_path / "proc"
+    (proc / "net").mkdir(parents=True)
+    for name in ("tcp", "tcp6", "udp", "udp6"):
+        (proc / "net" / name).write_text((DATA / f"proc-net-{name}.txt").read_text())
+    for pid, process in _processes().items():
+        (proc / pid / "fd").mkdir(parents=True)
+        (proc / pid / "cgroup").write_text("\n".join(process["cgroup"]) + "\n")
+        for number, link in process["fds"].items():
+            os.symlink(link, proc / pid / "fd" / number)
+
+    def inside(path: str) -> str:
+        return str(proc) + path[len("/proc"):] if path == "/proc" or path.startswith("/proc/") else path
+
+    def outside(path: str) -> str:
+        return "/proc" + path[len(str(proc)):]
+
+    class OsInTheCapture:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(os, name)
+
+        @staticmethod
+        def listdir(path: str) -> list[str]:
+            return os.listdir(inside(path))
+
+        @staticmethod
+        def readlink(path: str) -> str:
+            return os.readlink(inside(path))
+
+    monkeypatch.setattr(observe, "open", lambda path, *args, **kwargs: builtins.open(inside(path), *args, **kwargs),
+                        raising=False)  # fmt: skip
+    monkeypatch.setattr(observe, "glob", SimpleNamespace(glob=lambda pattern: [outside(p) for p in glob.glob(inside(pattern))]))
+    monkeypatch.setattr(observe, "os", OsInTheCapture())
+    return proc
+
+
+def test_socket_owners_are_the_units_of_the_processes_holding_them(booted_proc: Path) -> None:
+    owners = observe._socket_inodes()
+    # From proc-fds.txt: rh-listen (pid 455) holds 716986 (tcp 8099), 716989
+    # (udp 5399); sshd 716444 (tcp 22); the apache2 processes 715692 (tcp6 80).
+    assert owners["716986"] == owners["716989"] == "rh-listen.service"
+    assert owners["716444"] == "ssh.service"
+    assert owners["715692"] == "apache2.service"
+    assert owners["715729"] == "mariadb.service"
+    # The last line of a hybrid (cgroup v1 + v2) cgroup file names the unit.
+    assert "" not in set(owners.values()) and "init.scope" in set(owners.values())
+    assert all(not inode.startswith("socket:") for inode in owners)
+
+
+def test_sockets_lists_what_listens_with_its_unit(booted_proc: Path) -> None:
+    found = observe.sockets()
+    assert found == [
+        {"proto": "tcp", "family": 4, "address": "0.0.0.0", "port": 22, "unit": "ssh.service"},
+        {"proto": "tcp", "family": 6, "address": "::", "port": 22, "unit": "ssh.service"},
+        {"proto": "tcp", "family": 4, "address": "127.0.0.1", "port": 25, "unit": "exim4.service"},
+        {"proto": "tcp", "family": 6, "address": "::1", "port": 25, "unit": "exim4.service"},
+        {"proto": "tcp", "family": 6, "address": "::", "port": 80, "unit": "apache2.service"},
+        {"proto": "tcp", "family": 4, "address": "127.0.0.1", "port": 3306, "unit": "mariadb.service"},
+        {"proto": "tcp", "family": 6, "address": "::1", "port": 8098, "unit": "rh-listen.service"},
+        {"proto": "tcp", "family": 4, "address": "0.0.0.0", "port": 8099, "unit": "rh-listen.service"},
+        {"proto": "udp", "family": 6, "address": "::", "port": 5398, "unit": "rh-listen.service"},
+        {"proto": "udp", "family": 4, "address": "0.0.0.0", "port": 5399, "unit": "rh-listen.service"},
+    ]
+    # Not listening, so not there: both ends of the TCP connection to 8099
+    # (ESTABLISHED), the connections in TIME_WAIT, the connected UDP socket.
+    ports = {s["port"] for s in found}
+    assert not ports & {0xE20A, 0x86E0, 0xDFB4, 0xD788}
+
+
+def test_sockets_without_a_proc_net_file_are_the_others(booted_proc: Path) -> None:
+    (booted_proc / "net" / "udp6").unlink()  # a kernel without IPv6
+    (booted_proc / "net" / "tcp6").unlink()
+    found = observe.sockets()
+    assert [(s["proto"], s["port"]) for s in found] == [("tcp", 22), ("tcp", 25), ("tcp", 3306), ("tcp", 8099),
+                                                        ("udp", 5399)]  # fmt: skip
+    assert {s["family"] for s in found} == {4}
