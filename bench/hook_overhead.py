@@ -25,12 +25,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
-from apt_rehearse import verdict_cache  # noqa: E402
-from apt_rehearse.hookstream import parse, to_transaction  # noqa: E402
-from apt_rehearse.transaction import sha256_file  # noqa: E402
+from apt_rehearse.store import verdict_cache  # noqa: E402
+from apt_rehearse.plan.hookstream import parse, to_transaction  # noqa: E402
+from apt_rehearse.model.transaction import sha256_file  # noqa: E402
 
 HOOK = [sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(REPO / 'src')!r}); "
-        "from apt_rehearse.hook import run; run()"]  # fmt: skip
+        "from apt_rehearse.fronts.hook import run; run()"]  # fmt: skip
 
 
 def stream(cache_dir: str, lines: list[str]) -> str:

@@ -318,13 +318,13 @@ def apt_summary(document: dict[str, Any]) -> str:
 
 def case_fixed(tree: Path, runs: int) -> dict[str, Any]:
     """Sandbox set-up + tear-down with nothing inside, in process."""
-    from apt_rehearse.boot import BootedSandbox
-    from apt_rehearse.cgroups import SandboxCgroup, cgroup2_mount
-    from apt_rehearse.progress import Progress
+    from apt_rehearse.sandbox.boot import BootedSandbox
+    from apt_rehearse.sandbox.cgroups import SandboxCgroup, cgroup2_mount
+    from apt_rehearse.fronts.progress import Progress
     from apt_rehearse.rehearse import PhaseClock, _run
-    from apt_rehearse.replay import ReplayPlan
-    from apt_rehearse.sandbox import SandboxRunner, SandboxSpec, plan_sandbox
-    from apt_rehearse.transaction import Transaction
+    from apt_rehearse.inside.replay import ReplayPlan
+    from apt_rehearse.sandbox.namespaces import SandboxRunner, SandboxSpec, plan_sandbox
+    from apt_rehearse.model.transaction import Transaction
 
     def nothing(session: object, channel: object) -> dict[str, Any]:
         return {}

@@ -170,6 +170,6 @@ def release_states_of_test_trees_go() -> Iterator[None]:
     cache; once the trees are gone, so are those states (as the next
     rehearsal would prune them, but the machine is left as found now)."""
     yield
-    from apt_rehearse import housekeeping
+    from apt_rehearse.store import housekeeping
 
     housekeeping.prune_release_states("/var/cache/apt-rehearse/releases", None)

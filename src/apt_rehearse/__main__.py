@@ -1,3 +1,3 @@
-from apt_rehearse.cli import run
+from apt_rehearse.fronts.cli import run
 
 run()

@@ -13,22 +13,28 @@ import os
 import time
 from typing import Any, Callable
 
-from apt_rehearse import bootchain, checks, facts, hazard_checks, janitor, kernel_settings, snapshots
-from apt_rehearse.config import Settings
-from apt_rehearse.errors import RehearsalError, RehearsalLimit, UnsupportedSystem
-from apt_rehearse.forked import ForkedCall
-from apt_rehearse.policy import Finding, apply_policy, verdict
-from apt_rehearse.progress import Progress
-from apt_rehearse.replay import ReplayPlan, replay_inside
-from apt_rehearse.boot import HELD_BACK, BootedSandbox, find_init
-from apt_rehearse.libraries import load_elf_table, lost_libraries, save_elf_table, summary as library_summary
-from apt_rehearse.cgroups import SandboxCgroup, cgroup2_mount
-from apt_rehearse.observe import observe, settle
-from apt_rehearse.upper_place import disk_room_problem, free_and_size, host_reserve, read_meminfo, upper_fits_in_memory
-from apt_rehearse.mountinfo import read_mountinfo, state_submounts
-from apt_rehearse.sandbox import INSIDE_SHARE, SandboxRunner, SandboxSpec, check_supported, cleanup_upper_dir, plan_sandbox
-from apt_rehearse.service_checks import service_findings
-from apt_rehearse.transaction import INSTALLING_ACTIONS, REMOVING_ACTIONS, Transaction
+from apt_rehearse.inside import bootchain
+from apt_rehearse.checks import state as checks
+from apt_rehearse.inside import facts
+from apt_rehearse.checks import hazards as hazard_checks
+from apt_rehearse.sandbox import janitor
+from apt_rehearse.inside import kernel_settings
+from apt_rehearse.sandbox import snapshots
+from apt_rehearse.model.config import Settings
+from apt_rehearse.model.errors import RehearsalError, RehearsalLimit, UnsupportedSystem
+from apt_rehearse.sandbox.forked import ForkedCall
+from apt_rehearse.model.policy import Finding, apply_policy, verdict
+from apt_rehearse.fronts.progress import Progress
+from apt_rehearse.inside.replay import ReplayPlan, replay_inside
+from apt_rehearse.sandbox.boot import HELD_BACK, BootedSandbox, find_init
+from apt_rehearse.inside.libraries import load_elf_table, lost_libraries, save_elf_table, summary as library_summary
+from apt_rehearse.sandbox.cgroups import SandboxCgroup, cgroup2_mount
+from apt_rehearse.inside.observe import observe, settle
+from apt_rehearse.sandbox.upper_place import disk_room_problem, free_and_size, host_reserve, read_meminfo, upper_fits_in_memory
+from apt_rehearse.sandbox.mountinfo import read_mountinfo, state_submounts
+from apt_rehearse.sandbox.namespaces import INSIDE_SHARE, SandboxRunner, SandboxSpec, check_supported, cleanup_upper_dir, plan_sandbox
+from apt_rehearse.checks.services import service_findings
+from apt_rehearse.model.transaction import INSTALLING_ACTIONS, REMOVING_ACTIONS, Transaction
 
 CONF_FORCE_OPTIONS = ("--force-confold", "--force-confnew", "--force-confdef", "--force-confmiss", "--force-confask")
 

@@ -319,7 +319,7 @@ def test_replay_apt_leaves_the_systems_apt_caches_alone(scenario: dict, tmp_path
     import sys
 
     sys.path.insert(0, str(SRC))
-    from apt_rehearse.replay import APT_QUIET_OPTIONS, NO_CACHE_FILES
+    from apt_rehearse.inside.replay import APT_QUIET_OPTIONS, NO_CACHE_FILES
 
     pairs = list(zip(APT_QUIET_OPTIONS[::2], APT_QUIET_OPTIONS[1::2]))
     sourceless = [word for pair in pairs if pair[1] not in NO_CACHE_FILES for word in pair]

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from apt_rehearse.sandbox import Overlay, SandboxRunner, SandboxSpec, plan_sandbox
+from apt_rehearse.sandbox.namespaces import Overlay, SandboxRunner, SandboxSpec, plan_sandbox
 
 from conftest import assert_host_clean, host_snapshot
 

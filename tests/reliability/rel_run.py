@@ -42,7 +42,7 @@ def hook_command(base: Path) -> str:
     A script path: apt finds its Version/InfoFD options by the command's text."""
     path = base / "apt-hook"
     path.write_text(f"#!/bin/sh\nexec {PYTHON} -I -c 'import sys; sys.path.insert(0, \"{SRC}\"); "
-                    "from apt_rehearse.hook import run; run()'\n")
+                    "from apt_rehearse.fronts.hook import run; run()'\n")
     path.chmod(0o755)
     return str(path)
 
@@ -124,7 +124,7 @@ def _target(child: int, hook: bool) -> int | None:
         return child
     for pid in rel_host.descendants(child):
         line = rel_host.cmdline(pid)
-        if line.startswith(PYTHON) and "apt_rehearse.hook" in line:
+        if line.startswith(PYTHON) and "apt_rehearse.fronts.hook" in line:
             return pid
     return None
 

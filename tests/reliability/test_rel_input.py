@@ -13,7 +13,7 @@ from conftest import SRC
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from apt_rehearse.hookstream import HookInputError, parse, to_transaction
+from apt_rehearse.plan.hookstream import HookInputError, parse, to_transaction
 
 DOCUMENTED = {0, 1, 2, 3, 10}
 VALID_STREAM = (
@@ -68,7 +68,7 @@ def test_hook_process_fuzz(ledger, base: Path, text: str) -> None:  # noqa: ANN0
     if text.startswith("VERSION 3\n"):
         text = text.replace("VERSION 3\n", f"VERSION 3\nDir={base}/no-such-root\n", 1)
     proc = subprocess.run(["/usr/bin/python3", "-I", "-c", f"import sys; sys.path.insert(0, {str(SRC)!r}); "
-                           "from apt_rehearse.hook import run; run()"],
+                           "from apt_rehearse.fronts.hook import run; run()"],
                           input=text.encode("utf-8", "surrogateescape"), capture_output=True, timeout=120,
                           env=dict(rel_run.environment(), DEBIAN_FRONTEND="noninteractive"), check=False)  # fmt: skip
     stderr = proc.stderr.decode("utf-8", "replace")

@@ -15,7 +15,7 @@ import pytest
 import rel_kernel
 import rel_run
 
-from apt_rehearse import confine
+from apt_rehearse.sandbox import confine
 
 ROWS = {
     "kernel: sysctl (kernel.*, vm.*, fs.*; sysctl.d at boot)": (("sysctl-vm", "sysctl-kernel", "sysctl-fs", "proc-sys-write"), "sysctl"),

@@ -15,8 +15,8 @@ import pytest
 import rel_run
 import rel_scenario
 
-from apt_rehearse import verdict_cache
-from apt_rehearse.transaction import Change, Transaction
+from apt_rehearse.store import verdict_cache
+from apt_rehearse.model.transaction import Change, Transaction
 
 NOBODY = 65534
 

@@ -1,9 +1,9 @@
 from __future__ import annotations
 
-from apt_rehearse import checks
-from apt_rehearse.facts import ConffilePrompt, RemovalFacts
-from apt_rehearse.policy import apply_policy, verdict
-from apt_rehearse.transaction import Change, Transaction, find_successors
+from apt_rehearse.checks import state as checks
+from apt_rehearse.inside.facts import ConffilePrompt, RemovalFacts
+from apt_rehearse.model.policy import apply_policy, verdict
+from apt_rehearse.model.transaction import Change, Transaction, find_successors
 
 DPKG_OUTPUT = """\
 Preparing to unpack .../debs/0/rh-fail_2.0_all.deb ...

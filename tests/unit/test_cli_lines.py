@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from apt_rehearse.errors import one_line
+from apt_rehearse.model.errors import one_line
 
 
 def test_control_characters_are_shown_not_obeyed() -> None:

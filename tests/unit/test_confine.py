@@ -7,7 +7,7 @@ import tempfile
 
 import pytest
 
-from apt_rehearse import confine
+from apt_rehearse.sandbox import confine
 
 seccomp = pytest.importorskip("seccomp")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from apt_rehearse import deb_hashes
+from apt_rehearse.store import deb_hashes
 
 
 def _setup(tmp_path: Path) -> tuple[str, Path]:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from apt_rehearse.checks import disk_findings
-from apt_rehearse.sandbox import layer_growth
+from apt_rehearse.checks.state import disk_findings
+from apt_rehearse.sandbox.namespaces import layer_growth
 
 
 def growth_of(layer: Path, lower: Path) -> dict[str, int]:

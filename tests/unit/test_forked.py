@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from apt_rehearse.errors import RehearsalError
-from apt_rehearse.forked import ForkedCall
+from apt_rehearse.model.errors import RehearsalError
+from apt_rehearse.sandbox.forked import ForkedCall
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
@@ -58,7 +58,7 @@ def test_the_child_dies_with_its_parent_and_skips_atexit(tmp_path: Path) -> None
     script = textwrap.dedent(f"""
         import atexit, os, signal, sys, time
         sys.path.insert(0, {SRC!r})
-        from apt_rehearse.forked import ForkedCall
+        from apt_rehearse.sandbox.forked import ForkedCall
         atexit.register(lambda: open({str(marker)!r}, "a").write(str(os.getpid()) + "\\n"))
         quick = ForkedCall(lambda: 7)
         assert quick.result() == 7

@@ -10,9 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from apt_rehearse import bootchain, conffile_state, hazard_checks, libraries
-from apt_rehearse.policy import Finding
-from apt_rehearse.transaction import Change, Transaction
+from apt_rehearse.inside import bootchain
+from apt_rehearse.inside import conffile_state
+from apt_rehearse.checks import hazards as hazard_checks
+from apt_rehearse.inside import libraries
+from apt_rehearse.model.policy import Finding
+from apt_rehearse.model.transaction import Change, Transaction
 
 LDCONFIG_P = """\
 3 libs found in cache `/etc/ld.so.cache'

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from apt_rehearse.hookstream import HookInputError, parse, requested_packages, to_transaction
-from apt_rehearse.transaction import sha256_file
+from apt_rehearse.plan.hookstream import HookInputError, parse, requested_packages, to_transaction
+from apt_rehearse.model.transaction import sha256_file
 
 DATA = Path(__file__).parent / "data"
 
@@ -81,7 +81,9 @@ Description: time zone and daylight-saving time data
 # own as in the CLI: apt_pkg's configuration is global to a process.
 PLAN_LIKE_THE_CLI = """
 import json, sys
-from apt_rehearse import config, deb_hashes, planner
+from apt_rehearse.model import config
+from apt_rehearse.store import deb_hashes
+from apt_rehearse.plan import planner
 root, cache_dir, command = sys.argv[1:]
 config.init_apt_config(root, [])
 request = planner.Request(command, [], root)
@@ -99,7 +101,7 @@ def test_same_identity_as_the_cli_would_compute(tmp_path: Path) -> None:
 
     from lib.localrepo import LocalRepo, build_deb, serve_to_tree
 
-    from apt_rehearse.deb_hashes import DebHashes, digest
+    from apt_rehearse.store.deb_hashes import DebHashes, digest
 
     if os.geteuid() != 0:
         pytest.skip("the planner makes its download directory root's (config.apt_download_dir): needs root")
@@ -198,8 +200,8 @@ def test_configure_only_is_nothing_to_rehearse() -> None:
 def test_the_hook_finds_renames_in_the_debs_control(tmp_path: Path) -> None:
     from lib.localrepo import build_deb
 
-    from apt_rehearse.hook import _successors
-    from apt_rehearse.transaction import Change, Transaction
+    from apt_rehearse.fronts.hook import _successors
+    from apt_rehearse.model.transaction import Change, Transaction
 
     renamed = build_deb(tmp_path, "libmagic1t64", "1:5.46-5", arch="amd64", provides="libmagic1 (= 1:5.46-5)")
     plain = build_deb(tmp_path, "file", "1:5.46-5", arch="amd64", depends="libmagic1t64")

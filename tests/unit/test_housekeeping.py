@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from apt_rehearse import housekeeping
-from apt_rehearse.config import Settings
+from apt_rehearse.store import housekeeping
+from apt_rehearse.model.config import Settings
 
 DAY = 86400.0
 

@@ -14,7 +14,7 @@ from conftest import SRC
 
 SCRIPT = """
 import os, sys
-from apt_rehearse import janitor
+from apt_rehearse.sandbox import janitor
 janitor.after_death(lambda: os.rmdir(sys.argv[1]))
 os.mkdir(sys.argv[1])
 print("ready", flush=True)

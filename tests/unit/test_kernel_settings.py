@@ -7,8 +7,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from apt_rehearse import hazard_checks, kernel_settings
-from apt_rehearse.policy import apply_policy, verdict
+from apt_rehearse.checks import hazards as hazard_checks
+from apt_rehearse.inside import kernel_settings
+from apt_rehearse.model.policy import apply_policy, verdict
 
 
 def _write(root: Path, path: str, text: str) -> None:
@@ -233,7 +234,7 @@ def test_findings_name_key_value_running_file_and_package_and_only_inform() -> N
 
 
 def test_the_text_report_says_how_much_of_the_kernel_settings_was_compared() -> None:
-    from apt_rehearse import report
+    from apt_rehearse.store import report
 
     line = report._checked({"kernel": {"sysctl": 5, "modules": 1, "binfmt": 2}})
     assert line == "the kernel settings for the next boot (5 sysctl key(s), 1 module(s) to load, 2 binary format(s))"

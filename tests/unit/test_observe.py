@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from apt_rehearse import observe
+from apt_rehearse.inside import observe
 
 DATA = Path(__file__).parent / "data" / "booted-lamp"
 

@@ -24,7 +24,7 @@ def test_hook_snippet_registers_version_3_on_fd_20() -> None:
 
 
 def test_every_policy_kind_is_documented_and_completed() -> None:
-    from apt_rehearse.policy import DEFAULTS
+    from apt_rehearse.model.policy import DEFAULTS
 
     completion = (REPO / "data/apt-rehearse.bash-completion").read_text()
     readme = (REPO / "README.md").read_text()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from apt_rehearse.planner import suggest_replacements
+from apt_rehearse.plan.planner import suggest_replacements
 
 
 @dataclasses.dataclass

@@ -8,11 +8,13 @@ from typing import Any
 
 import pytest
 
-from apt_rehearse import mountinfo, release, report
-from apt_rehearse.policy import Finding
+from apt_rehearse.sandbox import mountinfo
+from apt_rehearse.plan import release
+from apt_rehearse.store import report
+from apt_rehearse.model.policy import Finding
 from apt_rehearse.rehearse import Rehearsal
-from apt_rehearse.sandbox import SandboxSpec, plan_sandbox
-from apt_rehearse.transaction import Change, Transaction
+from apt_rehearse.sandbox.namespaces import SandboxSpec, plan_sandbox
+from apt_rehearse.model.transaction import Change, Transaction
 
 MOUNTINFO = """\
 22 27 0:21 / /proc rw,relatime - proc proc rw
@@ -214,7 +216,7 @@ def test_saved_report_follows_the_contract(tmp_path: Path) -> None:
     validator = _validator()
     if os.geteuid() != 0:
         pytest.skip("reports are saved root:adm: run as root to check the saved one")
-    from apt_rehearse.config import Settings
+    from apt_rehearse.model.config import Settings
 
     rehearsal = _rehearsal([Finding("removal", ["Remove-Manual"], "php8.2", "php8.2 would be REMOVED", {}, "block")], "block")
     document = report.finish(rehearsal, Settings(log_dir=str(tmp_path / "log")), duration_s=12.3456)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import copy
 
-from apt_rehearse.observe import read_probes
-from apt_rehearse.service_checks import service_findings
+from apt_rehearse.inside.observe import read_probes
+from apt_rehearse.checks.services import service_findings
 
 BASE = {
     "units": {

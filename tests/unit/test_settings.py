@@ -7,7 +7,7 @@ from typing import Iterator
 import apt_pkg
 import pytest
 
-from apt_rehearse.config import read_settings
+from apt_rehearse.model.config import read_settings
 
 KEYS = ("APT::Rehearse::Keep-Reports", "APT::Rehearse::Archives-Max-Age", "APT::Rehearse::Cache-Max-Age")
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import apt_pkg
 import pytest
 
-from apt_rehearse.transaction import Change, Transaction, classify
+from apt_rehearse.model.transaction import Change, Transaction, classify
 
 apt_pkg.init_system()
 

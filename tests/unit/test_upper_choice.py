@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from apt_rehearse.config import Settings
-from apt_rehearse.upper_place import disk_room_problem, read_meminfo, upper_fits_in_memory
+from apt_rehearse.model.config import Settings
+from apt_rehearse.sandbox.upper_place import disk_room_problem, read_meminfo, upper_fits_in_memory
 
 GIB = 1 << 30
 

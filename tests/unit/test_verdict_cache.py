@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from apt_rehearse import verdict_cache
-from apt_rehearse.transaction import Change, Transaction
+from apt_rehearse.store import verdict_cache
+from apt_rehearse.model.transaction import Change, Transaction
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="entries must be owned by root")
 

@@ -42,8 +42,8 @@ import errno
 import os
 import platform
 
-from apt_rehearse import syscalls
-from apt_rehearse.errors import UnsupportedSystem
+from apt_rehearse.sandbox import syscalls
+from apt_rehearse.model.errors import UnsupportedSystem
 
 try:  # Debian's python3-seccomp (libseccomp's own bindings)
     import seccomp

@@ -13,9 +13,9 @@ import sys
 import time
 from typing import Any
 
-from apt_rehearse.errors import EXIT_BLOCKED, EXIT_GO, RehearsalError, one_line
-from apt_rehearse.hookstream import HookInput, HookInputError, parse, to_transaction
-from apt_rehearse.transaction import INSTALLING_ACTIONS, REMOVING_ACTIONS, Transaction, find_successors
+from apt_rehearse.model.errors import EXIT_BLOCKED, EXIT_GO, RehearsalError, one_line
+from apt_rehearse.plan.hookstream import HookInput, HookInputError, parse, to_transaction
+from apt_rehearse.model.transaction import INSTALLING_ACTIONS, REMOVING_ACTIONS, Transaction, find_successors
 
 INFO_FD = 20
 DEFAULT_CACHE_DIR = "/var/cache/apt-rehearse"
@@ -120,7 +120,7 @@ def main() -> int:
             return EXIT_GO
         root = hook.get("Dir", "/") or "/"
         root = os.path.realpath(root)
-        from apt_rehearse.deb_hashes import DebHashes, digest
+        from apt_rehearse.store.deb_hashes import DebHashes, digest
 
         with open(os.path.join(root, "var/lib/dpkg/status"), "rb") as handle:
             status_sha = digest(handle)
@@ -132,7 +132,7 @@ def main() -> int:
                                      lambda package, arch: flags.get((package, arch), flags.get((package, ""), False)))  # fmt: skip
         if transaction.is_empty:
             return EXIT_GO
-        from apt_rehearse import verdict_cache
+        from apt_rehearse.store import verdict_cache
 
         default_age = verdict_cache.DEFAULT_MAX_AGE
         max_age = float(hook.get("APT::Rehearse::Cache-Max-Age", str(default_age)) or default_age)
@@ -162,7 +162,7 @@ def _successors(transaction: Transaction) -> dict[str, str]:
     only when a manually installed package goes, the one case they change."""
     if not any(c.action in REMOVING_ACTIONS and c.manual and not c.requested for c in transaction.changes):
         return {}
-    from apt_rehearse.facts import deb_provides
+    from apt_rehearse.inside.facts import deb_provides
 
     provides = {c.package: deb_provides(c.deb) for c in transaction.changes if c.action in INSTALLING_ACTIONS and c.deb}
     return find_successors(transaction.changes, provides)
@@ -210,8 +210,11 @@ def _load_config(hook: HookInput) -> None:
 def _rehearse_now(hook: HookInput, transaction, unattended: bool, cache_dir: str) -> int:  # noqa: ANN001
     import apt_pkg
 
-    from apt_rehearse import config, housekeeping, report, verdict_cache
-    from apt_rehearse.progress import for_stream
+    from apt_rehearse.model import config
+    from apt_rehearse.store import housekeeping
+    from apt_rehearse.store import report
+    from apt_rehearse.store import verdict_cache
+    from apt_rehearse.fronts.progress import for_stream
     from apt_rehearse.rehearse import rehearse
 
     began = time.monotonic()

@@ -15,9 +15,9 @@ import os
 import subprocess
 import time
 
-from apt_rehearse import janitor
-from apt_rehearse.errors import UnsupportedSystem
-from apt_rehearse.mountinfo import read_mountinfo
+from apt_rehearse.sandbox import janitor
+from apt_rehearse.model.errors import UnsupportedSystem
+from apt_rehearse.sandbox.mountinfo import read_mountinfo
 
 PREFIX = "apt-rehearse-"
 

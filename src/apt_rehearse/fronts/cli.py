@@ -19,7 +19,7 @@ from typing import Any, Callable
 import click
 
 from apt_rehearse import __version__
-from apt_rehearse.errors import (EXIT_BLOCKED, EXIT_FAILED, EXIT_GO, EXIT_UNSUPPORTED, EXIT_USAGE, RehearsalError,
+from apt_rehearse.model.errors import (EXIT_BLOCKED, EXIT_FAILED, EXIT_GO, EXIT_UNSUPPORTED, EXIT_USAGE, RehearsalError,
                                  UsageError, one_line)
 
 
@@ -135,11 +135,17 @@ def _rehearse_request(command: str, packages: list[str], options: Options) -> in
     # where python3-apt is broken.
     import apt_pkg
 
-    from apt_rehearse import config, deb_hashes, housekeeping, planner, release, report, verdict_cache
-    from apt_rehearse.forked import ForkedCall
-    from apt_rehearse.progress import for_stream
+    from apt_rehearse.model import config
+    from apt_rehearse.store import deb_hashes
+    from apt_rehearse.store import housekeeping
+    from apt_rehearse.plan import planner
+    from apt_rehearse.plan import release
+    from apt_rehearse.store import report
+    from apt_rehearse.store import verdict_cache
+    from apt_rehearse.sandbox.forked import ForkedCall
+    from apt_rehearse.fronts.progress import for_stream
     from apt_rehearse.rehearse import PhaseClock, rehearse
-    from apt_rehearse.sandbox import check_supported
+    from apt_rehearse.sandbox.namespaces import check_supported
 
     began = time.monotonic()
     check_supported()

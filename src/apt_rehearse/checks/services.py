@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from apt_rehearse.policy import Finding
+from apt_rehearse.model.policy import Finding
 
 GOOD_STATES = ("active", "reloading", "activating")
 

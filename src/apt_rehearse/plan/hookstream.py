@@ -20,8 +20,8 @@ import shlex
 from typing import Callable
 from urllib.parse import unquote
 
-from apt_rehearse.errors import RehearsalError
-from apt_rehearse.transaction import Change, Transaction
+from apt_rehearse.model.errors import RehearsalError
+from apt_rehearse.model.transaction import Change, Transaction
 
 SUPPORTED_VERSION = 3
 CONFIGURE = "**CONFIGURE**"

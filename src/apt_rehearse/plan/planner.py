@@ -21,9 +21,9 @@ import apt.progress.base
 import apt.progress.text
 import apt_pkg
 
-from apt_rehearse.config import apt_download_dir
-from apt_rehearse.errors import RehearsalError, UsageError
-from apt_rehearse.transaction import INSTALLING_ACTIONS, REMOVING_ACTIONS, Change, Transaction, classify, find_successors, sha256_file
+from apt_rehearse.model.config import apt_download_dir
+from apt_rehearse.model.errors import RehearsalError, UsageError
+from apt_rehearse.model.transaction import INSTALLING_ACTIONS, REMOVING_ACTIONS, Change, Transaction, classify, find_successors, sha256_file
 
 COMMANDS = ("upgrade", "dist-upgrade", "full-upgrade", "install", "remove", "purge", "gate")
 
@@ -377,7 +377,7 @@ def plan_transaction(request: Request, archive_dir: str, progress: bool, private
     """Resolve the request with apt's resolver and fetch what it needs."""
     if request.command == "gate":
         # unattended-upgrades' own code decides what it would install.
-        from apt_rehearse import gate
+        from apt_rehearse.plan import gate
 
         cache = gate.open_and_mark(gate.load_unattended_upgrade(), request.root)
         requested: set[str] = set()

@@ -20,7 +20,7 @@ import stat
 import time
 from typing import Any, Callable
 
-from apt_rehearse.transaction import INSTALLING_ACTIONS, Transaction
+from apt_rehearse.model.transaction import INSTALLING_ACTIONS, Transaction
 
 SCHEMA = "apt-rehearse-verdict/1"
 DEFAULT_MAX_AGE = 6 * 3600  # APT::Rehearse::Cache-Max-Age, seconds

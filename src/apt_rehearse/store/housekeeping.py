@@ -27,7 +27,7 @@ import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from apt_rehearse.config import Settings
+    from apt_rehearse.model.config import Settings
 
 REPORT_NAME = re.compile(r"^(\d{8}T\d{6}Z?-[0-9a-f]{1,64})\.(json|txt|log)$")
 VERDICT_NAME = re.compile(r"^[0-9a-f]{64}\.json$")

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from apt_rehearse.policy import Finding
-from apt_rehearse.transaction import INSTALLING_ACTIONS, REMOVING_ACTIONS, Transaction
+from apt_rehearse.model.policy import Finding
+from apt_rehearse.model.transaction import INSTALLING_ACTIONS, REMOVING_ACTIONS, Transaction
 
 LIST_LIMIT = 12
 

@@ -16,7 +16,7 @@ import os
 from types import ModuleType
 from typing import Any
 
-from apt_rehearse.errors import RehearsalError, UsageError
+from apt_rehearse.model.errors import RehearsalError, UsageError
 
 UNATTENDED_UPGRADE = "/usr/bin/unattended-upgrade"
 

@@ -13,7 +13,7 @@ import textwrap
 from typing import Any
 
 from apt_rehearse import __version__
-from apt_rehearse.config import Settings
+from apt_rehearse.model.config import Settings
 from apt_rehearse.rehearse import Rehearsal
 
 SCHEMA = "apt-rehearse/1"

@@ -20,7 +20,7 @@ import stat
 import subprocess
 from typing import Any
 
-from apt_rehearse.deb_hashes import DIRECTORY, load_table, save_table
+from apt_rehearse.store.deb_hashes import DIRECTORY, load_table, save_table
 
 try:  # pragma: no cover - the Debian package depends on python3-pyelftools
     from elftools.common.exceptions import ELFError

@@ -27,8 +27,8 @@ import os
 import shutil
 import subprocess
 
-from apt_rehearse import janitor
-from apt_rehearse.mountinfo import MountEntry, mount_of
+from apt_rehearse.sandbox import janitor
+from apt_rehearse.sandbox.mountinfo import MountEntry, mount_of
 
 PREFIX = ".apt-rehearse-snapshot."
 SUBVOLUME_ROOT_INODE = 256  # every btrfs subvolume's top directory

@@ -19,10 +19,14 @@ import subprocess
 import time
 from typing import Any, Iterator
 
-from apt_rehearse import bootchain, conffile_state, facts, kernel_settings, libraries
-from apt_rehearse.errors import RehearsalError
-from apt_rehearse.sandbox import Channel, SandboxSession
-from apt_rehearse.transaction import INSTALLING_ACTIONS, Transaction
+from apt_rehearse.inside import bootchain
+from apt_rehearse.inside import conffile_state
+from apt_rehearse.inside import facts
+from apt_rehearse.inside import kernel_settings
+from apt_rehearse.inside import libraries
+from apt_rehearse.model.errors import RehearsalError
+from apt_rehearse.sandbox.namespaces import Channel, SandboxSession
+from apt_rehearse.model.transaction import INSTALLING_ACTIONS, Transaction
 
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 POLICY_RC_D = "/usr/sbin/policy-rc.d"

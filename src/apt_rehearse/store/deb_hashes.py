@@ -23,7 +23,7 @@ import json
 import os
 from typing import Any
 
-from apt_rehearse.verdict_cache import read_trusted, trusted_dir
+from apt_rehearse.store.verdict_cache import read_trusted, trusted_dir
 
 NAME = "debs.json"
 DIRECTORY = "hashes"

@@ -12,8 +12,8 @@ import os
 
 import apt_pkg
 
-from apt_rehearse.errors import UsageError
-from apt_rehearse.verdict_cache import DEFAULT_MAX_AGE
+from apt_rehearse.model.errors import UsageError
+from apt_rehearse.store.verdict_cache import DEFAULT_MAX_AGE
 
 LOG_DIR = "/var/log/apt-rehearse"
 CACHE_DIR = "/var/cache/apt-rehearse"

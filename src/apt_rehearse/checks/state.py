@@ -9,9 +9,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from apt_rehearse.facts import ConffilePrompt, RemovalFacts
-from apt_rehearse.policy import Finding
-from apt_rehearse.transaction import INSTALLING_ACTIONS, REMOVING_ACTIONS, Transaction
+from apt_rehearse.inside.facts import ConffilePrompt, RemovalFacts
+from apt_rehearse.model.policy import Finding
+from apt_rehearse.model.transaction import INSTALLING_ACTIONS, REMOVING_ACTIONS, Transaction
 
 SCRIPT_NAMES = {
     "post-installation": "postinst",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from apt_rehearse.config import Settings
+from apt_rehearse.model.config import Settings
 
 
 def read_meminfo() -> dict[str, int]:

@@ -24,10 +24,11 @@ import time
 import traceback
 from typing import Any, Callable, Iterator
 
-from apt_rehearse import confine, syscalls
-from apt_rehearse.cgroups import SandboxCgroup
-from apt_rehearse.errors import RehearsalError, RehearsalLimit, UnsupportedSystem
-from apt_rehearse.sandbox import Channel, Context, SandboxPlan, _tree_bytes, layer_growth, read_events
+from apt_rehearse.sandbox import confine
+from apt_rehearse.sandbox import syscalls
+from apt_rehearse.sandbox.cgroups import SandboxCgroup
+from apt_rehearse.model.errors import RehearsalError, RehearsalLimit, UnsupportedSystem
+from apt_rehearse.sandbox.namespaces import Channel, Context, SandboxPlan, _tree_bytes, layer_growth, read_events
 
 INIT_CANDIDATES = ("/sbin/init", "/lib/systemd/systemd", "/usr/lib/systemd/systemd")
 SIGRTMIN = 34

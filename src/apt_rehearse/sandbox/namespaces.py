@@ -35,9 +35,10 @@ import sys
 import traceback
 from typing import Any, Callable, Iterator
 
-from apt_rehearse import confine, syscalls
-from apt_rehearse.errors import RehearsalError, RehearsalLimit, UnsupportedSystem
-from apt_rehearse.mountinfo import MountEntry, read_mountinfo, state_submounts
+from apt_rehearse.sandbox import confine
+from apt_rehearse.sandbox import syscalls
+from apt_rehearse.model.errors import RehearsalError, RehearsalLimit, UnsupportedSystem
+from apt_rehearse.sandbox.mountinfo import MountEntry, read_mountinfo, state_submounts
 
 # Where the staging tmpfs goes inside the private mount namespace. Host paths
 # under it stay reachable through descriptors pinned before it is mounted.

@@ -18,8 +18,8 @@ import pickle
 import signal
 from typing import Any, Callable
 
-from apt_rehearse import syscalls
-from apt_rehearse.errors import RehearsalError
+from apt_rehearse.sandbox import syscalls
+from apt_rehearse.model.errors import RehearsalError
 
 
 class ForkedCall:

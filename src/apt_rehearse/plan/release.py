@@ -22,10 +22,10 @@ import apt.progress.text
 import apt_pkg
 from debian.deb822 import Deb822
 
-from apt_rehearse import syscalls
-from apt_rehearse.config import apt_download_dir
-from apt_rehearse.errors import RehearsalError, UsageError
-from apt_rehearse.housekeeping import mark_release_state
+from apt_rehearse.sandbox import syscalls
+from apt_rehearse.model.config import apt_download_dir
+from apt_rehearse.model.errors import RehearsalError, UsageError
+from apt_rehearse.store.housekeeping import mark_release_state
 
 CODENAME_RE = re.compile(r"^[a-z][a-z0-9-]*$")
 

@@ -1,0 +1,2 @@
+"""Observations in, findings out: pure functions of what the rehearsal saw.
+"""

@@ -1,0 +1,2 @@
+"""The CLI and the apt hook: thin fronts over rehearse.py, and the progress they show.
+"""

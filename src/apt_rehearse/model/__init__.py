@@ -1,0 +1,2 @@
+"""The data every room shares: the transaction, findings and the verdict's policy, settings, errors.
+"""

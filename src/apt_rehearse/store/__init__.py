@@ -1,0 +1,2 @@
+"""What outlives a rehearsal: saved reports, verdicts, .deb hashes, their housekeeping.
+"""
