@@ -6,7 +6,6 @@ Rehearsal back; neither knows how the sandbox works.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import functools
 import os
@@ -34,30 +33,11 @@ from apt_rehearse.sandbox.upper_place import disk_room_problem, free_and_size, h
 from apt_rehearse.sandbox.mountinfo import read_mountinfo, state_submounts
 from apt_rehearse.sandbox.namespaces import INSIDE_SHARE, SandboxRunner, SandboxSpec, check_supported, cleanup_upper_dir, plan_sandbox
 from apt_rehearse.checks.services import service_findings
+from apt_rehearse.model.rehearsal import Rehearsal
 from apt_rehearse.model.transaction import INSTALLING_ACTIONS, REMOVING_ACTIONS, Transaction
+from apt_rehearse.store import housekeeping, report, verdict_cache
 
 CONF_FORCE_OPTIONS = ("--force-confold", "--force-confnew", "--force-confdef", "--force-confmiss", "--force-confask")
-
-
-@dataclasses.dataclass
-class Rehearsal:
-    transaction: Transaction
-    findings: list[Finding]
-    verdict: str
-    started: datetime.datetime
-    duration_s: float
-    phases: list[tuple[str, float]]
-    upper_bytes: dict[str, int] = dataclasses.field(default_factory=dict)
-    notes: list[str] = dataclasses.field(default_factory=list)
-    sandbox_plan: list[str] = dataclasses.field(default_factory=list)
-    replay_log: str = ""  # apt's and dpkg's own output during the replay
-    # The booted services before the upgrade, after it, and after a reboot.
-    observations: dict[str, Any] = dataclasses.field(default_factory=dict)
-    disk: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    # Libraries per object, the boot chain, conffile leftovers (figures for fleet tools).
-    hazards: dict[str, Any] = dataclasses.field(default_factory=dict)
-    # Seconds of each part of the replay and inspection (apt, the hazard scans...).
-    replay_parts: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 class PhaseClock:
@@ -526,3 +506,22 @@ def _interactive_shell(booted: BootedSandbox, result: dict[str, Any]) -> None:
            "TERM": os.environ.get("TERM", "xterm"), "PS1": "(rehearsal) \\u@\\h:\\w\\$ ", "APT_REHEARSE": "0"}  # fmt: skip
     shell = "/bin/bash" if os.path.exists(os.path.join("/proc", str(booted.pid1), "root/bin/bash")) else "/bin/sh"
     booted.shell([shell, "--norc", "-i"] if shell.endswith("bash") else [shell, "-i"], env)
+
+
+def conclude(rehearsal: Rehearsal, settings: Settings, began: float, *, record_in: str | None, approval: bool = False,
+             known_debs: Any = None, used_debs: list[str] | None = None, release_state: str | None = None) -> dict[str, Any]:
+    """What every front does once a rehearsal is over, in one place: the
+    report built and saved; the verdict recorded in ``record_in`` so that the
+    real run of this very transaction (apt-get, or each step of
+    unattended-upgrades; ``approval``: the gate's whole set) is not rehearsed
+    again; the .debs' hashes kept for the hook's cache hit and the next
+    planning; what earlier rehearsals left pruned."""
+    document = report.finish(rehearsal, settings, duration_s=time.monotonic() - began)
+    if record_in:
+        verdict_cache.record(record_in, rehearsal.transaction, rehearsal.verdict, document.get("report_path"))
+        if approval:
+            verdict_cache.record_approval(record_in, rehearsal.transaction, rehearsal.verdict, document.get("report_path"))
+    if known_debs is not None:
+        known_debs.save()
+    housekeeping.tidy(settings, used_debs, release_state)
+    return document

@@ -12,7 +12,7 @@ from apt_rehearse.sandbox import mountinfo
 from apt_rehearse.plan import release
 from apt_rehearse.store import report
 from apt_rehearse.model.policy import Finding
-from apt_rehearse.rehearse import Rehearsal
+from apt_rehearse.model.rehearsal import Rehearsal
 from apt_rehearse.sandbox.namespaces import SandboxSpec, plan_sandbox
 from apt_rehearse.model.transaction import Change, Transaction
 

@@ -137,14 +137,12 @@ def _rehearse_request(command: str, packages: list[str], options: Options) -> in
 
     from apt_rehearse.model import config
     from apt_rehearse.store import deb_hashes
-    from apt_rehearse.store import housekeeping
     from apt_rehearse.plan import planner
     from apt_rehearse.plan import release
     from apt_rehearse.store import report
-    from apt_rehearse.store import verdict_cache
     from apt_rehearse.sandbox.forked import ForkedCall
     from apt_rehearse.fronts.progress import for_stream
-    from apt_rehearse.rehearse import PhaseClock, rehearse
+    from apt_rehearse.rehearse import PhaseClock, conclude, rehearse
     from apt_rehearse.sandbox.namespaces import check_supported
 
     began = time.monotonic()
@@ -203,18 +201,13 @@ def _rehearse_request(command: str, packages: list[str], options: Options) -> in
         source_cache=source_cache,
     )
     color = interactive and not os.environ.get("NO_COLOR") and apt_pkg.config.find_b("APT::Color", True)
-    document = report.finish(rehearsal, settings, duration_s=time.monotonic() - began)
-    if not transaction.is_empty and not options.release:
-        # The real run of this very transaction (apt-get, or each step of
-        # unattended-upgrades) finds the verdict and is not rehearsed again.
-        verdict_cache.record(settings.cache_dir, transaction, rehearsal.verdict, document.get("report_path"))
-        if command == "gate":
-            verdict_cache.record_approval(settings.cache_dir, transaction, rehearsal.verdict, document.get("report_path"))
-    # The hook's cache hit, and the next rehearsal's planning, know these
-    # .debs without reading them again (each hash was stored with the
-    # fingerprint its file had before and after it was read: see deb_hashes).
-    known_debs.save()
-    housekeeping.tidy(settings, [c.deb for c in transaction.changes if c.deb], state.directory if state else None)
+    # The real run of this very transaction finds the verdict (a --release
+    # rehearsal is no transaction apt will run as such).
+    record = not transaction.is_empty and not options.release
+    document = conclude(rehearsal, settings, began, record_in=settings.cache_dir if record else None,
+                        approval=command == "gate", known_debs=known_debs,
+                        used_debs=[c.deb for c in transaction.changes if c.deb],
+                        release_state=state.directory if state else None)  # fmt: skip
     if options.json_output:
         click.echo(json.dumps(document, indent=2))
     else:

@@ -211,11 +211,9 @@ def _rehearse_now(hook: HookInput, transaction, unattended: bool, cache_dir: str
     import apt_pkg
 
     from apt_rehearse.model import config
-    from apt_rehearse.store import housekeeping
     from apt_rehearse.store import report
-    from apt_rehearse.store import verdict_cache
     from apt_rehearse.fronts.progress import for_stream
-    from apt_rehearse.rehearse import rehearse
+    from apt_rehearse.rehearse import conclude, rehearse
 
     began = time.monotonic()
     _load_config(hook)
@@ -226,10 +224,8 @@ def _rehearse_now(hook: HookInput, transaction, unattended: bool, cache_dir: str
     dpkg_options = [f"DPkg::Options::={value}" for value in hook.values("DPkg::Options")]
     rehearsal = rehearse(transaction, settings, progress, lookup=apt_pkg.config.find, extra_apt_options=dpkg_options,
                          unattended=unattended)
-    document = report.finish(rehearsal, settings, duration_s=time.monotonic() - began)
-    verdict_cache.record(cache_dir, transaction, rehearsal.verdict, document.get("report_path"))
-    # apt's own archives are apt's: only our reports, verdicts and states.
-    housekeeping.tidy(settings)
+    # apt's own archives are apt's: only our reports, verdicts and states are tidied.
+    document = conclude(rehearsal, settings, began, record_in=cache_dir)
     text = report.render_text(document, color=not unattended and not os.environ.get("NO_COLOR")
                               and apt_pkg.config.find_b("APT::Color", True))  # fmt: skip
     if unattended:

@@ -14,7 +14,7 @@ from typing import Any
 
 from apt_rehearse import __version__
 from apt_rehearse.model.config import Settings
-from apt_rehearse.rehearse import Rehearsal
+from apt_rehearse.model.rehearsal import Rehearsal
 
 SCHEMA = "apt-rehearse/1"
 
