@@ -20,7 +20,7 @@ from apt_rehearse.sandbox import janitor
 from apt_rehearse.inside import kernel_settings
 from apt_rehearse.sandbox import snapshots
 from apt_rehearse.model.config import Settings
-from apt_rehearse.model.errors import RehearsalError, RehearsalLimit, UnsupportedSystem
+from apt_rehearse.model.errors import RehearsalError, RehearsalLimit, UnsupportedSystem, from_kind
 from apt_rehearse.sandbox.forked import ForkedCall
 from apt_rehearse.model.policy import Finding, apply_policy, verdict
 from apt_rehearse.fronts.progress import Progress
@@ -415,12 +415,7 @@ def _run(runner: SandboxRunner, replay_plan: ReplayPlan, progress: Progress, clo
             error = event
     clock.add(current, time.monotonic() - phase_started)
     if error is not None:
-        message = error.get("message", "unknown error").strip()
-        if error.get("error") == "unsupported":
-            raise UnsupportedSystem(message)
-        if error.get("error") == "limit":
-            raise RehearsalLimit(message)
-        raise RehearsalError(f"the sandbox failed: {message.splitlines()[-1] if message else 'unknown error'}")
+        raise from_kind(error.get("error"), error.get("message", "").strip(), "the sandbox failed: ")
     if result is None:
         raise RehearsalError("the sandbox ended without a result (killed? out of memory?)")
     return result
@@ -438,8 +433,7 @@ def _inside(booted: BootedSandbox, function: Callable[..., dict[str, Any]], prog
         elif kind == "result":
             result = event["result"]
         elif kind == "error":
-            message = event.get("message", "").strip()
-            raise RehearsalError(f"inside the booted sandbox: {message.splitlines()[-1] if message else 'unknown error'}")
+            raise from_kind(None, event.get("message", ""), "inside the booted sandbox: ")
     if result is None:
         raise RehearsalError("a process inside the booted sandbox ended without a result (killed? out of memory?)")
     return result

@@ -45,3 +45,18 @@ class RehearsalLimit(RehearsalError):
     Never a statement about a package: the sysadmin raises the limit and
     tries again.
     """
+
+
+# The kind a process of the sandbox reports an error as, across its pipe.
+ERROR_KINDS: dict[str, type[RehearsalError]] = {"unsupported": UnsupportedSystem, "limit": RehearsalLimit}
+
+
+def from_kind(kind: str | None, message: str, prefix: str = "") -> RehearsalError:
+    """The exception for an error reported from inside: an unsupported system
+    and a rehearsal's own limit keep their meaning (exit 3, "ran out of room");
+    anything else is the sandbox failing, said in its last line."""
+    cls = ERROR_KINDS.get(kind or "")
+    if cls is not None:
+        return cls(message)
+    last = message.strip().splitlines()[-1] if message.strip() else "unknown error"
+    return RehearsalError(f"{prefix}{last}")

@@ -27,8 +27,8 @@ from typing import Any, Callable, Iterator
 from apt_rehearse.sandbox import confine
 from apt_rehearse.sandbox import syscalls
 from apt_rehearse.sandbox.cgroups import SandboxCgroup
-from apt_rehearse.model.errors import RehearsalError, RehearsalLimit, UnsupportedSystem
-from apt_rehearse.sandbox.namespaces import Channel, Context, SandboxPlan, _tree_bytes, layer_growth, read_events
+from apt_rehearse.model.errors import ERROR_KINDS, RehearsalError, UnsupportedSystem, from_kind
+from apt_rehearse.sandbox.namespaces import Channel, Context, SandboxPlan, layer_growth, read_events, tree_bytes
 
 INIT_CANDIDATES = ("/sbin/init", "/lib/systemd/systemd", "/usr/lib/systemd/systemd")
 SIGRTMIN = 34
@@ -125,8 +125,7 @@ class BootedSandbox:
         reply = json.loads(line)
         if reply.get("error"):
             kind = reply.get("kind")
-            cls = UnsupportedSystem if kind == "unsupported" else RehearsalLimit if kind == "limit" else RehearsalError
-            raise cls(reply["error"])
+            raise from_kind(kind, reply["error"]) if kind in ERROR_KINDS else RehearsalError(reply["error"])
         return reply
 
     def _keeper(self, command_read: int, reply_write: int) -> None:  # pragma: no cover - runs in the child
@@ -163,7 +162,7 @@ class BootedSandbox:
                         for layer in self.plan.layers:
                             fd = os.open(layer.layer_dir, os.O_RDONLY | os.O_DIRECTORY)
                             try:
-                                bytes_by_layer[layer.mountpoint] = _tree_bytes(fd, "upper")
+                                bytes_by_layer[layer.mountpoint] = tree_bytes(fd, "upper")
                                 growth[layer.mountpoint] = layer_growth(fd, ctx.pinned.get(layer.lower))
                             finally:
                                 os.close(fd)

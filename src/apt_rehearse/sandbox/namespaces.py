@@ -590,7 +590,7 @@ class SandboxSession:
 
     def upper_bytes(self) -> dict[str, int]:
         """Bytes allocated in each layer's upper directory (what the rehearsal wrote)."""
-        return {mountpoint: _tree_bytes(fd, "upper") for mountpoint, fd in self.layer_fds.items()}
+        return {mountpoint: tree_bytes(fd, "upper") for mountpoint, fd in self.layer_fds.items()}
 
     def upper_free_bytes(self) -> int:
         """Room left where the uppers live (the tmpfs, or the disk upper)."""
@@ -673,7 +673,7 @@ def _metacopy_source(dir_fd: int, filename: str, relative_dir: str, info: os.sta
     return os.path.join(relative_dir, redirect or filename) if relative_dir else (redirect or filename)
 
 
-def _tree_bytes(dir_fd: int, name: str) -> int:
+def tree_bytes(dir_fd: int, name: str) -> int:
     total = 0
     for _, _, files, fd in os.fwalk(name, dir_fd=dir_fd):
         for filename in files:
