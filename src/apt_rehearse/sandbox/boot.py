@@ -45,6 +45,9 @@ HELD_BACK = (
     "networking.service", "NetworkManager.service", "systemd-networkd.service", "wpa_supplicant.service",
     "ModemManager.service", "dhcpcd.service", "systemd-timesyncd.service", "chrony.service", "ntp.service",
     "ntpsec.service", "rsync.service", "smartmontools.service", "systemd-firstboot.service",
+    # The host's FUSE connections (fusectl can abort them): the confinement
+    # refuses the mount, so the unit would fail in every boot of the copy.
+    "sys-fs-fuse-connections.mount",
 )  # fmt: skip
 UNIT_DIRS = ("etc/systemd/system", "lib/systemd/system", "usr/lib/systemd/system")
 
