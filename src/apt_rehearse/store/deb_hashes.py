@@ -24,6 +24,7 @@ import os
 from typing import Any
 
 from apt_rehearse.store.verdict_cache import read_trusted, trusted_dir
+from apt_rehearse.store.files import write_atomically
 
 NAME = "debs.json"
 DIRECTORY = "hashes"
@@ -88,9 +89,4 @@ def save_table(directory: str, name: str, schema: str, files: dict[str, Any]) ->
     os.makedirs(directory, mode=0o700, exist_ok=True)
     if not trusted_dir(directory):
         return
-    path = os.path.join(directory, name)
-    temporary = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump({"schema": schema, "files": files}, handle)
-    os.replace(temporary, path)
+    write_atomically(os.path.join(directory, name), json.dumps({"schema": schema, "files": files}))

@@ -15,6 +15,7 @@ from typing import Any
 from apt_rehearse import __version__
 from apt_rehearse.model.config import Settings
 from apt_rehearse.model.rehearsal import Rehearsal
+from apt_rehearse.store.files import write_atomically
 
 SCHEMA = "apt-rehearse/1"
 
@@ -210,13 +211,7 @@ def save(report: dict[str, Any], text: str, log_dir: str, replay_log: str = "") 
     report = dict(report, report_path=base + ".json")
     files = [(".json", json.dumps(report, indent=2) + "\n"), (".txt", text), (".log", replay_log)]
     for suffix, content in files:
-        temporary = base + suffix + ".tmp"
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o640)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(content)
-        os.chown(temporary, 0, adm)
-        os.chmod(temporary, 0o640)
-        os.replace(temporary, base + suffix)
+        write_atomically(base + suffix, content, 0o640, adm)
     latest = os.path.join(log_dir, "latest.json")
     try:
         os.unlink(latest)

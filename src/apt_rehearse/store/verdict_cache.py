@@ -21,6 +21,7 @@ import time
 from typing import Any, Callable
 
 from apt_rehearse.model.transaction import INSTALLING_ACTIONS, Transaction
+from apt_rehearse.store.files import write_atomically
 
 SCHEMA = "apt-rehearse-verdict/1"
 DEFAULT_MAX_AGE = 6 * 3600  # APT::Rehearse::Cache-Max-Age, seconds
@@ -63,11 +64,7 @@ def _write(cache_dir: str, name: str, data: dict[str, Any]) -> str:
     os.makedirs(directory, mode=0o700, exist_ok=True)
     os.chmod(directory, 0o700)
     path = os.path.join(directory, name)
-    temporary = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(data, handle)
-    os.replace(temporary, path)
+    write_atomically(path, json.dumps(data))
     return path
 
 
