@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterator
 
 from apt_rehearse.sandbox import confine
 from apt_rehearse.sandbox import syscalls
+from apt_rehearse.sandbox.processes import kill_and_reap
 from apt_rehearse.sandbox.cgroups import SandboxCgroup
 from apt_rehearse.model.errors import ERROR_KINDS, RehearsalError, UnsupportedSystem, from_kind
 from apt_rehearse.sandbox.namespaces import Channel, Context, SandboxPlan, layer_growth, read_events, tree_bytes
@@ -269,13 +270,8 @@ class BootedSandbox:
             if done:
                 return clean
             time.sleep(0.05)
-        clean = False
-        try:
-            os.kill(pid1, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        os.waitpid(child, 0)
-        return clean
+        kill_and_reap(pid1, reap=child)
+        return False
 
     # -- what the rehearsal drives ------------------------------------------------
 
@@ -301,14 +297,7 @@ class BootedSandbox:
             self._ask({"do": "exit"})
         except (RehearsalError, OSError, ValueError):
             pass
-        try:
-            os.kill(self.keeper, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        try:
-            os.waitpid(self.keeper, 0)
-        except ChildProcessError:
-            pass
+        kill_and_reap(self.keeper)
         self.keeper = None
         for stream in (self._commands, self._replies):
             try:
@@ -410,22 +399,15 @@ def _end_joiner(pid: int, grace: float = 5.0) -> None:
             if os.waitpid(pid, os.WNOHANG)[0]:
                 return
             time.sleep(0.01)
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-    except (ChildProcessError, ProcessLookupError):
-        pass
+    except ChildProcessError:
+        return
+    kill_and_reap(pid)
 
 
 def _end_supervisor(pid: int) -> None:  # pragma: no cover - in a joiner
     """The joiner's mount supervisor: it is under the filter it serves, so it
     would wait for ever; its callers are gone."""
-    if pid <= 0:
-        return  # an outer sandbox's supervisor answers for it
-    try:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-    except (ChildProcessError, ProcessLookupError):
-        pass
+    kill_and_reap(pid)  # 0: an outer sandbox's supervisor answers for it, nothing to end
 
 
 def _join(fds: dict[str, int], root_fd: int) -> None:  # pragma: no cover - in a child

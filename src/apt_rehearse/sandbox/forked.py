@@ -19,6 +19,7 @@ import signal
 from typing import Any, Callable
 
 from apt_rehearse.sandbox import syscalls
+from apt_rehearse.sandbox.processes import kill_and_reap
 from apt_rehearse.model.errors import RehearsalError
 
 
@@ -66,12 +67,8 @@ class ForkedCall:
         return value
 
     def cancel(self) -> None:
-        if self.pid is not None:
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self._reap()
+        kill_and_reap(self.pid)
+        self.pid = None
         if self._read_fd >= 0:
             os.close(self._read_fd)
             self._read_fd = -1

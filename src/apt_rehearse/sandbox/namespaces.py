@@ -37,6 +37,7 @@ from typing import Any, Callable, Iterator
 
 from apt_rehearse.sandbox import confine
 from apt_rehearse.sandbox import syscalls
+from apt_rehearse.sandbox.processes import kill_and_reap
 from apt_rehearse.model.errors import RehearsalError, RehearsalLimit, UnsupportedSystem
 from apt_rehearse.sandbox.mountinfo import MountEntry, read_mountinfo, state_submounts
 
@@ -713,11 +714,8 @@ class SandboxRunner:
         if self.pid is None:
             return
         try:
-            _, status = os.waitpid(self.pid, os.WNOHANG)
-            if _ == 0:
-                # Still running (we are unwinding early): end what we started.
-                os.kill(self.pid, signal.SIGKILL)
-                os.waitpid(self.pid, 0)
+            if os.waitpid(self.pid, os.WNOHANG)[0] == 0:
+                kill_and_reap(self.pid)  # still running (we are unwinding early): end what we started
         except ChildProcessError:
             pass
         self.pid = None
