@@ -33,33 +33,12 @@ from apt_rehearse.sandbox.upper_place import disk_room_problem, free_and_size, h
 from apt_rehearse.sandbox.mountinfo import read_mountinfo, state_submounts
 from apt_rehearse.sandbox.namespaces import INSIDE_SHARE, SandboxRunner, SandboxSpec, check_supported, cleanup_upper_dir, plan_sandbox
 from apt_rehearse.checks.services import service_findings
+from apt_rehearse.model.clock import PhaseClock
 from apt_rehearse.model.rehearsal import Rehearsal
 from apt_rehearse.model.transaction import INSTALLING_ACTIONS, REMOVING_ACTIONS, Transaction
 from apt_rehearse.store import housekeeping, report, verdict_cache
 
 CONF_FORCE_OPTIONS = ("--force-confold", "--force-confnew", "--force-confdef", "--force-confmiss", "--force-confask")
-
-
-class PhaseClock:
-    def __init__(self) -> None:
-        self.phases: list[tuple[str, float]] = []
-
-    def add(self, name: str, seconds: float) -> None:
-        self.phases.append((name, round(seconds, 3)))
-
-    def timed(self, name: str) -> "_Timer":
-        return _Timer(self, name)
-
-
-class _Timer:
-    def __init__(self, clock: PhaseClock, name: str) -> None:
-        self.clock, self.name = clock, name
-
-    def __enter__(self) -> None:
-        self.started = time.monotonic()
-
-    def __exit__(self, *_: object) -> None:
-        self.clock.add(self.name, time.monotonic() - self.started)
 
 
 def _replay_options(transaction: Transaction, extra: list[str]) -> list[str]:

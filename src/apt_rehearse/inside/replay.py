@@ -9,7 +9,6 @@ checks that turn them into findings run on the host, afterwards.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import selectors
@@ -17,13 +16,14 @@ import shutil
 import signal
 import subprocess
 import time
-from typing import Any, Iterator
+from typing import Any
 
 from apt_rehearse.inside import bootchain
 from apt_rehearse.inside import conffile_state
 from apt_rehearse.inside import facts
 from apt_rehearse.inside import kernel_settings
 from apt_rehearse.inside import libraries
+from apt_rehearse.model.clock import PhaseClock
 from apt_rehearse.model.errors import RehearsalError
 from apt_rehearse.sandbox.namespaces import Channel, SandboxSession
 from apt_rehearse.model.transaction import INSTALLING_ACTIONS, Transaction
@@ -356,7 +356,7 @@ def _after_apt(plan: ReplayPlan, before: dict[str, Any], recorders: dict[str, An
 
 def replay_inside(plan: ReplayPlan, session: SandboxSession | None, channel: Channel) -> dict[str, Any]:
     """The function the sandbox runs: observe, apply, observe."""
-    parts = PartClock()
+    parts = PhaseClock()
     channel.send("phase", name="replay")
     with parts("state before"):
         placed_cache = _install_release_state(plan)
@@ -426,16 +426,3 @@ def replay_inside(plan: ReplayPlan, session: SandboxSession | None, channel: Cha
     }
 
 
-class PartClock:
-    """Seconds spent in each named part of the replay (for the report and bench/)."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextlib.contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        started = time.monotonic()
-        try:
-            yield
-        finally:
-            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.monotonic() - started, 3)
