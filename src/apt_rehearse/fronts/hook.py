@@ -191,22 +191,6 @@ def _failed(reason: str, code: int, hook: HookInput | None, unattended: bool) ->
     return EXIT_BLOCKED
 
 
-def _load_config(hook: HookInput) -> None:
-    """Make apt_pkg's configuration the one apt dumped (with apt's -o in it)."""
-    import apt_pkg
-
-    apt_pkg.init_config()
-    for key, values in hook.config.items():
-        if key.endswith("::"):
-            apt_pkg.config.clear(key[:-2])
-    for key, values in hook.config.items():
-        for value in values:
-            apt_pkg.config.set(key, value)
-    apt_pkg.config.set("Dir::Cache::pkgcache", "")
-    apt_pkg.config.set("Dir::Cache::srcpkgcache", "")
-    apt_pkg.init_system()
-
-
 def _rehearse_now(hook: HookInput, transaction, unattended: bool, cache_dir: str) -> int:  # noqa: ANN001
     import apt_pkg
 
@@ -216,7 +200,7 @@ def _rehearse_now(hook: HookInput, transaction, unattended: bool, cache_dir: str
     from apt_rehearse.rehearse import conclude, rehearse
 
     began = time.monotonic()
-    _load_config(hook)
+    config.load_dumped_config(hook.config)
     settings = config.read_settings()
     _say(f"rehearsing this transaction ({len(transaction.changes)} packages) on a throw-away copy of the system ...")
     progress = for_stream(sys.stderr, quiet=unattended)

@@ -70,6 +70,23 @@ def init_apt_config(root: str, options: list[str]) -> None:
     for option in options:
         key, value = parse_option(option)
         apt_pkg.config.set(key, value)
+    _finish_apt_config()
+
+
+def load_dumped_config(dump: dict[str, list[str]]) -> None:
+    """apt's configuration as apt dumped it to the hook (its -o included):
+    a key ending in "::" is a list apt cleared before setting its values."""
+    apt_pkg.init_config()
+    for key in dump:
+        if key.endswith("::"):
+            apt_pkg.config.clear(key[:-2])
+    for key, values in dump.items():
+        for value in values:
+            apt_pkg.config.set(key, value)
+    _finish_apt_config()
+
+
+def _finish_apt_config() -> None:
     # Building the package cache as root would write pkgcache.bin into the
     # target's /var/cache/apt: keep it in memory, the target stays untouched.
     apt_pkg.config.set("Dir::Cache::pkgcache", "")
