@@ -26,7 +26,8 @@ from apt_rehearse.model.policy import Finding, apply_policy, verdict
 from apt_rehearse.fronts.progress import Progress
 from apt_rehearse.inside.replay import ReplayPlan, replay_inside
 from apt_rehearse.sandbox.boot import HELD_BACK, BootedSandbox, find_init
-from apt_rehearse.inside.libraries import load_elf_table, lost_libraries, save_elf_table, summary as library_summary
+from apt_rehearse.inside.libraries import lost_libraries, summary as library_summary
+from apt_rehearse.store.elf_table import load_elf_table, save_elf_table
 from apt_rehearse.sandbox.cgroups import SandboxCgroup, cgroup2_mount
 from apt_rehearse.inside.observe import observe, settle
 from apt_rehearse.sandbox.upper_place import disk_room_problem, free_and_size, host_reserve, read_meminfo, upper_fits_in_memory

@@ -14,6 +14,7 @@ from apt_rehearse.inside import bootchain
 from apt_rehearse.inside import conffile_state
 from apt_rehearse.checks import hazards as hazard_checks
 from apt_rehearse.inside import libraries
+from apt_rehearse.store import elf_table
 from apt_rehearse.model.policy import Finding
 from apt_rehearse.model.transaction import Change, Transaction
 
@@ -106,12 +107,12 @@ def test_elf_facts_are_remembered_by_file_and_kept_in_a_root_only_table(tmp_path
     if os.geteuid() != 0:
         pytest.skip("the ELF table is root's alone (nobody else saves one): run as root to check it is kept")
     cache = tmp_path / "cache"
-    libraries.save_elf_table(str(cache), first, again)
-    assert libraries.load_elf_table(str(cache)) == {**first["elf_seen"], **again["elf_seen"]}
-    table = cache / "hashes" / libraries.ELF_TABLE
+    elf_table.save_elf_table(str(cache), first, again)
+    assert elf_table.load_elf_table(str(cache)) == {**first["elf_seen"], **again["elf_seen"]}
+    table = cache / "hashes" / elf_table.ELF_TABLE
     assert table.stat().st_mode & 0o077 == 0
     os.chmod(table, 0o646)  # writable by others: not trusted any more
-    assert libraries.load_elf_table(str(cache)) == {}
+    assert elf_table.load_elf_table(str(cache)) == {}
 
 
 def _scan(objects: dict[str, dict[str, str | None]]) -> dict:

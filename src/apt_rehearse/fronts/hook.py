@@ -162,7 +162,7 @@ def _successors(transaction: Transaction) -> dict[str, str]:
     only when a manually installed package goes, the one case they change."""
     if not any(c.action in REMOVING_ACTIONS and c.manual and not c.requested for c in transaction.changes):
         return {}
-    from apt_rehearse.inside.facts import deb_provides
+    from apt_rehearse.plan.hookstream import deb_provides
 
     provides = {c.package: deb_provides(c.deb) for c in transaction.changes if c.action in INSTALLING_ACTIONS and c.deb}
     return find_successors(transaction.changes, provides)

@@ -134,15 +134,6 @@ def deb_conffiles(deb: str) -> dict[str, str]:
         return {}
 
 
-def deb_provides(deb: str) -> list[str]:
-    """The names a .deb provides (its Provides field, versions dropped)."""
-    try:
-        field = DebFile(deb).debcontrol().get("Provides", "")
-    except (DebError, OSError, KeyError, ValueError):
-        return []
-    return [name for group in apt_pkg.parse_depends(field, False) for name, _version, _op in group] if field else []
-
-
 @dataclasses.dataclass(frozen=True)
 class ConffilePrompt:
     package: str

@@ -24,7 +24,7 @@ import subprocess
 import time
 from typing import Any
 
-from apt_rehearse.inside.replay import run_command
+from apt_rehearse.inside.commands import run_command
 
 PROBES_DIR = "/etc/apt-rehearse/probes.d"
 HTTP_TIMEOUT = 5.0

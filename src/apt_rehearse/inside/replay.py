@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 from apt_rehearse.inside import bootchain
+from apt_rehearse.inside.commands import finish_command, run_command, sandbox_env, start_command
 from apt_rehearse.inside import conffile_state
 from apt_rehearse.inside import facts
 from apt_rehearse.inside import kernel_settings
@@ -28,7 +29,6 @@ from apt_rehearse.model.errors import RehearsalError
 from apt_rehearse.sandbox.namespaces import Channel, SandboxSession
 from apt_rehearse.model.transaction import INSTALLING_ACTIONS, Transaction
 
-PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 POLICY_RC_D = "/usr/sbin/policy-rc.d"
 EMPTY_DIR = "/run/apt-rehearse/empty"
 OUTPUT_LIMIT = 4 << 20  # bytes of apt output kept; the tail matters most
@@ -68,50 +68,6 @@ class ReplayPlan:
     # estimate checked before may fall short (a postinst that builds a large
     # file): apt is stopped when the room left falls below this.
     room_floor: int | None = None
-
-
-def sandbox_env() -> dict[str, str]:
-    return {
-        "PATH": PATH,
-        "HOME": "/root",
-        "LANG": "C.UTF-8",
-        "TERM": "dumb",
-        "DEBIAN_FRONTEND": "noninteractive",
-        "DEBCONF_NONINTERACTIVE_SEEN": "true",
-        # Our own hook must not rehearse the rehearsal; tools that would reach
-        # for the network or a pager stay quiet.
-        "APT_REHEARSE": "0",
-        "APT_LISTBUGS_FRONTEND": "none",
-        "APT_LISTCHANGES_FRONTEND": "none",
-        "container": "apt-rehearse",
-    }
-
-
-def start_command(argv: list[str]) -> subprocess.Popen[bytes] | None:
-    """Start a command of the target system; finish it with finish_command."""
-    try:
-        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                env=sandbox_env())  # fmt: skip
-    except FileNotFoundError:
-        return None
-
-
-def finish_command(proc: subprocess.Popen[bytes] | None, argv0: str, timeout: float = 600) -> tuple[int, str]:
-    """(exit status, output) of a started command; killed after timeout."""
-    if proc is None:
-        return 127, f"{argv0}: not found in the rehearsed system"
-    try:
-        output, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        output, _ = proc.communicate()
-        return 124, (output or b"").decode("utf-8", "replace") + "\n(timed out)"
-    return proc.returncode, output.decode("utf-8", "replace")
-
-
-def run_command(argv: list[str], timeout: float = 600) -> tuple[int, str]:
-    """Run a command of the target system; (exit status, output)."""
-    return finish_command(start_command(argv), argv[0], timeout)
 
 
 DPKG_QUERY_FORMAT = "${Package}\\t${Architecture}\\t${Version}\\t${db:Status-Abbrev}\\n"

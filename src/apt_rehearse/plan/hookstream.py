@@ -193,3 +193,15 @@ def to_transaction(
         dpkg_status_sha256=dpkg_status_sha256,
         apt_config={"DPkg::Options": hook.values("DPkg::Options")},
     )
+
+
+def deb_provides(deb: str) -> list[str]:
+    """The names a .deb provides (its Provides field, versions dropped)."""
+    import apt_pkg  # the hook's cache hit never gets here: no import cost for it
+    from debian.debfile import DebError, DebFile
+
+    try:
+        field = DebFile(deb).debcontrol().get("Provides", "")
+    except (DebError, OSError, KeyError, ValueError):
+        return []
+    return [name for group in apt_pkg.parse_depends(field, False) for name, _version, _op in group] if field else []
