@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from apt_rehearse.checks import state as checks
-from apt_rehearse.inside.facts import ConffilePrompt, RemovalFacts
+from apt_rehearse.model.package_facts import ConffilePrompt, RemovalFacts
 from apt_rehearse.model.policy import apply_policy, verdict
 from apt_rehearse.model.transaction import Change, Transaction, find_successors
 

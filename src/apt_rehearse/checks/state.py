@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from apt_rehearse.inside.facts import ConffilePrompt, RemovalFacts
+from apt_rehearse.model.package_facts import ConffilePrompt, RemovalFacts
 from apt_rehearse.model.policy import Finding
 from apt_rehearse.model.transaction import INSTALLING_ACTIONS, REMOVING_ACTIONS, Transaction
 

@@ -139,7 +139,7 @@ def _rehearse_request(command: str, packages: list[str], options: Options) -> in
     from apt_rehearse.store import deb_hashes
     from apt_rehearse.plan import planner
     from apt_rehearse.plan import release
-    from apt_rehearse.store import report
+    from apt_rehearse.store import housekeeping, report
     from apt_rehearse.sandbox.forked import ForkedCall
     from apt_rehearse.fronts.progress import for_stream
     from apt_rehearse.rehearse import PhaseClock, conclude, rehearse
@@ -171,6 +171,8 @@ def _rehearse_request(command: str, packages: list[str], options: Options) -> in
     with clock.timed("plan"):
         if options.release:
             state = release.prepare(root, options.release, settings.cache_dir)
+            # Whose state it is, for the housekeeping of states whose root is gone.
+            housekeeping.mark_release_state(state.directory, root)
             release.use(state, interactive)
             # On the core the planner leaves idle.
             source_cache_call = ForkedCall(release.build_source_cache, state, root)

@@ -132,9 +132,9 @@ def main() -> int:
                                      lambda package, arch: flags.get((package, arch), flags.get((package, ""), False)))  # fmt: skip
         if transaction.is_empty:
             return EXIT_GO
+        from apt_rehearse.model.config import DEFAULT_MAX_AGE as default_age
         from apt_rehearse.store import verdict_cache
 
-        default_age = verdict_cache.DEFAULT_MAX_AGE
         max_age = float(hook.get("APT::Rehearse::Cache-Max-Age", str(default_age)) or default_age)
 
         cached = verdict_cache.lookup(cache_dir, transaction, max_age, lambda: _installed_versions(root))

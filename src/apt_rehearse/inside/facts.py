@@ -7,13 +7,13 @@ the facts that make a REMOVED line or a conffile prompt mean something.
 
 from __future__ import annotations
 
-import dataclasses
 import fnmatch
 import hashlib
 import os
 
 import apt_pkg
 from debian.debfile import DebFile, DebError
+from apt_rehearse.model.package_facts import ConffilePrompt, RemovalFacts
 
 UNIT_DIRS = ("/lib/systemd/system/", "/usr/lib/systemd/system/")
 UNIT_SUFFIXES = (".service", ".socket", ".timer", ".path")
@@ -72,12 +72,6 @@ def web_modules(files: list[str]) -> list[str]:
     return found
 
 
-@dataclasses.dataclass(frozen=True)
-class RemovalFacts:
-    enabled_services: list[str]
-    web_modules: list[str]
-
-
 def removal_facts(root: str, package: str, arch: str) -> RemovalFacts:
     files = package_files(root, package, arch)
     return RemovalFacts(enabled_services(root, files), web_modules(files))
@@ -132,12 +126,6 @@ def deb_conffiles(deb: str) -> dict[str, str]:
         return result
     except (DebError, OSError, KeyError, ValueError):
         return {}
-
-
-@dataclasses.dataclass(frozen=True)
-class ConffilePrompt:
-    package: str
-    path: str
 
 
 def predict_prompts(root: str, package: str, arch: str, deb: str, installed: dict[str, dict[str, str]]) -> list[ConffilePrompt]:

@@ -13,7 +13,8 @@ import os
 import apt_pkg
 
 from apt_rehearse.model.errors import UsageError
-from apt_rehearse.store.verdict_cache import DEFAULT_MAX_AGE
+
+DEFAULT_MAX_AGE = 6 * 3600  # APT::Rehearse::Cache-Max-Age, seconds: how long a verdict is reused
 
 LOG_DIR = "/var/log/apt-rehearse"
 CACHE_DIR = "/var/cache/apt-rehearse"

@@ -25,7 +25,6 @@ from debian.deb822 import Deb822
 from apt_rehearse.sandbox import syscalls
 from apt_rehearse.model.config import apt_download_dir
 from apt_rehearse.model.errors import RehearsalError, UsageError
-from apt_rehearse.store.housekeeping import mark_release_state
 
 CODENAME_RE = re.compile(r"^[a-z][a-z0-9-]*$")
 
@@ -186,7 +185,6 @@ def prepare(root: str, release: str, cache_dir: str) -> ReleaseState:
             handle.write(new_text)
     if total == 0:
         raise UsageError(f"no apt source names '{old}' or '{old}-*'; cannot switch them to {release}")
-    mark_release_state(directory, real_root)
     return ReleaseState(directory, lists_dir, sources, release)
 
 

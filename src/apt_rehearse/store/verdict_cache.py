@@ -24,7 +24,6 @@ from apt_rehearse.model.transaction import INSTALLING_ACTIONS, Transaction
 from apt_rehearse.store.files import write_atomically
 
 SCHEMA = "apt-rehearse-verdict/1"
-DEFAULT_MAX_AGE = 6 * 3600  # APT::Rehearse::Cache-Max-Age, seconds
 
 
 def _directory(cache_dir: str) -> str:
