@@ -116,12 +116,16 @@ VOLATILE = re.compile(r"^(kernel/random/|fs/(dentry-state|dentry-negative|inode-
 
 
 def read_sysctls() -> dict[str, str]:
+    """Every readable setting: the writable entries of /proc/sys (a read-only
+    one is a statistic the kernel keeps, fs/quota/syncs, not a setting)."""
     values = {}
     for dirpath, _dirs, files in os.walk("/proc/sys"):
         for name in files:
             path = os.path.join(dirpath, name)
             key = path[len("/proc/sys/"):]
             try:
+                if not os.stat(path).st_mode & 0o222:
+                    continue
                 fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
             except OSError:
                 continue
