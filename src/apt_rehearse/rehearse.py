@@ -133,42 +133,10 @@ def rehearse(
         if os.path.realpath(transaction.root) == "/" and bootchain.needs_grub_probe(installing):
             grub_probe_answers = bootchain.capture_grub_probe()
 
-    # Every directory holding .debs is bound read-only inside the sandbox.
-    deb_dirs: dict[str, str] = {}
-    deb_paths: dict[str, str] = {}
-    for change in transaction.changes:
-        if change.action in INSTALLING_ACTIONS:
-            if not change.deb or not os.path.isfile(change.deb):
-                raise RehearsalError(f"the .deb for {change.name} {change.to_version} is missing: {change.deb}")
-            directory = os.path.dirname(os.path.realpath(change.deb))
-            inside = deb_dirs.setdefault(directory, f"{INSIDE_SHARE}/debs/{len(deb_dirs)}")
-            deb_paths[change.name] = f"{inside}/{os.path.basename(change.deb)}"
-    binds = {directory: inside for directory, inside in deb_dirs.items()}
-    lists_inside = None
-    if private_lists:
-        lists_inside = f"{INSIDE_SHARE}/lists"
-        binds[private_lists] = lists_inside
-    cache_inside = None
-    if private_lists and source_cache:
-        binds[os.path.dirname(source_cache)] = f"{INSIDE_SHARE}/aptcache"
-        cache_inside = f"{INSIDE_SHARE}/aptcache/{os.path.basename(source_cache)}"
+    binds, deb_paths, lists_inside, cache_inside = _binds(transaction, private_lists, source_cache)
 
-    notes = []
-    init = None
-    if settings.services:
-        init = find_init(transaction.root)
-        if init is None:
-            notes.append(f"services are not rehearsed: {transaction.root} does not boot with systemd "
-                         "(a container, or another init); only the packages were rehearsed")  # fmt: skip
-        elif cgroup2_mount() is None:
-            init = None
-            notes.append("services are not rehearsed: no cgroup2 hierarchy is mounted here for the booted "
-                         "system; only the packages were rehearsed")  # fmt: skip
-    else:
-        notes.append("services are not rehearsed (--no-services / APT::Rehearse::Services \"false\")")
-    if shell and init is None:
-        raise UnsupportedSystem("'apt-rehearse shell' needs a system that boots with systemd, and services on "
-                                "(" + (notes[-1] if notes else "no init") + ")")
+    notes: list[str] = []
+    init = _services_init(transaction, settings, shell, notes)
     upper_dir = _choose_upper(transaction, settings)
     observations: dict[str, Any] = {}
     # The host's facts are read beside the sandbox, on the core dpkg leaves
@@ -221,53 +189,11 @@ def rehearse(
         for snap in taken:
             snapshots.delete(snap.path, snapshots.btrfs_tool() or "btrfs")
 
-    stopped_at = result["apt"].get("stopped_for_room")
-    if stopped_at is not None:
-        raise RehearsalLimit(
-            f"the rehearsal was stopped: its disk upper in {os.path.dirname(upper_dir or '')} had left only "
-            f"{stopped_at / 1e6:.0f} MB free there, less than the {replay_plan.room_floor / 1e6:.0f} MB the "
-            "host keeps for its own services; this says nothing about the packages. Point "
-            "APT::Rehearse::Upper-Dir at a file system with more room"
-        )
-    if checks.out_of_room(result):
-        where = f"the disk upper in {os.path.dirname(upper_dir)}" if upper_dir else f"its tmpfs upper (size {settings.tmpfs_size})"
-        raise RehearsalLimit(
-            f"the rehearsal ran out of room in {where}; this says nothing about the packages. "
-            "Give it more with -o APT::Rehearse::Tmpfs-Size=... or -o APT::Rehearse::Upper-Dir=/var/tmp/DIR"
-        )
+    _stop_if_out_of_room(result, upper_dir, settings, replay_plan.room_floor)
     result["timeout"] = settings.timeout
     with clock.timed("checks"):
-        findings = source_findings + checks.removal_findings(transaction, removal_facts)
-        findings += checks.state_findings(transaction, result)
-        dpkg_options = transaction.apt_config.get("DPkg::Options", [])
-        nobody_answers = unattended and not any(o.startswith(CONF_FORCE_OPTIONS) for o in dpkg_options)
-        findings += checks.conffile_findings(predicted_prompts, result["apt"]["output"], nobody_answers)
-        hazards = result.get("hazards")
-        if hazards:
-            save_elf_table(settings.cache_dir, hazards["before"]["libraries"], hazards["libraries"])
-            findings += hazard_checks.conffile_detail_findings(hazards["conffile_leftovers"], findings)
-            losses = lost_libraries(hazards["before"]["libraries"], hazards["libraries"])
-            owners = facts.owners_of(transaction.root, sorted({loss["was"] for loss in losses}))
-            findings += hazard_checks.lost_library_findings(transaction, losses, owners)
-            findings += hazard_checks.boot_findings(transaction, hazards)
-            findings += hazard_checks.release_findings(hazards)
-            findings += _kernel_findings(transaction, hazards)
-            if not hazards["libraries"].get("available", True):
-                notes.append(f"shared libraries were not checked: {hazards['libraries'].get('reason', 'unavailable')}")
-            if hazards["before"]["libraries"].get("capped"):
-                notes.append(f"shared libraries: only the first {len(hazards['libraries'].get('objects', {}))} programs "
-                             "and modules were checked (a bound on the work)")  # fmt: skip
-            marks = result.get("auto_marks") or {}
-            if marks.get("exit_status"):
-                notes.append("apt-mark could not give back the automatic marks, so what becomes auto-removable may "
-                             "be off: " + (marks.get("output", "").strip().splitlines() or ["no output"])[-1])
-            if hazards.get("grub_probe_unanswered"):
-                notes.append("grub-probe was asked what this machine's grub-probe had not been asked beforehand: "
-                             + "; ".join(hazards["grub_probe_unanswered"][:3]))  # fmt: skip
-        disk = disk_usage(transaction.root, result.get("growth", {}))
-        findings += checks.disk_findings(disk)
-        if observations.get("baseline"):
-            findings += service_findings(observations["baseline"], observations.get("upgraded"), observations.get("rebooted"))
+        findings, disk = _analyse(transaction, settings, result, (removal_facts, predicted_prompts), observations,
+                                  source_findings, unattended, notes)  # fmt: skip
         apply_policy(findings, lookup)
     return Rehearsal(
         transaction=transaction,
@@ -285,6 +211,109 @@ def rehearse(
         hazards=_hazard_figures(result.get("hazards")),
         replay_parts=result.get("timings", {}),
     )
+
+
+def _binds(transaction: Transaction, private_lists: str | None,
+           source_cache: str | None) -> tuple[dict[str, str], dict[str, str], str | None, str | None]:
+    """What the sandbox binds read-only (host directory -> inside path), the
+    .debs' inside paths, and where the --release lists and apt cache appear."""
+    # Every directory holding .debs is bound read-only inside the sandbox.
+    deb_dirs: dict[str, str] = {}
+    deb_paths: dict[str, str] = {}
+    for change in transaction.changes:
+        if change.action in INSTALLING_ACTIONS:
+            if not change.deb or not os.path.isfile(change.deb):
+                raise RehearsalError(f"the .deb for {change.name} {change.to_version} is missing: {change.deb}")
+            directory = os.path.dirname(os.path.realpath(change.deb))
+            inside = deb_dirs.setdefault(directory, f"{INSIDE_SHARE}/debs/{len(deb_dirs)}")
+            deb_paths[change.name] = f"{inside}/{os.path.basename(change.deb)}"
+    binds = dict(deb_dirs)
+    lists_inside = None
+    if private_lists:
+        lists_inside = f"{INSIDE_SHARE}/lists"
+        binds[private_lists] = lists_inside
+    cache_inside = None
+    if private_lists and source_cache:
+        binds[os.path.dirname(source_cache)] = f"{INSIDE_SHARE}/aptcache"
+        cache_inside = f"{INSIDE_SHARE}/aptcache/{os.path.basename(source_cache)}"
+    return binds, deb_paths, lists_inside, cache_inside
+
+
+def _services_init(transaction: Transaction, settings: Settings, shell: bool, notes: list[str]) -> str | None:
+    """The init to boot, or None when services are not rehearsed (said in notes)."""
+    init = None
+    if settings.services:
+        init = find_init(transaction.root)
+        if init is None:
+            notes.append(f"services are not rehearsed: {transaction.root} does not boot with systemd "
+                         "(a container, or another init); only the packages were rehearsed")  # fmt: skip
+        elif cgroup2_mount() is None:
+            init = None
+            notes.append("services are not rehearsed: no cgroup2 hierarchy is mounted here for the booted "
+                         "system; only the packages were rehearsed")  # fmt: skip
+    else:
+        notes.append("services are not rehearsed (--no-services / APT::Rehearse::Services \"false\")")
+    if shell and init is None:
+        raise UnsupportedSystem("'apt-rehearse shell' needs a system that boots with systemd, and services on "
+                                "(" + (notes[-1] if notes else "no init") + ")")
+    return init
+
+
+def _stop_if_out_of_room(result: dict[str, Any], upper_dir: str | None, settings: Settings, room_floor: int | None) -> None:
+    """Running out of room is the rehearsal's limit, never a finding against a package."""
+    stopped_at = result["apt"].get("stopped_for_room")
+    if stopped_at is not None:
+        raise RehearsalLimit(
+            f"the rehearsal was stopped: its disk upper in {os.path.dirname(upper_dir or '')} had left only "
+            f"{stopped_at / 1e6:.0f} MB free there, less than the {(room_floor or 0) / 1e6:.0f} MB the "
+            "host keeps for its own services; this says nothing about the packages. Point "
+            "APT::Rehearse::Upper-Dir at a file system with more room"
+        )
+    if checks.out_of_room(result):
+        where = f"the disk upper in {os.path.dirname(upper_dir)}" if upper_dir else f"its tmpfs upper (size {settings.tmpfs_size})"
+        raise RehearsalLimit(
+            f"the rehearsal ran out of room in {where}; this says nothing about the packages. "
+            "Give it more with -o APT::Rehearse::Tmpfs-Size=... or -o APT::Rehearse::Upper-Dir=/var/tmp/DIR"
+        )
+
+
+def _analyse(transaction: Transaction, settings: Settings, result: dict[str, Any], host_facts: tuple[Any, Any],
+             observations: dict[str, Any], source_findings: list[Finding], unattended: bool,
+             notes: list[str]) -> tuple[list[Finding], list[dict[str, Any]]]:
+    """Observations in, findings out (the verdict is the policy's), and the disk figures."""
+    removal_facts, predicted_prompts = host_facts
+    findings = source_findings + checks.removal_findings(transaction, removal_facts)
+    findings += checks.state_findings(transaction, result)
+    dpkg_options = transaction.apt_config.get("DPkg::Options", [])
+    nobody_answers = unattended and not any(o.startswith(CONF_FORCE_OPTIONS) for o in dpkg_options)
+    findings += checks.conffile_findings(predicted_prompts, result["apt"]["output"], nobody_answers)
+    hazards = result.get("hazards")
+    if hazards:
+        save_elf_table(settings.cache_dir, hazards["before"]["libraries"], hazards["libraries"])
+        findings += hazard_checks.conffile_detail_findings(hazards["conffile_leftovers"], findings)
+        losses = lost_libraries(hazards["before"]["libraries"], hazards["libraries"])
+        owners = facts.owners_of(transaction.root, sorted({loss["was"] for loss in losses}))
+        findings += hazard_checks.lost_library_findings(transaction, losses, owners)
+        findings += hazard_checks.boot_findings(transaction, hazards)
+        findings += hazard_checks.release_findings(hazards)
+        findings += _kernel_findings(transaction, hazards)
+        if not hazards["libraries"].get("available", True):
+            notes.append(f"shared libraries were not checked: {hazards['libraries'].get('reason', 'unavailable')}")
+        if hazards["before"]["libraries"].get("capped"):
+            notes.append(f"shared libraries: only the first {len(hazards['libraries'].get('objects', {}))} programs "
+                         "and modules were checked (a bound on the work)")  # fmt: skip
+        marks = result.get("auto_marks") or {}
+        if marks.get("exit_status"):
+            notes.append("apt-mark could not give back the automatic marks, so what becomes auto-removable may "
+                         "be off: " + (marks.get("output", "").strip().splitlines() or ["no output"])[-1])
+        if hazards.get("grub_probe_unanswered"):
+            notes.append("grub-probe was asked what this machine's grub-probe had not been asked beforehand: "
+                         + "; ".join(hazards["grub_probe_unanswered"][:3]))  # fmt: skip
+    disk = disk_usage(transaction.root, result.get("growth", {}))
+    findings += checks.disk_findings(disk)
+    if observations.get("baseline"):
+        findings += service_findings(observations["baseline"], observations.get("upgraded"), observations.get("rebooted"))
+    return findings, disk
 
 
 def _kernel_findings(transaction: Transaction, hazards: dict[str, Any]) -> list[Finding]:
