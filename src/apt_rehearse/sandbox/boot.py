@@ -17,6 +17,7 @@ every service; a joiner confines itself once it has joined.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -88,6 +89,16 @@ def hold_back(root: str) -> list[str]:
     return masked
 
 
+@dataclasses.dataclass(frozen=True)
+class BootSpec:
+    """What the keeper, its boot children and the booted PID 1 are given:
+    they run in processes of their own, forked from the host's client."""
+
+    plan: SandboxPlan
+    init: str
+    filters: confine.Filters
+
+
 class BootedSandbox:
     """The keeper, its boots, and code run beside the services."""
 
@@ -111,7 +122,7 @@ class BootedSandbox:
         if pid == 0:  # pragma: no cover - the keeper
             os.close(command_write)
             os.close(reply_read)
-            self._keeper(command_read, reply_write)
+            keeper_main(BootSpec(self.plan, self.init, self.filters), command_read, reply_write)
         os.close(command_read)
         os.close(reply_write)
         self.keeper = pid
@@ -131,147 +142,6 @@ class BootedSandbox:
             kind = reply.get("kind")
             raise from_kind(kind, reply["error"]) if kind in ERROR_KINDS else RehearsalError(reply["error"])
         return reply
-
-    def _keeper(self, command_read: int, reply_write: int) -> None:  # pragma: no cover - runs in the child
-        replies = os.fdopen(reply_write, "w", buffering=1)
-        commands = os.fdopen(command_read, "r")
-
-        def reply(**payload: Any) -> None:
-            replies.write(json.dumps(payload) + "\n")
-            replies.flush()
-
-        ctx = Context()
-        boot_child = pid1 = None
-        cgroup_path = ""
-        try:
-            syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
-            for line in commands:
-                command = json.loads(line)
-                action = command["do"]
-                try:
-                    if action == "go":
-                        cgroup_path = command["cgroup"]
-                        syscalls.unshare(syscalls.CLONE_NEWNS)
-                        for step in self.plan.layer_steps:
-                            step.execute(ctx)
-                        reply(masked=hold_back(self.plan.new_root))
-                    elif action == "boot":
-                        boot_child, pid1 = self._boot(ctx, os.path.join(cgroup_path, f"boot-{command['n']}"))
-                        reply(pid1=pid1)
-                    elif action == "poweroff":
-                        reply(clean=self._poweroff(boot_child, pid1, command.get("timeout", 60)))
-                        boot_child = pid1 = None
-                    elif action == "measure":
-                        bytes_by_layer, growth = {}, {}
-                        for layer in self.plan.layers:
-                            fd = os.open(layer.layer_dir, os.O_RDONLY | os.O_DIRECTORY)
-                            try:
-                                bytes_by_layer[layer.mountpoint] = tree_bytes(fd, "upper")
-                                growth[layer.mountpoint] = layer_growth(fd, ctx.pinned.get(layer.lower))
-                            finally:
-                                os.close(fd)
-                        info = os.statvfs(self.plan.layers[0].layer_dir)
-                        reply(upper_bytes=bytes_by_layer, growth=growth, free=info.f_bavail * info.f_frsize)
-                    elif action == "exit":
-                        self._poweroff(boot_child, pid1, 0)
-                        boot_child = pid1 = None
-                        reply(bye=True)
-                        break
-                except UnsupportedSystem as error:
-                    reply(error=str(error), kind="unsupported")
-                except OSError as error:
-                    reply(error=f"{action}: {error}", kind="unsupported" if action == "go" else "failed")
-        except BaseException:  # noqa: BLE001
-            try:
-                reply(error=traceback.format_exc().strip().splitlines()[-1], kind="failed")
-            except OSError:
-                pass
-        if pid1:
-            self._poweroff(boot_child, pid1, 5)
-        os._exit(0)
-
-    def _boot(self, ctx: Context, cgroup_path: str) -> tuple[int, int]:  # pragma: no cover - in the keeper
-        os.makedirs(cgroup_path, exist_ok=True)
-        pid_read, pid_write = os.pipe()
-        # Closed by the execve of init (O_CLOEXEC): EOF on it means init runs,
-        # so nothing joins the new PID 1 before its mounts and pivot_root are done.
-        exec_read, exec_write = os.pipe2(os.O_CLOEXEC)
-        child = os.fork()
-        if child == 0:
-            try:
-                os.close(pid_read)
-                os.close(exec_read)
-                # Dies with the keeper; its PID 1 dies with it, and with that
-                # PID 1 every process of the boot.
-                syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
-                with open(os.path.join(cgroup_path, "cgroup.procs"), "w", encoding="ascii") as handle:
-                    handle.write(str(os.getpid()))
-                syscalls.unshare(syscalls.CLONE_NEWNS | syscalls.CLONE_NEWPID | syscalls.CLONE_NEWNET
-                                 | syscalls.CLONE_NEWIPC | syscalls.CLONE_NEWUTS | syscalls.CLONE_NEWCGROUP)  # fmt: skip
-                pid1 = os.fork()
-                if pid1 == 0:
-                    self._exec_init(ctx, exec_write)
-                os.close(exec_write)
-                os.write(pid_write, f"{pid1}\n".encode())
-                os.close(pid_write)
-                while True:
-                    try:
-                        os.waitpid(pid1, 0)
-                        break
-                    except InterruptedError:
-                        continue
-            except BaseException:  # noqa: BLE001
-                os.write(exec_write, traceback.format_exc().strip().splitlines()[-1].encode())
-                os.write(pid_write, b"0\n")
-            os._exit(0)
-        os.close(pid_write)
-        os.close(exec_write)
-        with os.fdopen(pid_read) as handle:
-            pid1 = int(handle.readline().strip() or "0")
-        with os.fdopen(exec_read, "rb") as handle:
-            failure = handle.read().decode("utf-8", "replace").strip()
-        if not pid1 or failure:
-            os.waitpid(child, 0)
-            raise RehearsalError(f"the sandbox could not start the system's init: {failure or 'unknown error'}")
-        return child, pid1
-
-    def _exec_init(self, ctx: Context, exec_write: int) -> None:  # pragma: no cover - becomes the sandbox's PID 1
-        try:
-            syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
-            for step in self.plan.boot_steps:
-                step.execute(ctx)
-            for fd in ctx.pinned.values():
-                os.close(fd)
-            confine.confine(self.filters)
-            env = {"container": "apt-rehearse", "TERM": "dumb", "LANG": "C.UTF-8",
-                   "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}  # fmt: skip
-            null = os.open("/dev/null", os.O_RDWR)
-            # The console of the booted system is /dev/null (its journal
-            # keeps what matters); APT_REHEARSE_DEBUG shows it on stderr.
-            for fd in (0, 1, 2) if not os.environ.get("APT_REHEARSE_DEBUG") else (0,):
-                os.dup2(null, fd)
-            os.execve(self.init, [self.init], env)
-        except BaseException as error:  # noqa: BLE001
-            os.write(exec_write, f"{error.__class__.__name__}: {error}".encode())
-            os._exit(127)
-
-    @staticmethod
-    def _poweroff(child: int | None, pid1: int | None, timeout: float) -> bool:  # pragma: no cover - in the keeper
-        if not child or not pid1:
-            return True
-        clean = True
-        try:
-            os.kill(pid1, POWEROFF if timeout > 0 else signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            done, _ = os.waitpid(child, os.WNOHANG)
-            if done:
-                return clean
-            time.sleep(0.05)
-        kill_and_reap(pid1, reap=child)
-        return False
 
     # -- what the rehearsal drives ------------------------------------------------
 
@@ -417,3 +287,149 @@ def _join(fds: dict[str, int], root_fd: int) -> None:  # pragma: no cover - in a
     os.fchdir(root_fd)
     os.chroot(".")
     os.chdir("/")
+
+
+# ---------------------------------------------------------------------------
+# The keeper's process, its boot children, and the booted PID 1 before it execs init
+
+
+def keeper_main(spec: BootSpec, command_read: int, reply_write: int) -> None:  # pragma: no cover - runs in the keeper
+    """The keeper: holds the layers in its mount namespace, boots and powers off on command."""
+    replies = os.fdopen(reply_write, "w", buffering=1)
+    commands = os.fdopen(command_read, "r")
+
+    def reply(**payload: Any) -> None:
+        replies.write(json.dumps(payload) + "\n")
+        replies.flush()
+
+    ctx = Context()
+    boot_child = pid1 = None
+    cgroup_path = ""
+    try:
+        syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
+        for line in commands:
+            command = json.loads(line)
+            action = command["do"]
+            try:
+                if action == "go":
+                    cgroup_path = command["cgroup"]
+                    syscalls.unshare(syscalls.CLONE_NEWNS)
+                    for step in spec.plan.layer_steps:
+                        step.execute(ctx)
+                    reply(masked=hold_back(spec.plan.new_root))
+                elif action == "boot":
+                    boot_child, pid1 = _boot(spec, ctx, os.path.join(cgroup_path, f"boot-{command['n']}"))
+                    reply(pid1=pid1)
+                elif action == "poweroff":
+                    reply(clean=_poweroff(boot_child, pid1, command.get("timeout", 60)))
+                    boot_child = pid1 = None
+                elif action == "measure":
+                    bytes_by_layer, growth = {}, {}
+                    for layer in spec.plan.layers:
+                        fd = os.open(layer.layer_dir, os.O_RDONLY | os.O_DIRECTORY)
+                        try:
+                            bytes_by_layer[layer.mountpoint] = tree_bytes(fd, "upper")
+                            growth[layer.mountpoint] = layer_growth(fd, ctx.pinned.get(layer.lower))
+                        finally:
+                            os.close(fd)
+                    info = os.statvfs(spec.plan.layers[0].layer_dir)
+                    reply(upper_bytes=bytes_by_layer, growth=growth, free=info.f_bavail * info.f_frsize)
+                elif action == "exit":
+                    _poweroff(boot_child, pid1, 0)
+                    boot_child = pid1 = None
+                    reply(bye=True)
+                    break
+            except UnsupportedSystem as error:
+                reply(error=str(error), kind="unsupported")
+            except OSError as error:
+                reply(error=f"{action}: {error}", kind="unsupported" if action == "go" else "failed")
+    except BaseException:  # noqa: BLE001
+        try:
+            reply(error=traceback.format_exc().strip().splitlines()[-1], kind="failed")
+        except OSError:
+            pass
+    if pid1:
+        _poweroff(boot_child, pid1, 5)
+    os._exit(0)
+
+def _boot(spec: BootSpec, ctx: Context, cgroup_path: str) -> tuple[int, int]:  # pragma: no cover - in the keeper
+    os.makedirs(cgroup_path, exist_ok=True)
+    pid_read, pid_write = os.pipe()
+    # Closed by the execve of init (O_CLOEXEC): EOF on it means init runs,
+    # so nothing joins the new PID 1 before its mounts and pivot_root are done.
+    exec_read, exec_write = os.pipe2(os.O_CLOEXEC)
+    child = os.fork()
+    if child == 0:
+        try:
+            os.close(pid_read)
+            os.close(exec_read)
+            # Dies with the keeper; its PID 1 dies with it, and with that
+            # PID 1 every process of the boot.
+            syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
+            with open(os.path.join(cgroup_path, "cgroup.procs"), "w", encoding="ascii") as handle:
+                handle.write(str(os.getpid()))
+            syscalls.unshare(syscalls.CLONE_NEWNS | syscalls.CLONE_NEWPID | syscalls.CLONE_NEWNET
+                             | syscalls.CLONE_NEWIPC | syscalls.CLONE_NEWUTS | syscalls.CLONE_NEWCGROUP)  # fmt: skip
+            pid1 = os.fork()
+            if pid1 == 0:
+                _exec_init(spec, ctx, exec_write)
+            os.close(exec_write)
+            os.write(pid_write, f"{pid1}\n".encode())
+            os.close(pid_write)
+            while True:
+                try:
+                    os.waitpid(pid1, 0)
+                    break
+                except InterruptedError:
+                    continue
+        except BaseException:  # noqa: BLE001
+            os.write(exec_write, traceback.format_exc().strip().splitlines()[-1].encode())
+            os.write(pid_write, b"0\n")
+        os._exit(0)
+    os.close(pid_write)
+    os.close(exec_write)
+    with os.fdopen(pid_read) as handle:
+        pid1 = int(handle.readline().strip() or "0")
+    with os.fdopen(exec_read, "rb") as handle:
+        failure = handle.read().decode("utf-8", "replace").strip()
+    if not pid1 or failure:
+        os.waitpid(child, 0)
+        raise RehearsalError(f"the sandbox could not start the system's init: {failure or 'unknown error'}")
+    return child, pid1
+
+def _exec_init(spec: BootSpec, ctx: Context, exec_write: int) -> None:  # pragma: no cover - becomes the sandbox's PID 1
+    try:
+        syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
+        for step in spec.plan.boot_steps:
+            step.execute(ctx)
+        for fd in ctx.pinned.values():
+            os.close(fd)
+        confine.confine(spec.filters)
+        env = {"container": "apt-rehearse", "TERM": "dumb", "LANG": "C.UTF-8",
+               "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}  # fmt: skip
+        null = os.open("/dev/null", os.O_RDWR)
+        # The console of the booted system is /dev/null (its journal
+        # keeps what matters); APT_REHEARSE_DEBUG shows it on stderr.
+        for fd in (0, 1, 2) if not os.environ.get("APT_REHEARSE_DEBUG") else (0,):
+            os.dup2(null, fd)
+        os.execve(spec.init, [spec.init], env)
+    except BaseException as error:  # noqa: BLE001
+        os.write(exec_write, f"{error.__class__.__name__}: {error}".encode())
+        os._exit(127)
+
+def _poweroff(child: int | None, pid1: int | None, timeout: float) -> bool:  # pragma: no cover - in the keeper
+    if not child or not pid1:
+        return True
+    clean = True
+    try:
+        os.kill(pid1, POWEROFF if timeout > 0 else signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, _ = os.waitpid(child, os.WNOHANG)
+        if done:
+            return clean
+        time.sleep(0.05)
+    kill_and_reap(pid1, reap=child)
+    return False
