@@ -362,8 +362,7 @@ def replay_inside(plan: ReplayPlan, session: SandboxSession | None, channel: Cha
         audit_status, audit_output = run_command(["dpkg", "--audit"])
         check_status, check_output = run_command(["apt-get", "check", *APT_QUIET_OPTIONS])
     with parts("upper"):
-        upper = session.upper_bytes() if session else {}
-        growth = session.growth() if session else {}
+        upper, growth = session.measure() if session else ({}, {})
     return {
         "before": before,
         "after": after,

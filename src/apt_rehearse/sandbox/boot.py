@@ -30,7 +30,7 @@ from apt_rehearse.sandbox import syscalls
 from apt_rehearse.sandbox.processes import kill_and_reap
 from apt_rehearse.sandbox.cgroups import SandboxCgroup
 from apt_rehearse.model.errors import ERROR_KINDS, RehearsalError, UnsupportedSystem, from_kind
-from apt_rehearse.sandbox.namespaces import Channel, Context, SandboxPlan, layer_growth, read_events, tree_bytes
+from apt_rehearse.sandbox.namespaces import Channel, Context, SandboxPlan, measure_layers, read_events
 
 INIT_CANDIDATES = ("/sbin/init", "/lib/systemd/systemd", "/usr/lib/systemd/systemd")
 SIGRTMIN = 34
@@ -324,13 +324,12 @@ def keeper_main(spec: BootSpec, command_read: int, reply_write: int) -> None:  #
                     reply(clean=_poweroff(boot_child, pid1, command.get("timeout", 60)))
                     boot_child = pid1 = None
                 elif action == "measure":
-                    bytes_by_layer, growth = {}, {}
-                    for layer in spec.plan.layers:
-                        fd = os.open(layer.layer_dir, os.O_RDONLY | os.O_DIRECTORY)
-                        try:
-                            bytes_by_layer[layer.mountpoint] = tree_bytes(fd, "upper")
-                            growth[layer.mountpoint] = layer_growth(fd, ctx.pinned.get(layer.lower))
-                        finally:
+                    fds = {layer.mountpoint: os.open(layer.layer_dir, os.O_RDONLY | os.O_DIRECTORY) for layer in spec.plan.layers}
+                    lowers = {layer.mountpoint: ctx.pinned[layer.lower] for layer in spec.plan.layers if layer.lower in ctx.pinned}
+                    try:
+                        bytes_by_layer, growth = measure_layers(fds, lowers)
+                    finally:
+                        for fd in fds.values():
                             os.close(fd)
                     info = os.statvfs(spec.plan.layers[0].layer_dir)
                     reply(upper_bytes=bytes_by_layer, growth=growth, free=info.f_bavail * info.f_frsize)

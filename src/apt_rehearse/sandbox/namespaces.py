@@ -586,17 +586,25 @@ class SandboxSession:
     stage_fd: int
     lower_fds: dict[str, int] = dataclasses.field(default_factory=dict)  # mountpoint -> pinned lower
 
-    def growth(self) -> dict[str, dict[str, int]]:
-        return {mountpoint: layer_growth(fd, self.lower_fds.get(mountpoint)) for mountpoint, fd in self.layer_fds.items()}
-
-    def upper_bytes(self) -> dict[str, int]:
-        """Bytes allocated in each layer's upper directory (what the rehearsal wrote)."""
-        return {mountpoint: tree_bytes(fd, "upper") for mountpoint, fd in self.layer_fds.items()}
+    def measure(self) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+        """What each layer's upper holds, and what the real run would add to its mount."""
+        return measure_layers(self.layer_fds, self.lower_fds)
 
     def upper_free_bytes(self) -> int:
         """Room left where the uppers live (the tmpfs, or the disk upper)."""
         info = os.fstatvfs(self.layer_fds.get("/", self.stage_fd))
         return info.f_bavail * info.f_frsize
+
+
+def measure_layers(layer_fds: dict[str, int],
+                   lower_fds: dict[str, int]) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+    """Per mount point: the bytes allocated in its layer's upper directory
+    (what the rehearsal wrote), and its growth as the real run would see it
+    (layer_growth). ``layer_fds`` are the layer directories, ``lower_fds``
+    the pinned lowers."""
+    upper = {mountpoint: tree_bytes(fd, "upper") for mountpoint, fd in layer_fds.items()}
+    growth = {mountpoint: layer_growth(fd, lower_fds.get(mountpoint)) for mountpoint, fd in layer_fds.items()}
+    return upper, growth
 
 
 # apt's binary caches: rebuilt whole by the first apt tool after dpkg has
