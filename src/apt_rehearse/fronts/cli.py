@@ -229,30 +229,6 @@ def _finished(call: Any) -> Any:
         return None
 
 
-@main.command("upgrade")
-@common_options
-@also_option
-def upgrade_command() -> None:
-    """Rehearse 'apt-get upgrade'."""
-    _run_request("upgrade", ())
-
-
-@main.command("dist-upgrade")
-@common_options
-@also_option
-def dist_upgrade_command() -> None:
-    """Rehearse 'apt-get dist-upgrade' (with --release: a release upgrade)."""
-    _run_request("dist-upgrade", ())
-
-
-@main.command("full-upgrade")
-@common_options
-@also_option
-def full_upgrade_command() -> None:
-    """Rehearse 'apt full-upgrade' (the same as dist-upgrade)."""
-    _run_request("full-upgrade", ())
-
-
 @main.command("gate")
 @common_options
 def gate_command() -> None:
@@ -285,28 +261,33 @@ def shell_command(request: tuple[str, ...]) -> None:
     _run_request(words[0], tuple(words[1:]))
 
 
-@main.command("install")
-@common_options
-@click.argument("packages", nargs=-1, required=True, metavar="PKG[=VERSION|/RELEASE]...")
-def install_command(packages: tuple[str, ...]) -> None:
-    """Rehearse 'apt-get install PKG...'."""
-    _run_request("install", packages)
+# apt's requests, each a subcommand: (name, what it rehearses, the metavar of
+# its packages or None for none, whether --also applies).
+REQUESTS = (
+    ("upgrade", "Rehearse 'apt-get upgrade'.", None, True),
+    ("dist-upgrade", "Rehearse 'apt-get dist-upgrade' (with --release: a release upgrade).", None, True),
+    ("full-upgrade", "Rehearse 'apt full-upgrade' (the same as dist-upgrade).", None, True),
+    ("install", "Rehearse 'apt-get install PKG...'.", "PKG[=VERSION|/RELEASE]...", False),
+    ("remove", "Rehearse 'apt-get remove PKG...'.", "PKG...", False),
+    ("purge", "Rehearse 'apt-get purge PKG...'.", "PKG...", False),
+)
 
 
-@main.command("remove")
-@common_options
-@click.argument("packages", nargs=-1, required=True, metavar="PKG...")
-def remove_command(packages: tuple[str, ...]) -> None:
-    """Rehearse 'apt-get remove PKG...'."""
-    _run_request("remove", packages)
+def _request_command(name: str, doc: str, metavar: str | None, also: bool) -> click.Command:
+    def command(packages: tuple[str, ...] = ()) -> None:
+        _run_request(name, packages)
+
+    command.__doc__ = doc
+    command.__name__ = name.replace("-", "_") + "_command"
+    if metavar:
+        command = click.argument("packages", nargs=-1, required=True, metavar=metavar)(command)
+    if also:
+        command = also_option(command)
+    return main.command(name)(common_options(command))
 
 
-@main.command("purge")
-@common_options
-@click.argument("packages", nargs=-1, required=True, metavar="PKG...")
-def purge_command(packages: tuple[str, ...]) -> None:
-    """Rehearse 'apt-get purge PKG...'."""
-    _run_request("purge", packages)
+for _request in REQUESTS:
+    _request_command(*_request)
 
 
 def run() -> None:
