@@ -24,6 +24,8 @@ import subprocess
 import time
 from typing import Any
 
+from debian.deb822 import Deb822
+
 from apt_rehearse.inside.commands import run_command
 
 PROBES_DIR = "/etc/apt-rehearse/probes.d"
@@ -233,23 +235,17 @@ def config_tests() -> dict[str, dict[str, Any]]:
 
 
 def read_probes(directory: str = PROBES_DIR) -> list[dict[str, str]]:
-    """/etc/apt-rehearse/probes.d/*.probe: deb822 stanzas (Type: http, tcp or command)."""
+    """/etc/apt-rehearse/probes.d/*.probe: deb822 stanzas (Type: http, tcp or command).
+
+    Field names are case-insensitive (kept lower-case here); a continuation
+    line joins its field's value on a new line, stripped."""
     probes = []
     for path in sorted(glob.glob(os.path.join(directory, "*.probe"))):
         with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-        for index, stanza in enumerate(re.split(r"\n\s*\n", text)):
-            fields: dict[str, str] = {}
-            key = None
-            for line in stanza.splitlines():
-                if not line.strip() or line.lstrip().startswith("#"):
-                    continue
-                if line[0] in " \t" and key:
-                    fields[key] += "\n" + line.strip()
-                    continue
-                key, _, value = line.partition(":")
-                key = key.strip().lower()
-                fields[key] = value.strip()
+            stanzas = list(Deb822.iter_paragraphs(handle))
+        for index, stanza in enumerate(stanzas):
+            fields = {key.lower(): "\n".join(line.strip() for line in value.splitlines()).strip()
+                      for key, value in stanza.items()}  # fmt: skip
             if fields:
                 fields.setdefault("name", f"{os.path.basename(path)}#{index + 1}")
                 probes.append(fields)
