@@ -36,6 +36,7 @@ from apt_rehearse.sandbox.namespaces import INSIDE_SHARE, SandboxRunner, Sandbox
 from apt_rehearse.checks.services import service_findings
 from apt_rehearse.model.clock import PhaseClock
 from apt_rehearse.model.rehearsal import Rehearsal
+from apt_rehearse.model.replay_result import ReplayResult
 from apt_rehearse.model.transaction import INSTALLING_ACTIONS, REMOVING_ACTIONS, Transaction
 from apt_rehearse.store import housekeeping, report, verdict_cache
 
@@ -173,12 +174,13 @@ def rehearse(
             room_floor=host_reserve(free_and_size(upper_dir)[1]) if upper_dir else None,
         )
         if init:
-            result, observations = _run_booted(plan, init, replay_plan, progress, clock, settings, transaction.identity,
-                                               shell)
+            raw, observations = _run_booted(plan, init, replay_plan, progress, clock, settings, transaction.identity, shell)
         else:
-            result = _run(SandboxRunner(spec, plan), replay_plan, progress, clock)
-        if debug and result.get("source_cache"):
-            debug(f"replay: apt inside {result['source_cache']} the release's prepared srcpkgcache.bin")
+            raw = _run(SandboxRunner(spec, plan), replay_plan, progress, clock)
+        # What crossed the sandbox's boundary as JSON, typed once.
+        result = ReplayResult.from_json(raw)
+        if debug and result.source_cache:
+            debug(f"replay: apt inside {result.source_cache} the release's prepared srcpkgcache.bin")
         with clock.timed("facts"):  # what is left of it: the wait
             removal_facts, predicted_prompts = facts_call.result()
     finally:
@@ -190,7 +192,6 @@ def rehearse(
             snapshots.delete(snap.path, snapshots.btrfs_tool() or "btrfs")
 
     _stop_if_out_of_room(result, upper_dir, settings, replay_plan.room_floor)
-    result["timeout"] = settings.timeout
     with clock.timed("checks"):
         findings, disk = _analyse(transaction, settings, result, (removal_facts, predicted_prompts), observations,
                                   source_findings, unattended, notes)  # fmt: skip
@@ -202,14 +203,14 @@ def rehearse(
         started=started,
         duration_s=round(time.monotonic() - began, 3),
         phases=clock.phases,
-        upper_bytes=result.get("upper_bytes", {}),
+        upper_bytes=result.upper_bytes,
         notes=notes,
         sandbox_plan=plan.describe(),
-        replay_log=result["apt"]["output"],
+        replay_log=result.apt.output,
         observations=observations,
         disk=disk,
-        hazards=_hazard_figures(result.get("hazards")),
-        replay_parts=result.get("timings", {}),
+        hazards=_hazard_figures(result.hazards),
+        replay_parts=result.timings,
     )
 
 
@@ -259,9 +260,9 @@ def _services_init(transaction: Transaction, settings: Settings, shell: bool, no
     return init
 
 
-def _stop_if_out_of_room(result: dict[str, Any], upper_dir: str | None, settings: Settings, room_floor: int | None) -> None:
+def _stop_if_out_of_room(result: ReplayResult, upper_dir: str | None, settings: Settings, room_floor: int | None) -> None:
     """Running out of room is the rehearsal's limit, never a finding against a package."""
-    stopped_at = result["apt"].get("stopped_for_room")
+    stopped_at = result.apt.stopped_for_room
     if stopped_at is not None:
         raise RehearsalLimit(
             f"the rehearsal was stopped: its disk upper in {os.path.dirname(upper_dir or '')} had left only "
@@ -277,17 +278,17 @@ def _stop_if_out_of_room(result: dict[str, Any], upper_dir: str | None, settings
         )
 
 
-def _analyse(transaction: Transaction, settings: Settings, result: dict[str, Any], host_facts: tuple[Any, Any],
+def _analyse(transaction: Transaction, settings: Settings, result: ReplayResult, host_facts: tuple[Any, Any],
              observations: dict[str, Any], source_findings: list[Finding], unattended: bool,
              notes: list[str]) -> tuple[list[Finding], list[dict[str, Any]]]:
     """Observations in, findings out (the verdict is the policy's), and the disk figures."""
     removal_facts, predicted_prompts = host_facts
     findings = source_findings + checks.removal_findings(transaction, removal_facts)
-    findings += checks.state_findings(transaction, result)
+    findings += checks.state_findings(transaction, result, settings.timeout)
     dpkg_options = transaction.apt_config.get("DPkg::Options", [])
     nobody_answers = unattended and not any(o.startswith(CONF_FORCE_OPTIONS) for o in dpkg_options)
-    findings += checks.conffile_findings(predicted_prompts, result["apt"]["output"], nobody_answers)
-    hazards = result.get("hazards")
+    findings += checks.conffile_findings(predicted_prompts, result.apt.output, nobody_answers)
+    hazards = result.hazards
     if hazards:
         save_elf_table(settings.cache_dir, hazards["before"]["libraries"], hazards["libraries"])
         findings += hazard_checks.conffile_detail_findings(hazards["conffile_leftovers"], findings)
@@ -302,14 +303,13 @@ def _analyse(transaction: Transaction, settings: Settings, result: dict[str, Any
         if hazards["before"]["libraries"].get("capped"):
             notes.append(f"shared libraries: only the first {len(hazards['libraries'].get('objects', {}))} programs "
                          "and modules were checked (a bound on the work)")  # fmt: skip
-        marks = result.get("auto_marks") or {}
-        if marks.get("exit_status"):
+        if result.auto_marks.exit_status:
             notes.append("apt-mark could not give back the automatic marks, so what becomes auto-removable may "
-                         "be off: " + (marks.get("output", "").strip().splitlines() or ["no output"])[-1])
+                         "be off: " + (result.auto_marks.output.strip().splitlines() or ["no output"])[-1])
         if hazards.get("grub_probe_unanswered"):
             notes.append("grub-probe was asked what this machine's grub-probe had not been asked beforehand: "
                          + "; ".join(hazards["grub_probe_unanswered"][:3]))  # fmt: skip
-    disk = disk_usage(transaction.root, result.get("growth", {}))
+    disk = disk_usage(transaction.root, result.growth)
     findings += checks.disk_findings(disk)
     if observations.get("baseline"):
         findings += service_findings(observations["baseline"], observations.get("upgraded"), observations.get("rebooted"))

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from apt_rehearse.checks import state as checks
 from apt_rehearse.model.package_facts import ConffilePrompt, RemovalFacts
+from apt_rehearse.model.replay_result import ReplayResult
 from apt_rehearse.model.policy import apply_policy, verdict
 from apt_rehearse.model.transaction import Change, Transaction, find_successors
 
@@ -71,10 +72,10 @@ def test_policy_can_soften_and_harden() -> None:
     assert finding.severity == "block"
 
 
-def _replay(after: dict, before: dict, output: str = "", status: int = 0) -> dict:
-    return {"before": before, "after": after,
+def _replay(after: dict, before: dict, output: str = "", status: int = 0) -> ReplayResult:
+    return ReplayResult.from_json({"before": before, "after": after,
             "apt": {"output": output, "exit_status": status, "timed_out": False, "status_lines": []},
-            "audit": {"exit_status": 0, "output": ""}, "check": {"exit_status": 0, "output": ""}}  # fmt: skip
+            "audit": {"exit_status": 0, "output": ""}, "check": {"exit_status": 0, "output": ""}})  # fmt: skip
 
 
 def test_exact_replay_has_no_findings() -> None:
@@ -184,7 +185,7 @@ def test_a_script_that_needs_the_network_is_not_blamed() -> None:
         "audit": {"output": "The following packages are only half configured"}, "check": {"exit_status": 0, "output": ""},
     }  # fmt: skip
     tx = Transaction([Change("rh-fonts", "all", "1.0", "2.0", "upgrade"), Change("rh-site", "all", "1.0", "2.0", "upgrade")])
-    findings = checks.state_findings(tx, replay)
+    findings = checks.state_findings(tx, ReplayResult.from_json(replay))
     assert [(f.subject, f.kinds) for f in findings] == [("rh-fonts", ["Needs-Network"]), ("rh-site", ["Needs-Network"])]
     assert 'Could not resolve host: fonts.example.org' in findings[0].message
     assert "because rh-fonts could not be rehearsed without the network" in findings[1].message
@@ -212,7 +213,7 @@ def test_a_script_refused_by_the_confinement_is_not_blamed() -> None:
         "audit": {"output": ""}, "check": {"exit_status": 0, "output": ""},
     }  # fmt: skip
     tx = Transaction([Change("rh-tune", "all", "1.0", "2.0", "upgrade"), Change("rh-db", "all", "1.0", "2.0", "upgrade")])
-    findings = checks.state_findings(tx, replay)
+    findings = checks.state_findings(tx, ReplayResult.from_json(replay))
     assert [(f.subject, f.kinds) for f in findings] == [("rh-tune", ["Needs-Kernel"]), ("rh-db", ["Needs-Kernel"])]
     assert "which the sandbox refuses" in findings[0].message and "vm.swappiness" in findings[0].message
     assert "inside the sandbox's confinement" in findings[1].message

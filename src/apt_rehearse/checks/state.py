@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from apt_rehearse.model.replay_result import ReplayResult
 from apt_rehearse.model.package_facts import ConffilePrompt, RemovalFacts
 from apt_rehearse.model.policy import Finding
 from apt_rehearse.model.transaction import INSTALLING_ACTIONS, REMOVING_ACTIONS, Transaction
@@ -180,10 +181,10 @@ def expected_versions(transaction: Transaction, before: dict[str, dict[str, str]
     return expected
 
 
-def state_findings(transaction: Transaction, replay: dict[str, Any]) -> list[Finding]:
+def state_findings(transaction: Transaction, replay: ReplayResult, timeout: float = 0) -> list[Finding]:
     findings: list[Finding] = []
-    apt = replay["apt"]
-    output = apt["output"]
+    apt = replay.apt
+    output = apt.output
     failures = script_failures(output)
     failed_packages = {f["package"] for f in failures}
     offline = {f["package"]: needs_network(f.get("output_tail", [])) for f in failures}
@@ -223,13 +224,13 @@ def state_findings(transaction: Transaction, replay: dict[str, Any]) -> list[Fin
         findings.append(Finding("script-failure", ["Script-Failure"], failure["package"],
                                 f"{failure['package']}: {script} failed ({how}) during {failure['dpkg_action']}", failure))  # fmt: skip
 
-    if apt["timed_out"]:
+    if apt.timed_out:
         findings.append(Finding("timeout", ["Timeout"], "apt",
-                                f"the replay did not finish within {int(replay.get('timeout', 0)) or 'the'} seconds; "
+                                f"the replay did not finish within {int(timeout) or 'the'} seconds; "
                                 "a maintainer script may hang (the rehearsal was stopped)",
                                 {"output_tail": output.splitlines()[-TAIL_LINES:]}))  # fmt: skip
 
-    after = replay["after"]
+    after = replay.after
     for name, state in sorted(after.items()):
         status = state.get("status", "")
         if _bare(name) in limited or _bare(name) in consequences:
@@ -241,37 +242,37 @@ def state_findings(transaction: Transaction, replay: dict[str, Any]) -> list[Fin
                                     f"{name} is left {meaning} (dpkg status '{status.strip()}')",
                                     {"status": status.strip(), "version": state.get("version")}))  # fmt: skip
 
-    if not apt["timed_out"]:
-        expected = expected_versions(transaction, replay["before"])
+    if not apt.timed_out:
+        expected = expected_versions(transaction, replay.before)
         actual = {name: _installed(state) for name, state in after.items()}
         differences = []
         for name in sorted(set(expected) | set(actual)):
             want, got = expected.get(name), actual.get(name)
             if want != got and _bare(name) not in failed_packages:
                 differences.append({"package": name, "expected": want, "actual": got})
-        if differences and apt["exit_status"] == 0:
+        if differences and apt.exit_status == 0:
             summary = ", ".join(f"{d['package']} {d['expected'] or 'absent'} -> {d['actual'] or 'absent'}" for d in differences[:5])
             more = f" and {len(differences) - 5} more" if len(differences) > 5 else ""
             findings.append(Finding("replay-mismatch", ["Mismatch"], "transaction",
                                     f"apt did not do exactly what the transaction said: {summary}{more}",
                                     {"differences": differences}))  # fmt: skip
 
-    if apt["exit_status"] != 0 and not failures and not apt["timed_out"]:
+    if apt.exit_status != 0 and not failures and not apt.timed_out:
         tail = [line for line in output.splitlines() if line.startswith(("E:", "W:", "dpkg:"))][-TAIL_LINES:]
         findings.append(Finding("apt", ["Apt-Failure"], "apt",
-                                f"apt failed to apply the transaction (exit status {apt['exit_status']})"
+                                f"apt failed to apply the transaction (exit status {apt.exit_status})"
                                 + (f": {tail[-1]}" if tail else ""),
                                 {"output_tail": tail or output.splitlines()[-TAIL_LINES:]}))  # fmt: skip
 
-    audit = replay["audit"]["output"].strip()
+    audit = replay.audit.output.strip()
     if audit and not any(f.check in ("package-state", "script-failure") for f in findings):
         findings.append(Finding("dpkg-audit", ["Broken-State"], "dpkg", "dpkg --audit reports problems after the run",
                                 {"output": audit.splitlines()[:40]}))  # fmt: skip
-    check = replay["check"]
-    if check["exit_status"] != 0 and not apt["timed_out"]:
+    check = replay.check
+    if check.exit_status != 0 and not apt.timed_out:
         findings.append(Finding("apt-check", ["Dependency-Check"], "apt",
                                 "apt-get check finds broken dependencies after the run",
-                                {"output": check["output"].strip().splitlines()[-TAIL_LINES:]}))  # fmt: skip
+                                {"output": check.output.strip().splitlines()[-TAIL_LINES:]}))  # fmt: skip
     return findings
 
 
@@ -297,9 +298,9 @@ def conffile_findings(predicted: list[ConffilePrompt], output: str, nobody_answe
     return findings
 
 
-def out_of_room(replay: dict[str, Any]) -> bool:
-    output = replay["apt"]["output"]
-    return replay.get("upper_free_bytes", 1 << 30) < (1 << 20) or any(marker in output for marker in NO_SPACE_MARKERS)
+def out_of_room(replay: ReplayResult) -> bool:
+    output = replay.apt.output
+    return replay.upper_free_bytes < (1 << 20) or any(marker in output for marker in NO_SPACE_MARKERS)
 
 
 def _megabytes(value: int) -> str:
