@@ -92,10 +92,8 @@ def _rehearsal(findings: list[Finding], verdict: str) -> Rehearsal:
     return Rehearsal(tx, findings, verdict, started, 12.5, [("plan", 1.0), ("replay", 10.0)])
 
 
-# The contract of DESIGN.md ("Contracts users rely on") and apt-rehearse(8)
-# (the JSON report), as a JSON Schema. The package ships no schema of its own
-# yet (DESIGN.md says it does): once it ships one, SCHEMA_FILE is that file.
-SCHEMA_FILE = Path(__file__).parent / "data" / "report.schema.json"
+# The schema the package ships (/usr/share/apt-rehearse/report.schema.json).
+SCHEMA_FILE = Path(__file__).resolve().parents[2] / "data" / "report.schema.json"
 
 
 def _validator() -> Any:
