@@ -54,6 +54,11 @@ KERNEL_MARKERS = re.compile(
     r"|kexec_(file_)?load failed.*Operation not permitted"
 )
 TAIL_LINES = 15
+# What a script failed at that the real run has: (what it was doing, what the real run can).
+SANDBOX_LIMITS = {
+    "Needs-Kernel": ("changing the host kernel's state, which the sandbox refuses", "the real run can"),
+    "Needs-Network": ("reaching for the network, which the sandbox does not have", "the real run has it"),
+}
 
 
 def _bare(name: str) -> str:
@@ -207,19 +212,14 @@ def state_findings(transaction: Transaction, replay: ReplayResult, timeout: floa
                                     f"{failure['package']}: left unconfigured ({how}) because "
                                     f"{', '.join(sorted(limited))} could not be rehearsed {why}", failure))  # fmt: skip
             continue
-        kernel = confined.get(failure["package"])
-        if kernel:
-            findings.append(Finding("script-failure", ["Needs-Kernel"], failure["package"],
-                                    f"{failure['package']}: {script} failed ({how}) during {failure['dpkg_action']} "
-                                    f"changing the host kernel's state, which the sandbox refuses (\"{kernel}\"); "
-                                    "the real run can: this step could not be rehearsed", failure))  # fmt: skip
-            continue
-        if network:
+        reason = confined.get(failure["package"]) or network
+        if reason:
             # Not a verdict on the package: the rehearsal could not give it what it reached for.
-            findings.append(Finding("script-failure", ["Needs-Network"], failure["package"],
+            kind = "Needs-Kernel" if failure["package"] in confined else "Needs-Network"
+            doing, real_run = SANDBOX_LIMITS[kind]
+            findings.append(Finding("script-failure", [kind], failure["package"],
                                     f"{failure['package']}: {script} failed ({how}) during {failure['dpkg_action']} "
-                                    f"reaching for the network, which the sandbox does not have (\"{network}\"); "
-                                    "the real run has it: this step could not be rehearsed", failure))  # fmt: skip
+                                    f"{doing} (\"{reason}\"); {real_run}: this step could not be rehearsed", failure))  # fmt: skip
             continue
         findings.append(Finding("script-failure", ["Script-Failure"], failure["package"],
                                 f"{failure['package']}: {script} failed ({how}) during {failure['dpkg_action']}", failure))  # fmt: skip
