@@ -35,6 +35,7 @@ from apt_rehearse.sandbox.mountinfo import read_mountinfo, state_submounts
 from apt_rehearse.sandbox.namespaces import INSIDE_SHARE, SandboxRunner, SandboxSpec, check_supported, cleanup_upper_dir, plan_sandbox
 from apt_rehearse.checks.services import service_findings
 from apt_rehearse.model.clock import PhaseClock
+from apt_rehearse.model.observation import Observation
 from apt_rehearse.model.rehearsal import Rehearsal
 from apt_rehearse.model.replay_result import ReplayResult
 from apt_rehearse.model.transaction import INSTALLING_ACTIONS, REMOVING_ACTIONS, Transaction
@@ -312,7 +313,9 @@ def _analyse(transaction: Transaction, settings: Settings, result: ReplayResult,
     disk = disk_usage(transaction.root, result.growth)
     findings += checks.disk_findings(disk)
     if observations.get("baseline"):
-        findings += service_findings(observations["baseline"], observations.get("upgraded"), observations.get("rebooted"))
+        typed = {phase: Observation.from_json(observations[phase]) if observations.get(phase) else None
+                 for phase in ("baseline", "upgraded", "rebooted")}  # fmt: skip
+        findings += service_findings(typed["baseline"], typed["upgraded"], typed["rebooted"])
     return findings, disk
 
 

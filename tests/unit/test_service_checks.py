@@ -5,7 +5,8 @@ from __future__ import annotations
 import copy
 
 from apt_rehearse.inside.observe import read_probes
-from apt_rehearse.checks.services import service_findings
+from apt_rehearse.checks.services import service_findings as _service_findings
+from apt_rehearse.model.observation import Observation
 
 BASE = {
     "units": {
@@ -31,6 +32,12 @@ def after(**changes: object) -> dict:
     observation = copy.deepcopy(BASE)
     observation.update(changes)
     return observation
+
+
+def service_findings(baseline: dict, upgraded: dict | None, rebooted: dict | None) -> list:
+    """The checks on observations as they come back from inside (JSON), typed as rehearse types them."""
+    typed = [Observation.from_json(o) if o is not None else None for o in (baseline, upgraded, rebooted)]
+    return _service_findings(*typed)
 
 
 def checks_of(findings: list) -> dict[str, list]:

@@ -7,19 +7,19 @@ a unit already failed before the upgrade is not a finding.
 
 from __future__ import annotations
 
-from typing import Any
 
+from apt_rehearse.model.observation import Observation
 from apt_rehearse.model.policy import Finding
 
 GOOD_STATES = ("active", "reloading", "activating")
 
 
-def _units_lost(before: dict[str, Any], after: dict[str, Any], when: str) -> list[Finding]:
+def _units_lost(before: Observation, after: Observation, when: str) -> list[Finding]:
     findings = []
-    for name, state in sorted(before["units"].items()):
+    for name, state in sorted(before.units.items()):
         if state["active"] != "active" or not name.endswith(".service"):
             continue
-        now = after["units"].get(name)
+        now = after.units.get(name)
         if now is not None and now["active"] in GOOD_STATES:
             continue
         if state["sub"] == "exited" and (now is None or now["active"] != "failed"):
@@ -27,22 +27,22 @@ def _units_lost(before: dict[str, Any], after: dict[str, Any], when: str) -> lis
         what = "gone" if now is None or now["load"] == "not-found" else now["active"] + (f" ({now['sub']})" if now else "")
         findings.append(Finding("service", ["Service-Failed"], name, f"{name} was active before and is {what} {when}",
                                 {"before": state, "after": now, "when": when,
-                                 "journal": after.get("journal", {}).get(name, [])[-15:],
-                                 "output_tail": after.get("journal", {}).get(name, [])[-5:]}))  # fmt: skip
+                                 "journal": after.journal.get(name, [])[-15:],
+                                 "output_tail": after.journal.get(name, [])[-5:]}))  # fmt: skip
     return findings
 
 
-def _sockets_lost(before: dict[str, Any], after: dict[str, Any], when: str) -> list[Finding]:
+def _sockets_lost(before: Observation, after: Observation, when: str) -> list[Finding]:
     findings = []
-    now = {(s["proto"], s["port"]) for s in after["sockets"]}
+    now = {(s["proto"], s["port"]) for s in after.sockets}
     reported = set()
-    for sock in before["sockets"]:
+    for sock in before.sockets:
         key = (sock["proto"], sock["port"])
         if key in now or key in reported:
             continue
         reported.add(key)
         unit = sock.get("unit") or "a process"
-        new_ports = sorted({s["port"] for s in after["sockets"] if s.get("unit") == sock.get("unit") and sock.get("unit")})
+        new_ports = sorted({s["port"] for s in after.sockets if s.get("unit") == sock.get("unit") and sock.get("unit")})
         elsewhere = f"; {unit} now listens on {', '.join(map(str, new_ports))}" if new_ports else ""
         findings.append(Finding("socket", ["Lost-Socket"], unit,
                                 f"{sock['proto'].upper()} port {sock['port']} ({unit}) no longer listens {when}{elsewhere}",
@@ -50,10 +50,10 @@ def _sockets_lost(before: dict[str, Any], after: dict[str, Any], when: str) -> l
     return findings
 
 
-def _http_changed(before: dict[str, Any], after: dict[str, Any], when: str) -> list[Finding]:
+def _http_changed(before: Observation, after: Observation, when: str) -> list[Finding]:
     findings = []
-    for key, page in sorted(before["http"].items()):
-        new = after["http"].get(key)
+    for key, page in sorted(before.http.items()):
+        new = after.http.get(key)
         port = key.split("/", 1)[0]
         subject = f"http://localhost:{key}"
         if new is None:
@@ -79,10 +79,10 @@ def _http_changed(before: dict[str, Any], after: dict[str, Any], when: str) -> l
     return findings
 
 
-def _config_tests(before: dict[str, Any], after: dict[str, Any], when: str) -> list[Finding]:
+def _config_tests(before: Observation, after: Observation, when: str) -> list[Finding]:
     findings = []
-    for name, result in sorted(before["config_tests"].items()):
-        new = after["config_tests"].get(name)
+    for name, result in sorted(before.config_tests.items()):
+        new = after.config_tests.get(name)
         if "modules" in result:
             if new is None:
                 continue
@@ -102,10 +102,10 @@ def _config_tests(before: dict[str, Any], after: dict[str, Any], when: str) -> l
     return findings
 
 
-def _probes(before: dict[str, Any], after: dict[str, Any], when: str) -> list[Finding]:
+def _probes(before: Observation, after: Observation, when: str) -> list[Finding]:
     findings = []
-    for name, result in sorted(before["probes"].items()):
-        new = after["probes"].get(name)
+    for name, result in sorted(before.probes.items()):
+        new = after.probes.get(name)
         if not result["ok"] or new is None or new["ok"]:
             continue
         findings.append(Finding("probe", ["Probe-Failed"], name, f"probe {name} passed before and fails {when}: {new['detail']}",
@@ -113,14 +113,14 @@ def _probes(before: dict[str, Any], after: dict[str, Any], when: str) -> list[Fi
     return findings
 
 
-def compare(before: dict[str, Any], after: dict[str, Any], when: str) -> list[Finding]:
+def compare(before: Observation, after: Observation, when: str) -> list[Finding]:
     findings = []
     for rule in (_units_lost, _sockets_lost, _http_changed, _config_tests, _probes):
         findings += rule(before, after, when)
     return findings
 
 
-def service_findings(baseline: dict[str, Any], upgraded: dict[str, Any] | None, rebooted: dict[str, Any] | None) -> list[Finding]:
+def service_findings(baseline: Observation, upgraded: Observation | None, rebooted: Observation | None) -> list[Finding]:
     """Findings after the upgrade; those that show only after a reboot say so."""
     findings = compare(baseline, upgraded, "after the upgrade") if upgraded else []
     seen = {(f.check, f.subject) for f in findings}
