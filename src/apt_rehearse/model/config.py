@@ -12,9 +12,8 @@ import os
 
 import apt_pkg
 
+from apt_rehearse.model.defaults import DEFAULT_MAX_AGE
 from apt_rehearse.model.errors import UsageError
-
-DEFAULT_MAX_AGE = 6 * 3600  # APT::Rehearse::Cache-Max-Age, seconds: how long a verdict is reused
 
 LOG_DIR = "/var/log/apt-rehearse"
 CACHE_DIR = "/var/cache/apt-rehearse"

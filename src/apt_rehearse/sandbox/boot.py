@@ -96,7 +96,7 @@ class BootSpec:
 
     plan: SandboxPlan
     init: str
-    filters: confine.Filters
+    syscall_filter: Any  # confine.build_filter()
 
 
 class BootedSandbox:
@@ -111,7 +111,7 @@ class BootedSandbox:
         self.pid1: int | None = None
         self.boots = 0
         self.masked: list[str] = []
-        self.filters = confine.build_filters()
+        self.syscall_filter = confine.build_filter()
 
     # -- the keeper ----------------------------------------------------------
 
@@ -122,7 +122,7 @@ class BootedSandbox:
         if pid == 0:  # pragma: no cover - the keeper
             os.close(command_write)
             os.close(reply_read)
-            keeper_main(BootSpec(self.plan, self.init, self.filters), command_read, reply_write)
+            keeper_main(BootSpec(self.plan, self.init, self.syscall_filter), command_read, reply_write)
         os.close(command_read)
         os.close(reply_write)
         self.keeper = pid
@@ -190,12 +190,12 @@ class BootedSandbox:
             try:
                 syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
                 _join(fds, root_fd)
-                supervisor = confine.confine(self.filters)
+                supervisor = confine.confine(self.syscall_filter)
                 child = os.fork()
                 if child == 0:
                     os.execvpe(argv[0], argv, env)
                 _, status = os.waitpid(child, 0)
-                _end_supervisor(supervisor)
+                kill_and_reap(supervisor)  # under the filter it serves, it would wait for ever (0: none of ours)
                 os._exit(max(0, os.waitstatus_to_exitcode(status)) & 0xFF)
             except BaseException:  # noqa: BLE001
                 traceback.print_exc()
@@ -220,7 +220,7 @@ class BootedSandbox:
                 os.close(read_fd)
                 syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
                 _join(fds, root_fd)
-                supervisor = confine.confine(self.filters)
+                supervisor = confine.confine(self.syscall_filter)
                 worker = os.fork()  # only children enter the pid namespace
                 if worker == 0:
                     channel = Channel(write_fd)
@@ -234,7 +234,7 @@ class BootedSandbox:
                     os._exit(1)
                 os.close(write_fd)
                 _, status = os.waitpid(worker, 0)
-                _end_supervisor(supervisor)
+                kill_and_reap(supervisor)  # under the filter it serves, it would wait for ever (0: none of ours)
                 code = os.waitstatus_to_exitcode(status)
             except BaseException:  # noqa: BLE001
                 try:
@@ -272,12 +272,6 @@ def _end_joiner(pid: int, grace: float = 5.0) -> None:
     except ChildProcessError:
         return
     kill_and_reap(pid)
-
-
-def _end_supervisor(pid: int) -> None:  # pragma: no cover - in a joiner
-    """The joiner's mount supervisor: it is under the filter it serves, so it
-    would wait for ever; its callers are gone."""
-    kill_and_reap(pid)  # 0: an outer sandbox's supervisor answers for it, nothing to end
 
 
 def _join(fds: dict[str, int], root_fd: int) -> None:  # pragma: no cover - in a child
@@ -403,7 +397,7 @@ def _exec_init(spec: BootSpec, ctx: Context, exec_write: int) -> None:  # pragma
             step.execute(ctx)
         for fd in ctx.pinned.values():
             os.close(fd)
-        confine.confine(spec.filters)
+        confine.confine(spec.syscall_filter)
         env = {"container": "apt-rehearse", "TERM": "dumb", "LANG": "C.UTF-8",
                "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}  # fmt: skip
         null = os.open("/dev/null", os.O_RDWR)

@@ -36,8 +36,6 @@ pivot_root, where only modules already loaded can be used.
 
 from __future__ import annotations
 
-import ctypes
-import dataclasses
 import errno
 import os
 import platform
@@ -130,22 +128,13 @@ PROC_INACCESSIBLE = ("kallsyms", "kcore", "keys", "kmsg", "sysrq-trigger", "time
 PROC_READ_ONLY = ("acpi", "apm", "asound", "bus", "fs", "irq", "scsi", "sys")
 PROC_WRITABLE = ("sys/net",)  # the private network namespace's own settings
 
-# <linux/prctl.h>, <linux/capability.h>, <linux/seccomp.h>
+# <linux/prctl.h>
 PR_GET_SECCOMP = 21
 PR_CAPBSET_READ = 23
 PR_CAPBSET_DROP = 24
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
-_LINUX_CAPABILITY_VERSION_3 = 0x20080522
-AF_NETLINK, NETLINK_AUDIT = 16, 9
-
-
-class _CapHeader(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-
-class _CapData(ctypes.Structure):
-    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+AF_NETLINK, NETLINK_AUDIT = 16, 9  # <linux/netlink.h>
 
 
 def _last_cap() -> int:
@@ -169,28 +158,15 @@ def _architectures() -> list[object]:
     return [getattr(seccomp.Arch, name) for name in extra if hasattr(seccomp.Arch, name)]
 
 
-@dataclasses.dataclass
-class Filters:
-    """The filter, and the same without the mount supervisor's rule.
-
-    A process can be under one listener only: a sandbox started inside a
-    rehearsal (already under the outer one's filter, whose supervisor keeps
-    answering for it) loads the second.
-    """
-
-    supervised: "seccomp.SyscallFilter"
-    nested: "seccomp.SyscallFilter"
-
-
-def build_filters() -> Filters:
-    return Filters(build_filter(supervised=True), build_filter(supervised=False))
+def _need_seccomp() -> None:
+    if seccomp is None:
+        raise UnsupportedSystem("python3-seccomp is not installed; apt-rehearse needs it to confine the sandbox "
+                                "(apt-get install python3-seccomp)")  # fmt: skip
 
 
 def build_filter(supervised: bool = True) -> "seccomp.SyscallFilter":
     """The seccomp filter everything inside runs under."""
-    if seccomp is None:
-        raise UnsupportedSystem("python3-seccomp is not installed; apt-rehearse needs it to confine the sandbox "
-                                "(apt-get install python3-seccomp)")  # fmt: skip
+    _need_seccomp()
     action = seccomp.ERRNO(errno.EPERM)
     syscall_filter = seccomp.SyscallFilter(defaction=seccomp.ALLOW)
     # No no_new_privs: setuid programs (su, sudo, ping's file capability)
@@ -223,38 +199,18 @@ def build_filter(supervised: bool = True) -> "seccomp.SyscallFilter":
     return syscall_filter
 
 
-def _prctl(option: int, arg: int) -> int:
-    result = syscalls._libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg), ctypes.c_ulong(0),
-                                  ctypes.c_ulong(0), ctypes.c_ulong(0))  # fmt: skip
-    if result < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"prctl({option}, {arg}): {os.strerror(err)}")
-    return result
-
-
 def drop_bounding_set() -> None:
     for number in range(LAST_CAP + 1):
-        if not KEPT_MASK & (1 << number) and _prctl(PR_CAPBSET_READ, number) == 1:
-            _prctl(PR_CAPBSET_DROP, number)
+        if not KEPT_MASK & (1 << number) and syscalls.prctl(PR_CAPBSET_READ, number) == 1:
+            syscalls.prctl(PR_CAPBSET_DROP, number)
 
 
 def limit_process_capabilities() -> None:
     """This process's own sets, as a new process under the bounding set gets them."""
-    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
-    data = (_CapData * 2)()
-    if syscalls._libc.capget(ctypes.byref(header), data) < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"capget: {os.strerror(err)}")
-    for index in (0, 1):
-        keep = (KEPT_MASK >> (32 * index)) & 0xFFFFFFFF
-        data[index].effective &= keep
-        data[index].permitted &= keep
-        data[index].inheritable = 0
-    if syscalls._libc.capset(ctypes.byref(header), data) < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"capset: {os.strerror(err)}")
+    effective, permitted, _inheritable = syscalls.capget()
+    syscalls.capset(effective & KEPT_MASK, permitted & KEPT_MASK, 0)
     try:
-        _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+        syscalls.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
     except OSError as error:
         if error.errno != errno.EINVAL:  # kernels before 4.3 have no ambient set
             raise
@@ -264,12 +220,12 @@ def _filtered() -> bool:
     """Whether this process already runs under a seccomp filter (prctl, not
     /proc: a joiner's /proc is a pid namespace it is not in)."""
     try:
-        return _prctl(PR_GET_SECCOMP, 0) != 0
+        return syscalls.prctl(PR_GET_SECCOMP, 0) != 0
     except OSError:
         return False
 
 
-def confine(filters: Filters) -> int:
+def confine(syscall_filter: "seccomp.SyscallFilter") -> int:
     """Confine the calling process and everything it will start; returns the
     pid of the mount supervisor it started (a child of the caller), or 0
     when an outer sandbox's supervisor answers for it.
@@ -279,14 +235,16 @@ def confine(filters: Filters) -> int:
     kept, but each step is done while the capability it needs is certain.
     """
     drop_bounding_set()
-    nested = _filtered()
-    syscall_filter = filters.supervised
     try:
         syscall_filter.load()
     except (OSError, RuntimeError):
-        if not nested:
+        # A process can be under one listener only: a sandbox started inside
+        # a rehearsal is under the outer one's filter, whose supervisor goes
+        # on answering for it. The same rules without the listener, then
+        # (built here: libseccomp needs no file for it).
+        if not _filtered():
             raise
-        filters.nested.load()
+        build_filter(supervised=False).load()
         limit_process_capabilities()
         return 0
     limit_process_capabilities()
@@ -384,9 +342,7 @@ def supervise_mounts(syscall_filter: "seccomp.SyscallFilter", listener: int) -> 
 
 def check_available() -> None:
     """One clear line (exit 3) when this host cannot confine a sandbox."""
-    if seccomp is None:
-        raise UnsupportedSystem("python3-seccomp is not installed; apt-rehearse needs it to confine the sandbox "
-                                "(apt-get install python3-seccomp)")  # fmt: skip
+    _need_seccomp()
     try:
         with open("/proc/self/status", encoding="ascii") as handle:
             has_seccomp = any(line.startswith("Seccomp:") for line in handle)
@@ -403,7 +359,7 @@ def check_available() -> None:
         raise UnsupportedSystem("no CAP_SETPCAP here, so the sandbox's capabilities cannot be dropped; apt-rehearse "
                                 "will not run a rehearsal it cannot confine")  # fmt: skip
     try:
-        _prctl(PR_CAPBSET_READ, CAPABILITIES["CAP_SYS_MODULE"])
+        syscalls.prctl(PR_CAPBSET_READ, CAPABILITIES["CAP_SYS_MODULE"])
     except OSError as error:
         raise UnsupportedSystem(f"cannot read the capability bounding set ({error.strerror}); apt-rehearse will "
                                 "not run a rehearsal it cannot confine to the sandbox") from error  # fmt: skip

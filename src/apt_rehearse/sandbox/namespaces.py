@@ -703,14 +703,14 @@ class SandboxRunner:
 
     def run(self, inside: InsideFunction) -> Iterator[dict[str, Any]]:
         # Built here, loaded in the sandbox's PID 1 after pivot_root.
-        filters = confine.build_filters()
+        syscall_filter = confine.build_filter()
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child
             os.close(read_fd)
-            _child_main(self.plan, inside, write_fd, filters)
+            _child_main(self.plan, inside, write_fd, syscall_filter)
         self.pid = pid
         os.close(write_fd)
         try:
@@ -729,7 +729,7 @@ class SandboxRunner:
         self.pid = None
 
 
-def _child_main(plan: SandboxPlan, inside: InsideFunction, write_fd: int, filters: confine.Filters) -> None:  # pragma: no cover
+def _child_main(plan: SandboxPlan, inside: InsideFunction, write_fd: int, syscall_filter: Any) -> None:  # pragma: no cover
     """The intermediate process: unshare, then fork the sandbox's PID 1."""
     code = 1
     channel = Channel(write_fd)
@@ -748,7 +748,7 @@ def _child_main(plan: SandboxPlan, inside: InsideFunction, write_fd: int, filter
             os._exit(3)
         init_pid = os.fork()
         if init_pid == 0:
-            _init_main(plan, inside, channel, filters)
+            _init_main(plan, inside, channel, syscall_filter)
         # Keep our own descriptor closed so EOF reaches the host when init ends.
         os.close(write_fd)
         while True:
@@ -766,7 +766,7 @@ def _child_main(plan: SandboxPlan, inside: InsideFunction, write_fd: int, filter
     os._exit(code if 0 <= code < 256 else 1)
 
 
-def _init_main(plan: SandboxPlan, inside: InsideFunction, channel: Channel, filters: confine.Filters) -> None:  # pragma: no cover
+def _init_main(plan: SandboxPlan, inside: InsideFunction, channel: Channel, syscall_filter: Any) -> None:  # pragma: no cover
     """PID 1 of the sandbox: build the mounts, pivot, confine, run ``inside``."""
     code = 0
     try:
@@ -792,7 +792,7 @@ def _init_main(plan: SandboxPlan, inside: InsideFunction, channel: Channel, filt
             os.close(fd)
         session = SandboxSession(plan, layer_fds, stage_fd, lower_fds)
         try:
-            confine.confine(filters)
+            confine.confine(syscall_filter)
         except OSError as error:
             raise UnsupportedSystem(f"cannot confine the sandbox ({error}); apt-rehearse will not run a rehearsal "
                                     "it cannot confine") from error  # fmt: skip

@@ -70,8 +70,38 @@ def pivot_root(new_root: str, put_old: str) -> None:
     _check(_libc.pivot_root(_bytes(new_root), _bytes(put_old)), "pivot_root", new_root)
 
 
-def prctl(option: int, arg: int) -> None:
-    _check(_libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg), 0, 0, 0), "prctl", str(option))
+def prctl(option: int, arg: int) -> int:
+    return _check(_libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg), ctypes.c_ulong(0), ctypes.c_ulong(0),
+                              ctypes.c_ulong(0)), "prctl", f"{option}, {arg}")  # fmt: skip
+
+
+# <linux/capability.h>: capget/capset, version 3 (64 bits in two halves)
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def capget() -> tuple[int, int, int]:
+    """This process's (effective, permitted, inheritable) capability sets."""
+    header, data = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0), (_CapData * 2)()
+    _check(_libc.capget(ctypes.byref(header), data), "capget")
+    return tuple(getattr(data[0], field) | getattr(data[1], field) << 32
+                 for field in ("effective", "permitted", "inheritable"))  # type: ignore[return-value]
+
+
+def capset(effective: int, permitted: int, inheritable: int) -> None:
+    header, data = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0), (_CapData * 2)()
+    for index in (0, 1):
+        data[index].effective = (effective >> (32 * index)) & 0xFFFFFFFF
+        data[index].permitted = (permitted >> (32 * index)) & 0xFFFFFFFF
+        data[index].inheritable = (inheritable >> (32 * index)) & 0xFFFFFFFF
+    _check(_libc.capset(ctypes.byref(header), data), "capset")
 
 
 def sethostname(name: str) -> None:
