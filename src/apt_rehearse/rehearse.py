@@ -20,6 +20,7 @@ from apt_rehearse.sandbox import janitor
 from apt_rehearse.inside import kernel_settings
 from apt_rehearse.sandbox import snapshots
 from apt_rehearse.model.config import Settings
+from apt_rehearse.model.hazard_facts import HazardFacts
 from apt_rehearse.model.errors import RehearsalError, RehearsalLimit, UnsupportedSystem, from_kind
 from apt_rehearse.sandbox.forked import ForkedCall
 from apt_rehearse.model.policy import Finding, apply_policy, verdict
@@ -190,7 +191,7 @@ def rehearse(
         if upper_dir:
             cleanup_upper_dir(upper_dir)
         for snap in taken:
-            snapshots.delete(snap.path, snapshots.btrfs_tool() or "btrfs")
+            snapshots.delete(snap.path)
 
     _stop_if_out_of_room(result, upper_dir, settings, replay_plan.room_floor)
     with clock.timed("checks"):
@@ -291,25 +292,26 @@ def _analyse(transaction: Transaction, settings: Settings, result: ReplayResult,
     findings += checks.conffile_findings(predicted_prompts, result.apt.output, nobody_answers)
     hazards = result.hazards
     if hazards:
-        save_elf_table(settings.cache_dir, hazards["before"]["libraries"], hazards["libraries"])
-        findings += hazard_checks.conffile_detail_findings(hazards["conffile_leftovers"], findings)
-        losses = lost_libraries(hazards["before"]["libraries"], hazards["libraries"])
+        libraries_before, libraries_after = hazards.before.libraries, hazards.after.libraries
+        save_elf_table(settings.cache_dir, libraries_before, libraries_after)
+        findings += hazard_checks.conffile_detail_findings(hazards.conffile_leftovers, findings)
+        losses = lost_libraries(libraries_before, libraries_after)
         owners = facts.owners_of(transaction.root, sorted({loss["was"] for loss in losses}))
         findings += hazard_checks.lost_library_findings(transaction, losses, owners)
         findings += hazard_checks.boot_findings(transaction, hazards)
         findings += hazard_checks.release_findings(hazards)
         findings += _kernel_findings(transaction, hazards)
-        if not hazards["libraries"].get("available", True):
-            notes.append(f"shared libraries were not checked: {hazards['libraries'].get('reason', 'unavailable')}")
-        if hazards["before"]["libraries"].get("capped"):
-            notes.append(f"shared libraries: only the first {len(hazards['libraries'].get('objects', {}))} programs "
+        if not libraries_after.get("available", True):
+            notes.append(f"shared libraries were not checked: {libraries_after.get('reason', 'unavailable')}")
+        if libraries_before.get("capped"):
+            notes.append(f"shared libraries: only the first {len(libraries_after.get('objects', {}))} programs "
                          "and modules were checked (a bound on the work)")  # fmt: skip
         if result.auto_marks.exit_status:
             notes.append("apt-mark could not give back the automatic marks, so what becomes auto-removable may "
                          "be off: " + (result.auto_marks.output.strip().splitlines() or ["no output"])[-1])
-        if hazards.get("grub_probe_unanswered"):
+        if hazards.grub_probe_unanswered:
             notes.append("grub-probe was asked what this machine's grub-probe had not been asked beforehand: "
-                         + "; ".join(hazards["grub_probe_unanswered"][:3]))  # fmt: skip
+                         + "; ".join(hazards.grub_probe_unanswered[:3]))  # fmt: skip
     disk = disk_usage(transaction.root, result.growth)
     findings += checks.disk_findings(disk)
     if observations.get("baseline"):
@@ -319,28 +321,28 @@ def _analyse(transaction: Transaction, settings: Settings, result: ReplayResult,
     return findings, disk
 
 
-def _kernel_findings(transaction: Transaction, hazards: dict[str, Any]) -> list[Finding]:
+def _kernel_findings(transaction: Transaction, hazards: HazardFacts) -> list[Finding]:
     """The kernel settings the run changes, against what this machine's kernel runs with."""
-    rows = kernel_settings.changes(hazards["before"]["kernel"], hazards["kernel"])
+    rows = kernel_settings.changes(hazards.before.kernel, hazards.after.kernel)
     if not rows:
         return []
     # A dropped setting's file is gone from the rehearsed tree: the target's own lists name its package.
     dropped = sorted({r["file"] for r in rows if r["value"] is None})
     owners = facts.owners_of(transaction.root, dropped) if dropped else {}
-    owners.update(hazards.get("kernel_owners") or {})
+    owners.update(hazards.kernel_owners)
     return hazard_checks.kernel_findings(kernel_settings.running_now(rows), owners)
 
 
-def _hazard_figures(hazards: dict[str, Any] | None) -> dict[str, Any]:
+def _hazard_figures(hazards: HazardFacts | None) -> dict[str, Any]:
     if not hazards:
         return {}
     return {
-        "libraries": library_summary(hazards["before"]["libraries"], hazards["libraries"]),
+        "libraries": library_summary(hazards.before.libraries, hazards.after.libraries),
         "boot": hazard_checks.boot_summary(hazards),
-        "kernel": kernel_settings.summary(hazards["kernel"]),
-        "conffile_leftovers": hazards["conffile_leftovers"],
-        "obsolete": hazards.get("obsolete"),
-        "auto_removable": hazards.get("autoremovable"),
+        "kernel": kernel_settings.summary(hazards.after.kernel),
+        "conffile_leftovers": hazards.conffile_leftovers,
+        "obsolete": hazards.obsolete,
+        "auto_removable": hazards.after.autoremovable,
     }
 
 
@@ -370,14 +372,13 @@ def _still_lowers(root: str, settings: Settings, debug: Callable[[str], None] | 
     not change under the rehearsal; and the report's note on what stays live."""
     entries = read_mountinfo()
     sources = [root] + [entry.target for entry in state_submounts(root, entries)]
-    tool = snapshots.btrfs_tool()
     taken: list[snapshots.Snapshot] = []
     failed = ""
-    if settings.snapshots and tool:
+    if settings.snapshots and snapshots.btrfsutil():
         for source in sources:
             if snapshots.can_snapshot(source, entries):
                 try:
-                    taken.append(snapshots.take(source, tool))
+                    taken.append(snapshots.take(source))
                 except OSError as error:
                     failed = f" (a btrfs snapshot failed: {error})"
     if debug:

@@ -179,7 +179,7 @@ def test_too_many_nested_subvolumes_mean_no_snapshot(btrfs_tree: dict) -> None:
     # As under Docker's btrfs driver (a subvolume per image layer): the
     # snapshot is dropped at once and the rehearsal reads live.
     code = ("import sys\nfrom apt_rehearse.sandbox import snapshots\nsnapshots.MAX_NESTED = 0\n"
-            "try:\n    snapshots.take(sys.argv[1], snapshots.btrfs_tool())\nexcept OSError as error:\n"
+            "try:\n    snapshots.take(sys.argv[1])\nexcept OSError as error:\n"
             "    print(error)\n    sys.exit(3)\n")  # fmt: skip
     environment = dict(os.environ, PYTHONPATH=str(SRC))
     proc = subprocess.run([sys.executable, "-c", code, str(btrfs_tree["tree"])], capture_output=True, text=True,

@@ -26,8 +26,18 @@ Errors were encountered while processing:
 """
 
 
+# apt's status lines for that run (APT::Status-Fd), in the form a real
+# apt-get printed them for a failing postinst and preinst.
+STATUS_LINES = [
+    "pmstatus:rh-fail:40:Configuring rh-fail (all)",
+    "pmerror:rh-fail:42.8571:installed rh-fail package post-installation script subprocess returned error exit status 3",
+    "pmerror:/run/apt-rehearse/debs/0/rh-pre_2.0_all.deb:57.1429:new rh-pre package pre-installation script "
+    "subprocess returned error exit status 1",
+]
+
+
 def test_script_failures_name_package_script_status_and_output() -> None:
-    failures = {f["package"]: f for f in checks.script_failures(DPKG_OUTPUT)}
+    failures = {f["package"]: f for f in checks.script_failures(STATUS_LINES, DPKG_OUTPUT)}
     assert set(failures) == {"rh-fail", "rh-pre"}
     assert failures["rh-fail"]["script"] == "postinst"
     assert failures["rh-fail"]["exit_status"] == 3
@@ -35,6 +45,16 @@ def test_script_failures_name_package_script_status_and_output() -> None:
     assert "rh-fail: cannot migrate the database" in failures["rh-fail"]["output_tail"]
     assert failures["rh-pre"]["script"] == "preinst"
     assert failures["rh-pre"]["dpkg_action"] == "--unpack"
+
+
+def test_script_failures_come_from_apts_status_lines() -> None:
+    # dpkg's English "error processing" lines alone are not a failure: apt's pmerror lines are.
+    assert checks.script_failures([], DPKG_OUTPUT) == []
+    # An architecture-qualified name keeps its colon; the bare name is the package.
+    line = "pmerror:libfoo1:amd64:12.5:installed libfoo1:amd64 package post-installation script subprocess was killed by signal (Terminated)"
+    [failure] = checks.script_failures([line], "Setting up libfoo1:amd64 (1.2) ...\nlibfoo1: migrating\n")
+    assert (failure["package"], failure["script"], failure["signal"]) == ("libfoo1", "postinst", "Terminated")
+    assert failure["dpkg_action"] == "--configure" and failure["output_tail"][-1] == "libfoo1: migrating"
 
 
 def test_segments_strip_architecture() -> None:
@@ -180,7 +200,9 @@ def test_a_script_that_needs_the_network_is_not_blamed() -> None:
         "E: Sub-process /usr/bin/dpkg returned an error code (1)\n"
     )
     replay = {
-        "apt": {"output": output, "exit_status": 100, "timed_out": False},
+        "apt": {"output": output, "exit_status": 100, "timed_out": False, "status_lines": [
+            "pmerror:rh-fonts:50:installed rh-fonts package post-installation script subprocess returned error exit status 6",
+            "pmerror:rh-site:50:dependency problems - leaving unconfigured"]},
         "before": {}, "after": {"rh-fonts:all": {"version": "2.0", "status": "iF"}, "rh-site:all": {"version": "2.0", "status": "iU"}},
         "audit": {"output": "The following packages are only half configured"}, "check": {"exit_status": 0, "output": ""},
     }  # fmt: skip
@@ -208,7 +230,9 @@ def test_a_script_refused_by_the_confinement_is_not_blamed() -> None:
         "E: Sub-process /usr/bin/dpkg returned an error code (1)\n"
     )
     replay = {
-        "apt": {"output": output, "exit_status": 100, "timed_out": False},
+        "apt": {"output": output, "exit_status": 100, "timed_out": False, "status_lines": [
+            "pmerror:rh-tune:50:installed rh-tune package post-installation script subprocess returned error exit status 255",
+            "pmerror:rh-db:50:dependency problems - leaving unconfigured"]},
         "before": {}, "after": {"rh-tune:all": {"version": "2.0", "status": "iF"}, "rh-db:all": {"version": "2.0", "status": "iU"}},
         "audit": {"output": ""}, "check": {"exit_status": 0, "output": ""},
     }  # fmt: skip

@@ -15,6 +15,7 @@ from apt_rehearse.inside import conffile_state
 from apt_rehearse.checks import hazards as hazard_checks
 from apt_rehearse.inside import libraries
 from apt_rehearse.store import elf_table
+from apt_rehearse.model.hazard_facts import HazardFacts
 from apt_rehearse.model.policy import Finding
 from apt_rehearse.model.transaction import Change, Transaction
 
@@ -144,10 +145,11 @@ def test_boot_findings() -> None:
                   [{"config": "g", "kind": "kernel", "path": "/boot/vmlinuz-0", "exists": False},
                    {"config": "g", "kind": "initrd", "path": "/boot/initrd.img-2", "exists": False}],
                   {"/vmlinuz": {"target": "boot/vmlinuz-1", "exists": False}})  # fmt: skip
+    # The replay's JSON, as it crosses the sandbox's boundary: after-apt facts at the top.
     hazards = {"before": {"boot": before}, "boot": after,
                "recorded_commands": [{"package": "grub-pc", "script": "postinst", "command": "grub-install /dev/vda"}]}
     tx = Transaction(changes=[], root="/", request="upgrade")
-    messages = [f.message for f in hazard_checks.boot_findings(tx, hazards)]
+    messages = [f.message for f in hazard_checks.boot_findings(tx, HazardFacts.from_json(hazards))]
     assert messages == [
         "would run grub-install /dev/vda (from grub-pc postinst); recorded in the rehearsal, not run against this machine's disks or firmware",
         "kernel 2: its initramfs /boot/initrd.img-2 was not built (initramfs-tools); the machine may not boot it",
@@ -157,7 +159,7 @@ def test_boot_findings() -> None:
     # Without an initramfs generator, a kernel without an initrd is how the system boots.
     hazards["boot"] = _boot({"2": kernel}, [], generator=None)
     hazards["recorded_commands"] = []
-    assert hazard_checks.boot_findings(tx, hazards) == []
+    assert hazard_checks.boot_findings(tx, HazardFacts.from_json(hazards)) == []
 
 
 def test_conffile_leftovers_with_diff(tmp_path: Path) -> None:
@@ -179,7 +181,7 @@ def test_conffile_leftovers_with_diff(tmp_path: Path) -> None:
 
 def test_release_findings() -> None:
     hazards = {"before": {"autoremovable": ["a"]}, "autoremovable": ["a", "b"], "obsolete": ["old1", "old2"]}
-    messages = [f.message for f in hazard_checks.release_findings(hazards)]
+    messages = [f.message for f in hazard_checks.release_findings(HazardFacts.from_json(hazards))]
     assert messages == ["2 package(s) stay installed that no source offers any more: old1, old2",
                         "1 package(s) become auto-removable ('apt autoremove' would remove them): b"]
 
@@ -229,3 +231,21 @@ def test_a_diff_of_a_root_only_conffile_stays_out_of_the_report(tmp_path: Path) 
     [row] = conffile_state.new_leftovers([], [str(tmp_path / "debian.cnf.dpkg-dist")])
     assert row["diff"] is None and row["diff_withheld"] and (row["added"], row["removed"]) == (1, 1)
     assert "s3cret" not in repr(row)
+
+
+def test_hazard_facts_from_the_replays_json() -> None:
+    facts = HazardFacts.from_json({
+        "before": {"libraries": {"objects": {"a": 1}}, "boot": {"generator": "dracut"}, "kernel": {"sysctl": {}},
+                   "autoremovable": ["x"]},
+        "libraries": {"objects": {"b": 2}}, "boot": {"kernels": {"6.1": {}}}, "kernel": {"modules": {}},
+        "autoremovable": ["x", "y"], "kernel_owners": {"/etc/sysctl.d/a.conf": "a"}, "obsolete": ["old"],
+    })  # fmt: skip
+    assert facts is not None
+    assert (facts.before.libraries, facts.after.libraries) == ({"objects": {"a": 1}}, {"objects": {"b": 2}})
+    assert (facts.before.boot.generator, facts.after.boot.generator) == ("dracut", None)
+    assert facts.after.boot.kernels == {"6.1": {}} and facts.before.boot.kernels == {}
+    assert (facts.before.autoremovable, facts.after.autoremovable) == (["x"], ["x", "y"])
+    assert facts.kernel_owners == {"/etc/sysctl.d/a.conf": "a"} and facts.obsolete == ["old"]
+    assert facts.recorded_commands == [] and facts.conffile_leftovers == []
+    # No hazards collected (a refused run): nothing to read, not empty facts that look like "all fine".
+    assert HazardFacts.from_json(None) is None and HazardFacts.from_json({}) is None

@@ -5,7 +5,9 @@ bookworm LAMP test tree (capture.sh says how): apache2, mariadb, exim4 and
 ssh as the tree runs them, plus a unit that fails to start (rh-broken) and a
 perl listener (rh-listen) with TCP and UDP sockets on IPv4 and IPv6, one
 end-to-end TCP connection and one connected UDP socket, which are not
-listening. The fixtures are the exact output of observe.units' command and the
+listening. (systemctl-show.txt and is-system-running-wait.txt come from a
+later run of the same script, after observe.units moved from list-units to
+show.) The fixtures are the exact output of observe.units' command and the
 files observe.sockets reads (/proc/net/*, each process's cgroup and fd links).
 """
 
@@ -24,12 +26,11 @@ from apt_rehearse.inside import observe
 
 DATA = Path(__file__).parent / "data" / "booted-lamp"
 
-UNITS_COMMAND = ["systemctl", "list-units", "--all", "--plain", "--no-legend", "--no-pager", "--full",
-                 "--type=service,socket"]  # fmt: skip
+UNITS_COMMAND = ["systemctl", "show", "--all", "--property=Id,LoadState,ActiveState,SubState", "*.service", "*.socket"]
 
 
 def test_units_runs_systemctl_and_reads_every_unit() -> None:
-    output = (DATA / "systemctl-list-units.txt").read_text()
+    output = (DATA / "systemctl-show.txt").read_text()
     calls: list[list[str]] = []
 
     def run_command(argv: list[str], timeout: float = 600) -> tuple[int, str]:
@@ -40,8 +41,8 @@ def test_units_runs_systemctl_and_reads_every_unit() -> None:
         patch.setattr(observe, "run_command", run_command)
         units = observe.units()
     assert calls == [UNITS_COMMAND]
-    assert len(units) == 79  # the fixture's 79 lines: 69 services, 10 sockets
-    assert sum(name.endswith(".service") for name in units) == 69
+    assert len(units) == 78  # the fixture's 78 blocks: 68 services, 10 sockets
+    assert sum(name.endswith(".service") for name in units) == 68
     assert units["rh-broken.service"] == {"load": "loaded", "active": "failed", "sub": "failed"}
     assert [name for name, unit in units.items() if unit["active"] == "failed"] == ["rh-broken.service"]
     assert units["apache2.service"] == {"load": "loaded", "active": "active", "sub": "running"}
@@ -172,3 +173,36 @@ def test_sockets_without_a_proc_net_file_are_the_others(booted_proc: Path) -> No
     assert [(s["proto"], s["port"]) for s in found] == [("tcp", 22), ("tcp", 25), ("tcp", 3306), ("tcp", 8099),
                                                         ("udp", 5399)]  # fmt: skip
     assert {s["family"] for s in found} == {4}
+
+
+def _scripted(answers: list[tuple[int, str]], calls: list[list[str]]) -> Any:
+    def run_command(argv: list[str], timeout: float = 600) -> tuple[int, str]:
+        calls.append(argv)
+        return answers.pop(0) if answers else (0, "")
+
+    return run_command
+
+
+def test_settle_lets_systemd_wait_and_asks_again_while_it_has_no_bus() -> None:
+    waited = (DATA / "is-system-running-wait.txt").read_text().splitlines()
+    answer, status = "\n".join(waited[:-1]) + "\n", int(waited[-1])
+    assert (answer, status) == ("degraded\n", 1)  # what the booted LAMP tree said: rh-broken failed
+    calls: list[list[str]] = []
+    no_bus = (1, "Failed to connect to bus: No such file or directory\n")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(observe, "run_command", _scripted([no_bus, (status, answer), (0, "")], calls))
+        patch.setattr(observe.time, "sleep", lambda seconds: None)
+        settled = observe.settle(60)
+    assert settled["state"] == "degraded" and settled["jobs"] == []
+    wait = ["systemctl", "is-system-running", "--wait"]
+    assert calls == [wait, wait, ["systemctl", "list-jobs", "--no-legend", "--no-pager"]]
+
+
+def test_settle_that_times_out_names_the_state_the_boot_is_in() -> None:
+    calls: list[list[str]] = []
+    job = "42 apache2.service start running"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(observe, "run_command", _scripted([(124, "\n(timed out)"), (1, "starting\n"), (0, job + "\n")], calls))
+        settled = observe.settle(5)
+    assert settled["state"] == "starting" and settled["jobs"] == [job]
+    assert calls[1] == ["systemctl", "is-system-running"]

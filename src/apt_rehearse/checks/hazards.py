@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from apt_rehearse.model.hazard_facts import HazardFacts
 from apt_rehearse.model.policy import Finding
 from apt_rehearse.model.transaction import INSTALLING_ACTIONS, REMOVING_ACTIONS, Transaction
 
@@ -38,18 +39,18 @@ def lost_library_findings(transaction: Transaction, losses: list[dict[str, Any]]
     return findings
 
 
-def boot_findings(transaction: Transaction, hazards: dict[str, Any]) -> list[Finding]:
-    before, after = hazards["before"]["boot"], hazards["boot"]
+def boot_findings(transaction: Transaction, hazards: HazardFacts) -> list[Finding]:
+    before, after = hazards.before.boot, hazards.after.boot
     findings = []
-    for call in hazards.get("recorded_commands", []):
+    for call in hazards.recorded_commands:
         origin = " ".join(w for w in (call["package"], call["script"]) if w)
         findings.append(Finding("boot", ["Boot-Command"], call["command"].split()[0],
                                 f"would run {call['command']}" + (f" (from {origin})" if origin else "")
                                 + "; recorded in the rehearsal, not run against this machine's disks or firmware",
                                 dict(call)))  # fmt: skip
-    if after.get("generator"):
-        for version, kernel in sorted(after["kernels"].items()):
-            then = before["kernels"].get(version)
+    if after.generator:
+        for version, kernel in sorted(after.kernels.items()):
+            then = before.kernels.get(version)
             if kernel["initrd"] and kernel["initrd_bytes"]:
                 continue
             if then is not None and not (then["initrd"] and then["initrd_bytes"]):
@@ -59,30 +60,30 @@ def boot_findings(transaction: Transaction, hazards: dict[str, Any]) -> list[Fin
                 what = "is empty"
             findings.append(Finding("boot", ["Boot-Chain"], f"/boot/initrd.img-{version}",
                                     f"kernel {version}: its initramfs /boot/initrd.img-{version} {what} "
-                                    f"({after['generator']}); the machine may not boot it",
-                                    {"version": version, "kernel": kernel, "generator": after["generator"]}))  # fmt: skip
-    broken_before = {(r["config"], r["path"]) for r in before["references"] if not r["exists"]}
-    for reference in after["references"]:
+                                    f"({after.generator}); the machine may not boot it",
+                                    {"version": version, "kernel": kernel, "generator": after.generator}))  # fmt: skip
+    broken_before = {(r["config"], r["path"]) for r in before.references if not r["exists"]}
+    for reference in after.references:
         if reference["exists"] or (reference["config"], reference["path"]) in broken_before:
             continue
         findings.append(Finding("boot", ["Boot-Chain"], reference["config"],
                                 f"{reference['config']} names the {reference['kind']} {reference['path']}, "
                                 "which would not exist after the upgrade", dict(reference)))  # fmt: skip
-    for link, state in sorted(after["links"].items()):
-        if not state["exists"] and before["links"].get(link, {}).get("exists", True):
+    for link, state in sorted(after.links.items()):
+        if not state["exists"] and before.links.get(link, {}).get("exists", True):
             findings.append(Finding("boot", ["Boot-Chain"], link,
                                     f"{link} would point to {state['target']}, which does not exist", {"link": link, **state}))  # fmt: skip
     return findings
 
 
-def boot_summary(hazards: dict[str, Any]) -> dict[str, Any]:
-    after = hazards["boot"]
+def boot_summary(hazards: HazardFacts) -> dict[str, Any]:
+    after = hazards.after.boot
     return {
-        "generator": after.get("generator"),
-        "kernels": {v: {"initrd_bytes": k["initrd_bytes"], "kernel_bytes": k["kernel_bytes"]} for v, k in after["kernels"].items()},
-        "references": after["references"],
-        "recorded_commands": hazards.get("recorded_commands", []),
-        "recorder_refused": hazards.get("recorder_refused", []),
+        "generator": after.generator,
+        "kernels": {v: {"initrd_bytes": k["initrd_bytes"], "kernel_bytes": k["kernel_bytes"]} for v, k in after.kernels.items()},
+        "references": after.references,
+        "recorded_commands": hazards.recorded_commands,
+        "recorder_refused": hazards.recorder_refused,
     }  # fmt: skip
 
 
@@ -127,15 +128,15 @@ def _leaves(row: dict[str, Any]) -> str:
     return f"; the run installs the new version and keeps yours as {row['leftover']}{_counts(row)}"
 
 
-def release_findings(hazards: dict[str, Any]) -> list[Finding]:
+def release_findings(hazards: HazardFacts) -> list[Finding]:
     findings = []
-    obsolete = hazards.get("obsolete")
+    obsolete = hazards.obsolete
     if obsolete:
         findings.append(Finding("release", ["Obsolete"], "obsolete",
                                 f"{len(obsolete)} package(s) stay installed that no source offers any more: "
                                 + _short(obsolete), {"packages": obsolete}))  # fmt: skip
-    before = set(hazards["before"].get("autoremovable") or [])
-    became = sorted(set(hazards.get("autoremovable") or []) - before)
+    before = set(hazards.before.autoremovable or [])
+    became = sorted(set(hazards.after.autoremovable or []) - before)
     if became:
         findings.append(Finding("release", ["Auto-Removable"], "autoremove",
                                 f"{len(became)} package(s) become auto-removable ('apt autoremove' would remove them): "

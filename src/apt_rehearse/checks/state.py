@@ -33,6 +33,9 @@ SCRIPT_ERROR_RE = re.compile(
     r"^\s*(?:installed |new |old |old-)?(?P<package>\S+) package (?P<script>post-installation|pre-installation|"
     r"pre-removal|post-removal) script subprocess (?:returned error exit status (?P<status>\d+)|was killed by signal \((?P<signal>[^)]*)\))"
 )
+# apt's status line for each package dpkg failed on (APT::Status-Fd):
+# "pmerror:PACKAGE[:ARCH]:PERCENT:MESSAGE", or the .deb's path for an unpack.
+PMERROR_RE = re.compile(r"^pmerror:(?P<subject>.+?):(?P<percent>\d+(?:\.\d+)?):(?P<message>.*)$")
 CONFFILE_RE = re.compile(r"^Configuration file '(?P<path>[^']+)'")
 NO_SPACE_MARKERS = ("No space left on device", "ENOSPC")
 # What a program says when the network it reaches for is not there: the
@@ -78,19 +81,24 @@ def segment_output(output: str) -> dict[str, list[str]]:
     return segments
 
 
-def script_failures(output: str) -> list[dict[str, Any]]:
-    failures = []
-    segments = segment_output(output)
+def script_failures(status_lines: list[str], output: str) -> list[dict[str, Any]]:
+    """Every package dpkg failed on: apt's status lines name each one with
+    dpkg's message (pmerror:); the output adds what dpkg was doing and the
+    lines the package printed."""
     lines = output.splitlines()
-    for index, line in enumerate(lines):
-        head = ERROR_HEAD_RE.match(line)
-        if not head:
+    actions = {head.group("subject"): head.group("action") for head in map(ERROR_HEAD_RE.match, lines) if head}
+    segments = segment_output(output)
+    failures = []
+    for line in status_lines:
+        error = PMERROR_RE.match(line)
+        if not error:
             continue
-        detail = lines[index + 1] if index + 1 < len(lines) else ""
-        script_match = SCRIPT_ERROR_RE.match(detail)
-        subject = head.group("subject")
-        package = _bare(script_match.group("package")) if script_match else _bare(subject.rsplit("/", 1)[-1].split("_", 1)[0])
-        entry: dict[str, Any] = {"package": package, "dpkg_action": head.group("action"), "message": detail.strip()}
+        subject, message = error.group("subject").strip(), error.group("message").strip()
+        script_match = SCRIPT_ERROR_RE.match(message)
+        archive = subject.endswith(".deb")
+        package = _bare(script_match.group("package") if script_match else subject.rsplit("/", 1)[-1].split("_", 1)[0])
+        action = actions.get(subject) or ("--unpack" if archive else "--configure")
+        entry: dict[str, Any] = {"package": package, "dpkg_action": action, "message": message}
         if script_match:
             entry["script"] = SCRIPT_NAMES[script_match.group("script")]
             if script_match.group("status") is not None:
@@ -190,7 +198,7 @@ def state_findings(transaction: Transaction, replay: ReplayResult, timeout: floa
     findings: list[Finding] = []
     apt = replay.apt
     output = apt.output
-    failures = script_failures(output)
+    failures = script_failures(apt.status_lines, output)
     failed_packages = {f["package"] for f in failures}
     offline = {f["package"]: needs_network(f.get("output_tail", [])) for f in failures}
     offline = {package: line for package, line in offline.items() if line}

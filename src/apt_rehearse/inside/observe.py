@@ -46,31 +46,45 @@ CONFIG_TESTS = (
 TCP_STATES = {"0A": "listen"}
 
 
+# What `systemctl is-system-running` answers once the boot is over.
+SETTLED_STATES = ("running", "degraded", "maintenance", "stopping")
+UNIT_PROPERTIES = ("Id", "LoadState", "ActiveState", "SubState")
+
+
 def settle(timeout: float) -> dict[str, Any]:
-    """Wait until systemd says the boot is over (running or degraded)."""
+    """Wait until systemd says the boot is over (running or degraded).
+
+    systemd waits itself (--wait); asked again only while its manager does
+    not answer yet (early in the boot there is no bus to ask)."""
     started = time.monotonic()
     state = ""
-    while time.monotonic() - started < timeout:
-        code, output = run_command(["systemctl", "is-system-running"], timeout=10)
+    while (left := timeout - (time.monotonic() - started)) > 0:
+        code, output = run_command(["systemctl", "is-system-running", "--wait"], timeout=left)
         state = output.strip().splitlines()[-1] if output.strip() else ""
-        if state in ("running", "degraded", "maintenance", "stopping") or code == 127:
+        if state in SETTLED_STATES or code in (124, 127):
             break
         time.sleep(0.1)
+    if state not in SETTLED_STATES:
+        # Timed out: what the boot is still doing, in systemd's own word.
+        _, output = run_command(["systemctl", "is-system-running"], timeout=10)
+        state = output.strip().splitlines()[-1] if output.strip() else state
     _, jobs = run_command(["systemctl", "list-jobs", "--no-legend", "--no-pager"], timeout=10)
     return {"state": state or "unknown", "seconds": round(time.monotonic() - started, 3),
             "jobs": [line for line in jobs.splitlines() if line.strip()][:20]}  # fmt: skip
 
 
 def units() -> dict[str, dict[str, str]]:
-    code, output = run_command(
-        ["systemctl", "list-units", "--all", "--plain", "--no-legend", "--no-pager", "--full", "--type=service,socket"],
-        timeout=30,
+    """Every service and socket systemd knows (loaded, or only named by
+    another unit), with its load, active and sub states."""
+    _, output = run_command(
+        ["systemctl", "show", "--all", f"--property={','.join(UNIT_PROPERTIES)}", "*.service", "*.socket"], timeout=30
     )
     result = {}
-    for line in output.splitlines():
-        parts = line.split(None, 4)
-        if len(parts) >= 4 and "." in parts[0]:
-            result[parts[0]] = {"load": parts[1], "active": parts[2], "sub": parts[3]}
+    # One block of KEY=value lines per unit, blank lines between.
+    for block in output.split("\n\n"):
+        fields = dict(line.partition("=")[::2] for line in block.splitlines() if "=" in line)
+        if fields.get("Id") and all(fields.get(key) for key in UNIT_PROPERTIES):
+            result[fields["Id"]] = {"load": fields["LoadState"], "active": fields["ActiveState"], "sub": fields["SubState"]}
     return result
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from apt_rehearse.model.hazard_facts import HazardFacts
+
 
 @dataclasses.dataclass
 class CommandRun:
@@ -57,7 +59,7 @@ class ReplayResult:
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
     # The hazard facts before and after apt (libraries, boot chain, conffile
     # leftovers, kernel settings, release facts); None when not collected.
-    hazards: dict[str, Any] | None = None
+    hazards: HazardFacts | None = None
     source_cache: str | None = None  # "reused" or "rebuilt": the release's prepared apt cache
 
     @classmethod
@@ -73,6 +75,6 @@ class ReplayResult:
             growth=data.get("growth") or {},
             upper_free_bytes=int(data.get("upper_free_bytes", 1 << 40)),
             timings=data.get("timings") or {},
-            hazards=data.get("hazards"),
+            hazards=HazardFacts.from_json(data.get("hazards")),
             source_cache=data.get("source_cache"),
         )

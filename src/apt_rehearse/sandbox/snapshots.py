@@ -24,15 +24,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import shutil
-import subprocess
+from types import ModuleType
 
 from apt_rehearse.sandbox import janitor
 from apt_rehearse.sandbox.mountinfo import MountEntry, mount_of
 
 PREFIX = ".apt-rehearse-snapshot."
 SUBVOLUME_ROOT_INODE = 256  # every btrfs subvolume's top directory
-TOOL_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 MAX_NESTED = 32  # each nested subvolume becomes an overlay of its own
 
 
@@ -43,8 +41,15 @@ class Snapshot:
     nested: tuple[str, ...] = ()  # subvolumes inside source, relative: left empty by the snapshot
 
 
-def btrfs_tool() -> str | None:
-    return shutil.which("btrfs", path=TOOL_PATH)
+def btrfsutil() -> ModuleType | None:
+    """python3-btrfsutil (btrfs-progs' own library, the ioctls without a
+    command's output to read), or None where it is not installed: then
+    every lower is read live, as on other file systems."""
+    try:
+        import btrfsutil as module
+    except ImportError:
+        return None
+    return module
 
 
 def can_snapshot(path: str, entries: list[MountEntry]) -> bool:
@@ -58,57 +63,58 @@ def can_snapshot(path: str, entries: list[MountEntry]) -> bool:
         return False
 
 
-def _run(argv: list[str]) -> str:
-    proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise OSError(f"{' '.join(argv[:3])} failed: {(proc.stderr or proc.stdout).strip()[-200:]}")
-    return proc.stdout
-
-
-def take(source: str, tool: str) -> Snapshot:
-    """A read-only snapshot of the subvolume at ``source``."""
+def take(source: str) -> Snapshot:
+    """A read-only snapshot of the subvolume at ``source``; OSError (the
+    library's BtrfsUtilError is one) when none can be taken."""
+    library = btrfsutil()
+    if library is None:
+        raise OSError("python3-btrfsutil is not installed")
     path = os.path.join(source, f"{PREFIX}{os.getpid()}")
     # Registered before the snapshot exists: no kill can fall in between.
-    janitor.after_death(functools.partial(delete, path, tool))
-    _run([tool, "subvolume", "snapshot", "-r", source, path])
+    janitor.after_death(functools.partial(delete, path))
+    library.create_snapshot(source, path, read_only=True)
     try:
-        nested = nested_subvolumes(source, tool, own=path)
+        nested = nested_subvolumes(source, own=path)
         if len(nested) > MAX_NESTED:
             # Docker's btrfs driver keeps a subvolume per image layer: an
             # overlay for each would be hundreds of mounts. Read live.
             raise OSError(f"{source} holds {len(nested)} nested subvolumes (more than {MAX_NESTED})")
     except OSError:
-        delete(path, tool)
+        delete(path)
         raise
     return Snapshot(source, path, nested)
 
 
-def nested_subvolumes(source: str, tool: str, own: str = "") -> tuple[str, ...]:
-    """Subvolumes directly inside the one at ``source``, relative to it.
-
-    ``btrfs subvolume list -o`` names them from the top of the file system;
-    ``btrfs subvolume show`` names ``source`` the same way ("/" for the top)."""
-    name = _run([tool, "subvolume", "show", source]).splitlines()[0].strip()
-    prefix = "" if name in ("/", "<FS_TREE>") else name.rstrip("/") + "/"
-    found = []
-    for line in _run([tool, "subvolume", "list", "-o", source]).splitlines():
-        _, separator, path = line.partition(" path ")
-        if not separator or not path.startswith(prefix):
-            continue
-        relative = path[len(prefix) :]
+def nested_subvolumes(source: str, own: str = "") -> tuple[str, ...]:
+    """Subvolumes inside the one at ``source``, relative to it: the
+    outermost only (an overlay of one holds what is nested in it)."""
+    library = btrfsutil()
+    if library is None:
+        return ()
+    found: list[str] = []
+    # Pre-order: a subvolume comes before those nested in it.
+    for relative, _ in library.SubvolumeIterator(source):
         full = os.path.join(source, relative)
         if full == own or os.path.basename(relative).startswith(PREFIX):
             continue  # our own snapshots, this one or a killed run's
+        if any(relative.startswith(outer + "/") for outer in found):
+            continue
         try:
             if os.lstat(full).st_ino == SUBVOLUME_ROOT_INODE:
                 found.append(relative)
         except OSError:
-            continue
+            continue  # not reachable from this mount (another subvolume's mount hides it)
     return tuple(sorted(found))
 
 
-def delete(path: str, tool: str) -> None:
+def delete(path: str) -> None:
     """Remove a snapshot of ours; nothing else, and quietly when it is gone."""
     if not os.path.basename(path).startswith(PREFIX) or not os.path.lexists(path):
         return
-    subprocess.run([tool, "subvolume", "delete", path], stdin=subprocess.DEVNULL, capture_output=True, check=False)
+    library = btrfsutil()
+    if library is None:
+        return
+    try:
+        library.delete_subvolume(path)
+    except OSError:
+        pass  # gone already, or not ours to delete: never fail a rehearsal's end

@@ -50,8 +50,11 @@ sleep 2
 E="env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 TERM=dumb DEBIAN_FRONTEND=noninteractive DEBCONF_NONINTERACTIVE_SEEN=true APT_REHEARSE=0"
 $E systemctl is-system-running > $out/is-system-running.txt 2>&1 </dev/null
 # observe.units: exactly its command, output and error merged as run_command merges them
-$E systemctl list-units --all --plain --no-legend --no-pager --full --type=service,socket > $out/systemctl-list-units.txt 2>&1 </dev/null
-echo $? > $out/systemctl-list-units.rc
+$E systemctl show --all --property=Id,LoadState,ActiveState,SubState '*.service' '*.socket' > $out/systemctl-show.txt 2>&1 </dev/null
+echo $? > $out/systemctl-show.rc
+# observe.settle: its answer once the boot is over, then its exit status
+$E timeout 20 systemctl is-system-running --wait > $out/is-system-running-wait.txt 2>&1 </dev/null
+echo $? >> $out/is-system-running-wait.txt
 # observe.journal of the failed unit
 $E journalctl --no-pager -o cat -n 15 -u rh-broken.service > $out/journal-rh-broken.txt 2>&1 </dev/null
 # observe.sockets: /proc/net/{tcp,tcp6,udp,udp6}
