@@ -324,6 +324,13 @@ def fetch_debs(cache: apt.Cache, archive_dir: str, progress: bool) -> dict[str, 
 
     Returns file name -> path of every .deb apt fetched or found: files from
     file: sources stay where they are, the others land in ``archive_dir``.
+
+    Not apt.Cache.fetch_archives: it locks the archive directory that was
+    configured when the cache was opened (the host's /var/cache/apt/archives,
+    which apt itself holds while our hook runs, and whose lock file a
+    rehearsal must not create), and it hides which items failed. The same
+    steps by hand: the package manager's get_archives, apt-get's trust check
+    on the items, and each item's own status.
     """
     apt_download_dir(archive_dir)
     apt_pkg.config.set("Dir::Cache::Archives", archive_dir)

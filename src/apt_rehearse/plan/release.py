@@ -101,7 +101,12 @@ def rewrite_suite(suite: str, old: str, new: str) -> str:
 
 
 def rewrite_one_line(text: str, old: str, new: str) -> tuple[str, int]:
-    """Rewrite one-line-style sources (sources.list); count rewritten suites."""
+    """Rewrite one-line-style sources (sources.list); count rewritten suites.
+
+    Not aptsources.sourceslist: bookworm's (python-apt 2.6) marks every entry
+    with a [signed-by=...] option invalid and writes it back unchanged, and
+    that is how third-party repositories are configured; it reads no deb822
+    .sources before python-apt 2.7 either (those go through debian.deb822)."""
     out, count = [], 0
     for line in text.splitlines(keepends=True):
         stripped = line.strip()
@@ -189,7 +194,16 @@ def prepare(root: str, release: str, cache_dir: str) -> ReleaseState:
 
 
 def use(state: ReleaseState, progress: bool) -> None:
-    """Point apt at the private state and bring its lists up to date."""
+    """Point apt at the private state and bring its lists up to date.
+
+    The very call apt update makes (Cache.update: libapt's ListUpdate), so
+    that what is refused or missing is what the sysadmin's own apt update
+    would find. It reports apt's messages, not per-item fetch status: the
+    items (SourceList.get_indexes on an Acquire of our own) would have to be
+    run without ListUpdate, which is a different update. Hence the reading of
+    apt's words in missing_suites and NOT_SIGNED. Those are English whatever
+    the sysadmin's LANG: Python never sets LC_MESSAGES from the environment,
+    and libapt's gettext ignores LANGUAGE in the C locale."""
     apt_pkg.config.set("Dir::Etc::sourcelist", os.path.join(state.directory, "sources.list"))
     apt_pkg.config.set("Dir::Etc::sourceparts", os.path.join(state.directory, "sources.list.d"))
     apt_pkg.config.set("Dir::State::lists", state.lists_dir + "/")

@@ -30,7 +30,7 @@ from apt_rehearse.sandbox import syscalls
 from apt_rehearse.sandbox.processes import kill_and_reap
 from apt_rehearse.sandbox.cgroups import SandboxCgroup
 from apt_rehearse.model.errors import ERROR_KINDS, RehearsalError, UnsupportedSystem, from_kind
-from apt_rehearse.sandbox.namespaces import Channel, Context, SandboxPlan, measure_layers, read_events
+from apt_rehearse.sandbox.namespaces import Channel, Context, SandboxPlan, forked_events, measure_layers
 
 INIT_CANDIDATES = ("/sbin/init", "/lib/systemd/systemd", "/usr/lib/systemd/systemd")
 SIGRTMIN = 34
@@ -212,43 +212,33 @@ class BootedSandbox:
     def run_inside(self, function: Callable[[Channel], dict[str, Any]]) -> Iterator[dict[str, Any]]:
         """Run ``function`` in the booted system's namespaces; yield its events."""
         fds, root_fd = self._namespace_fds()
-        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - joins the sandbox
-            code = 1
-            try:
-                os.close(read_fd)
-                syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
-                _join(fds, root_fd)
-                supervisor = confine.confine(self.syscall_filter)
-                worker = os.fork()  # only children enter the pid namespace
-                if worker == 0:
-                    channel = Channel(write_fd)
-                    try:
-                        channel.send("result", result=function(channel))
-                        os._exit(0)
-                    except RehearsalError as error:
-                        channel.send("error", error="failed", message=str(error))
-                    except BaseException:  # noqa: BLE001
-                        channel.send("error", error="internal", message=traceback.format_exc())
-                    os._exit(1)
-                os.close(write_fd)
-                _, status = os.waitpid(worker, 0)
-                kill_and_reap(supervisor)  # under the filter it serves, it would wait for ever (0: none of ours)
-                code = os.waitstatus_to_exitcode(status)
-            except BaseException:  # noqa: BLE001
+        filter_ = self.syscall_filter
+
+        def joiner(write_fd: int) -> int:  # pragma: no cover - joins the sandbox
+            syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
+            _join(fds, root_fd)
+            supervisor = confine.confine(filter_)
+            worker = os.fork()  # only children enter the pid namespace
+            if worker == 0:
+                channel = Channel(write_fd)
                 try:
-                    Channel(write_fd).send("error", error="internal", message=traceback.format_exc())
-                except OSError:
-                    pass
-            os._exit(code if 0 <= code < 256 else 1)
-        os.close(write_fd)
-        for fd in (*fds.values(), root_fd):
-            os.close(fd)
+                    channel.send("result", result=function(channel))
+                    os._exit(0)
+                except RehearsalError as error:
+                    channel.send("error", error="failed", message=str(error))
+                except BaseException:  # noqa: BLE001
+                    channel.send("error", error="internal", message=traceback.format_exc())
+                os._exit(1)
+            os.close(write_fd)
+            _, status = os.waitpid(worker, 0)
+            kill_and_reap(supervisor)  # under the filter it serves, it would wait for ever (0: none of ours)
+            return os.waitstatus_to_exitcode(status)
+
         try:
-            yield from read_events(read_fd)
+            yield from forked_events(joiner, _end_joiner)
         finally:
-            _end_joiner(pid)
+            for fd in (*fds.values(), root_fd):
+                os.close(fd)
 
 
 JOIN_ORDER = ("ipc", "uts", "net", "cgroup", "pid", "mnt")

@@ -574,6 +574,35 @@ def read_events(read_fd: int) -> Iterator[dict[str, Any]]:
                     yield json.loads(line)
 
 
+def forked_events(child: Callable[[int], int], end: Callable[[int], None]) -> Iterator[dict[str, Any]]:
+    """Fork a process that reports on a Channel, yield its events, end it.
+
+    ``child(write_fd)`` runs in the fork and returns its exit status (or
+    exits itself); whatever it raises reaches the host as an internal error,
+    never as a second copy of the CLI. ``end(pid)`` reaps the child, also when
+    the host stops reading early."""
+    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            os.close(read_fd)
+            code = child(write_fd)
+        except BaseException:  # noqa: BLE001 - the child must never return into the CLI
+            try:
+                Channel(write_fd).send("error", error="internal", message=traceback.format_exc())
+            except OSError:
+                pass
+        os._exit(code if 0 <= code < 256 else 1)
+    os.close(write_fd)
+    try:
+        yield from read_events(read_fd)
+    finally:
+        end(pid)
+
+
 InsideFunction = Callable[["SandboxSession", Channel], dict[str, Any]]
 
 
@@ -699,71 +728,48 @@ class SandboxRunner:
     def __init__(self, spec: SandboxSpec, plan: SandboxPlan) -> None:
         self.spec = spec
         self.plan = plan
-        self.pid: int | None = None
 
     def run(self, inside: InsideFunction) -> Iterator[dict[str, Any]]:
         # Built here, loaded in the sandbox's PID 1 after pivot_root.
         syscall_filter = confine.build_filter()
-        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - runs in the child
-            os.close(read_fd)
-            _child_main(self.plan, inside, write_fd, syscall_filter)
-        self.pid = pid
-        os.close(write_fd)
-        try:
-            yield from read_events(read_fd)
-        finally:
-            self._reap()
-
-    def _reap(self) -> None:
-        if self.pid is None:
-            return
-        try:
-            if os.waitpid(self.pid, os.WNOHANG)[0] == 0:
-                kill_and_reap(self.pid)  # still running (we are unwinding early): end what we started
-        except ChildProcessError:
-            pass
-        self.pid = None
+        yield from forked_events(lambda write_fd: _child_main(self.plan, inside, write_fd, syscall_filter), _end_child)
 
 
-def _child_main(plan: SandboxPlan, inside: InsideFunction, write_fd: int, syscall_filter: Any) -> None:  # pragma: no cover
-    """The intermediate process: unshare, then fork the sandbox's PID 1."""
-    code = 1
-    channel = Channel(write_fd)
+def _end_child(pid: int) -> None:
     try:
-        syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() == 1:
-            os._exit(1)
-        flags = (syscalls.CLONE_NEWNS | syscalls.CLONE_NEWPID | syscalls.CLONE_NEWNET | syscalls.CLONE_NEWIPC
-                 | syscalls.CLONE_NEWUTS | syscalls.CLONE_NEWCGROUP)  # fmt: skip
+        if os.waitpid(pid, os.WNOHANG)[0] == 0:
+            kill_and_reap(pid)  # still running (we are unwinding early): end what we started
+    except ChildProcessError:
+        pass
+
+
+def _child_main(plan: SandboxPlan, inside: InsideFunction, write_fd: int, syscall_filter: Any) -> int:  # pragma: no cover
+    """The intermediate process: unshare, then fork the sandbox's PID 1."""
+    channel = Channel(write_fd)
+    syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() == 1:
+        os._exit(1)
+    flags = (syscalls.CLONE_NEWNS | syscalls.CLONE_NEWPID | syscalls.CLONE_NEWNET | syscalls.CLONE_NEWIPC
+             | syscalls.CLONE_NEWUTS | syscalls.CLONE_NEWCGROUP)  # fmt: skip
+    try:
+        syscalls.unshare(flags)
+    except OSError as error:
+        channel.send("error", error="unsupported", message=(
+            f"cannot create private namespaces ({error.strerror}); apt-rehearse needs to run as real root, "
+            "not in an unprivileged container"))  # fmt: skip
+        return 3
+    init_pid = os.fork()
+    if init_pid == 0:
+        _init_main(plan, inside, channel, syscall_filter)
+    # Keep our own descriptor closed so EOF reaches the host when init ends.
+    os.close(write_fd)
+    while True:
         try:
-            syscalls.unshare(flags)
-        except OSError as error:
-            channel.send("error", error="unsupported", message=(
-                f"cannot create private namespaces ({error.strerror}); apt-rehearse needs to run as real root, "
-                "not in an unprivileged container"))  # fmt: skip
-            os._exit(3)
-        init_pid = os.fork()
-        if init_pid == 0:
-            _init_main(plan, inside, channel, syscall_filter)
-        # Keep our own descriptor closed so EOF reaches the host when init ends.
-        os.close(write_fd)
-        while True:
-            try:
-                _, status = os.waitpid(init_pid, 0)
-                break
-            except InterruptedError:
-                continue
-        code = os.waitstatus_to_exitcode(status)
-    except BaseException:  # noqa: BLE001 - the child must never return into the CLI
-        try:
-            channel.send("error", error="internal", message=traceback.format_exc())
-        except OSError:
-            pass
-    os._exit(code if 0 <= code < 256 else 1)
+            _, status = os.waitpid(init_pid, 0)
+            break
+        except InterruptedError:
+            continue
+    return os.waitstatus_to_exitcode(status)
 
 
 def _init_main(plan: SandboxPlan, inside: InsideFunction, channel: Channel, syscall_filter: Any) -> None:  # pragma: no cover
