@@ -29,12 +29,20 @@ from apt_rehearse.store import verdict_cache  # noqa: E402
 from apt_rehearse.plan.hookstream import parse, to_transaction  # noqa: E402
 from apt_rehearse.model.transaction import sha256_file  # noqa: E402
 
-HOOK = [sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(REPO / 'src')!r}); "
-        "from apt_rehearse.fronts.hook import run; run()"]  # fmt: skip
+HOOK = [
+    sys.executable,
+    "-I",
+    "-c",
+    f"import sys; sys.path.insert(0, {str(REPO / 'src')!r}); " "from apt_rehearse.fronts.hook import run; run()",
+]
 
 
 def stream(cache_dir: str, lines: list[str]) -> str:
-    config = [f"APT::Rehearse::Cache-Dir={cache_dir}", "APT::Architecture=amd64", "CommandLine::AsString=apt-get%20upgrade"]
+    config = [
+        f"APT::Rehearse::Cache-Dir={cache_dir}",
+        "APT::Architecture=amd64",
+        "CommandLine::AsString=apt-get%20upgrade",
+    ]
     return "VERSION 3\n" + "\n".join(config) + "\n\n" + "".join(line + "\n" for line in lines)
 
 
@@ -83,12 +91,19 @@ def measure(runs: int) -> dict[str, dict[str, float]]:
         results = {}
         for name, text in cases:
             times = time_hook(text, runs)
-            results[name] = {"median_ms": round(statistics.median(times), 1), "min_ms": round(min(times), 1),
-                             "max_ms": round(max(times), 1), "runs": runs}  # fmt: skip
+            results[name] = {
+                "median_ms": round(statistics.median(times), 1),
+                "min_ms": round(min(times), 1),
+                "max_ms": round(max(times), 1),
+                "runs": runs,
+            }
         baseline = time_hook_baseline(runs)
-        results["python3 -I -c pass (floor)"] = {"median_ms": round(statistics.median(baseline), 1),
-                                                 "min_ms": round(min(baseline), 1), "max_ms": round(max(baseline), 1),
-                                                 "runs": runs}  # fmt: skip
+        results["python3 -I -c pass (floor)"] = {
+            "median_ms": round(statistics.median(baseline), 1),
+            "min_ms": round(min(baseline), 1),
+            "max_ms": round(max(baseline), 1),
+            "runs": runs,
+        }
         return results
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -160,8 +160,15 @@ def rehearse(*args: str, memory: bool = False) -> tuple[dict[str, Any], float, d
     watch = MemoryWatch(f"rh-bench-{os.getpid()}-{time.monotonic_ns()}") if memory else None
     started = time.monotonic()
     with watch or contextlib.nullcontext():
-        proc = subprocess.run([*CLI, *args, "--json"], capture_output=True, text=True, env=env, check=False,
-                              stdin=subprocess.DEVNULL, preexec_fn=watch.add_self if watch else None)  # fmt: skip
+        proc = subprocess.run(
+            [*CLI, *args, "--json"],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=watch.add_self if watch else None,
+        )
     seconds = time.monotonic() - started
     if proc.returncode not in (0, 10):
         raise SystemExit(f"apt-rehearse {' '.join(args)} failed ({proc.returncode}): {proc.stderr[-1500:]}")
@@ -209,7 +216,9 @@ def chroot(copy: Path, *, network: bool = False) -> list[str]:
     """A plain chroot: private mount and pid namespaces, its own /proc, /run,
     /tmp and a /dev of mknod-ed nodes (never the host's); no network unless
     asked (apt-get update)."""
-    flags = ["--mount", "--pid", "--fork", "--propagation", "private", "--ipc", "--uts"] + ([] if network else ["--net"])
+    flags = ["--mount", "--pid", "--fork", "--propagation", "private", "--ipc", "--uts"] + (
+        [] if network else ["--net"]
+    )
     return ["unshare", *flags, "sh", "-c", CHROOT_SETUP, str(copy)]
 
 
@@ -267,15 +276,27 @@ def real_run(copy: Path, argv: list[str], no_fsync: bool = False) -> dict[str, A
     before = snapshot(copy)
     # The shell waits for apt-get, so its own I/O accounting holds apt's,
     # dpkg's and every maintainer script's (reaped children add up).
-    script = ('"$@"; rc=$?; grep -E "^(write_bytes|cancelled_write_bytes|wchar)" /proc/$$/io >&2; exit $rc')
-    env = ["env", "-i", f"PATH={PATH}", "LANG=C.UTF-8", "DEBIAN_FRONTEND=noninteractive", "HOME=/root",
-           "APT_REHEARSE=0"]  # fmt: skip
+    script = '"$@"; rc=$?; grep -E "^(write_bytes|cancelled_write_bytes|wchar)" /proc/$$/io >&2; exit $rc'
+    env = [
+        "env",
+        "-i",
+        f"PATH={PATH}",
+        "LANG=C.UTF-8",
+        "DEBIAN_FRONTEND=noninteractive",
+        "HOME=/root",
+        "APT_REHEARSE=0",
+    ]
     if no_fsync:
         shutil.copy2(EATMYDATA, copy / "usr/lib/x86_64-linux-gnu/rh-bench-eatmydata.so")
         env.append("LD_PRELOAD=/usr/lib/x86_64-linux-gnu/rh-bench-eatmydata.so")
     started = time.monotonic()
-    proc = subprocess.run([*chroot(copy), "sh", "-c", script, "sh", *env, *argv], capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, check=False)  # fmt: skip
+    proc = subprocess.run(
+        [*chroot(copy), "sh", "-c", script, "sh", *env, *argv],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
     seconds = time.monotonic() - started
     # What fsync did not yet push is written now: the real run's cost is
     # counted up to the data being on disk.
@@ -285,7 +306,9 @@ def real_run(copy: Path, argv: list[str], no_fsync: bool = False) -> dict[str, A
     if not had_policy:
         policy.unlink()
     after = snapshot(copy)
-    io = dict(line.split(":") for line in proc.stderr.splitlines() if line.startswith(("write_bytes", "cancelled", "wchar")))
+    io = dict(
+        line.split(":") for line in proc.stderr.splitlines() if line.startswith(("write_bytes", "cancelled", "wchar"))
+    )
     if proc.returncode != 0:
         raise SystemExit(f"the real run failed ({proc.returncode}): {proc.stdout[-1500:]}{proc.stderr[-800:]}")
     summary = [line for line in proc.stdout.splitlines() if " upgraded, " in line]
@@ -298,8 +321,20 @@ def real_run(copy: Path, argv: list[str], no_fsync: bool = False) -> dict[str, A
     }
 
 
-APT_REAL = ["apt-get", "-y", "-q", "--no-download", "-o", "Dpkg::Use-Pty=0", "-o", "Dpkg::Options::=--force-confdef",
-            "-o", "Dpkg::Options::=--force-confold", "-o", "APT::Rehearse::Enable=false"]  # fmt: skip
+APT_REAL = [
+    "apt-get",
+    "-y",
+    "-q",
+    "--no-download",
+    "-o",
+    "Dpkg::Use-Pty=0",
+    "-o",
+    "Dpkg::Options::=--force-confdef",
+    "-o",
+    "Dpkg::Options::=--force-confold",
+    "-o",
+    "APT::Rehearse::Enable=false",
+]
 
 
 def copy_tree(source: Path, dest: Path) -> None:
@@ -308,8 +343,10 @@ def copy_tree(source: Path, dest: Path) -> None:
 
 def apt_summary(document: dict[str, Any]) -> str:
     actions = [c["action"] for c in document["transaction"]["changes"]]
-    return (f"{actions.count('upgrade')} upgraded, {actions.count('install')} newly installed, "
-            f"{actions.count('remove') + actions.count('purge')} to remove")  # fmt: skip
+    return (
+        f"{actions.count('upgrade')} upgraded, {actions.count('install')} newly installed, "
+        f"{actions.count('remove') + actions.count('purge')} to remove"
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -367,16 +404,26 @@ def case_fixed(tree: Path, runs: int) -> dict[str, Any]:
 def case_one(tree: Path, work: Path, runs: int) -> dict[str, Any]:
     """One package from a local repository, with a postinst (a real maintainer script)."""
     repo = LocalRepo(work / "repo")
-    repo.add(build_deb(work / "debs", "rh-bench", "1.0", files={"/usr/share/rh-bench/data": "x" * 100000},
-                       postinst='echo configured > /var/lib/rh-bench.state'))  # fmt: skip
+    repo.add(
+        build_deb(
+            work / "debs",
+            "rh-bench",
+            "1.0",
+            files={"/usr/share/rh-bench/data": "x" * 100000},
+            postinst="echo configured > /var/lib/rh-bench.state",
+        )
+    )
     repo.publish()
     small = work / "small"
     copy_tree(tree, small)
     (small / "etc/apt/sources.list").write_text(repo.sources_line() + "\n")
     for extra in (small / "etc/apt/sources.list.d").glob("*"):
         extra.unlink()
-    subprocess.run(["apt-get", "-q", "-o", f"Dir={small}/", "-o", "APT::Rehearse::Enable=false", "update"],
-                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        ["apt-get", "-q", "-o", f"Dir={small}/", "-o", "APT::Rehearse::Enable=false", "update"],
+        check=True,
+        capture_output=True,
+    )
     log_dir = f"APT::Rehearse::Log-Dir={work}/log"
     real, replay, total = [], [], []
     for index in range(runs):
@@ -393,9 +440,14 @@ def case_one(tree: Path, work: Path, runs: int) -> dict[str, Any]:
         replay.append(replay_seconds(document))
         total.append(seconds)
     shutil.rmtree(small)
-    return {"real_s": statistics.median(real), "replay_s": statistics.median(replay),
-            "ratio": statistics.median(replay) / statistics.median(real), "whole_rehearsal_cli_s": statistics.median(total),
-            "real_all": real, "replay_all": replay}  # fmt: skip
+    return {
+        "real_s": statistics.median(real),
+        "replay_s": statistics.median(replay),
+        "ratio": statistics.median(replay) / statistics.median(real),
+        "whole_rehearsal_cli_s": statistics.median(total),
+        "real_all": real,
+        "replay_all": replay,
+    }
 
 
 def decompress_floor(document: dict[str, Any]) -> float:
@@ -411,10 +463,31 @@ def decompress_floor(document: dict[str, Any]) -> float:
 def case_release(tree: Path, work: Path, runs: int) -> dict[str, Any]:
     log_dir = f"APT::Rehearse::Log-Dir={work}/log"
     uppers = work / "uppers"
-    keys = ("real_s", "real_sync_s", "real_write_bytes", "real_written_files_bytes", "nofsync_s", "tmpfs_real_s", "plain_replay_s", "plain_apt_s",
-            "plain_upper", "plain_upper_all", "plain_total_s", "plain_peak", "plain_peak_unreclaimable", "disk_replay_s", "live_replay_s",
-            "live_upper", "live_total_s", "live_peak", "live_peak_unreclaimable", "boot_s", "decompress_s",
-            "summary_real", "summary_rehearsal")  # fmt: skip
+    keys = (
+        "real_s",
+        "real_sync_s",
+        "real_write_bytes",
+        "real_written_files_bytes",
+        "nofsync_s",
+        "tmpfs_real_s",
+        "plain_replay_s",
+        "plain_apt_s",
+        "plain_upper",
+        "plain_upper_all",
+        "plain_total_s",
+        "plain_peak",
+        "plain_peak_unreclaimable",
+        "disk_replay_s",
+        "live_replay_s",
+        "live_upper",
+        "live_total_s",
+        "live_peak",
+        "live_peak_unreclaimable",
+        "boot_s",
+        "decompress_s",
+        "summary_real",
+        "summary_rehearsal",
+    )
     rows: dict[str, list[Any]] = {k: [] for k in keys}
     # The real run's starting point, once: the tree pointed at trixie, apt-get update done.
     ready = work / "ready"
@@ -423,8 +496,9 @@ def case_release(tree: Path, work: Path, runs: int) -> dict[str, Any]:
     sources.write_text(sources.read_text().replace("bookworm", "trixie"))
     for extra in (ready / "etc/apt/sources.list.d").glob("*"):
         extra.unlink()
-    update = subprocess.run([*chroot(ready, network=True), "apt-get", "-q", "update"], capture_output=True, text=True,
-                            check=False)  # fmt: skip
+    update = subprocess.run(
+        [*chroot(ready, network=True), "apt-get", "-q", "update"], capture_output=True, text=True, check=False
+    )
     if update.returncode != 0:
         raise SystemExit(f"apt-get update in the real copy failed: {update.stdout[-800:]}{update.stderr[-800:]}")
 
@@ -458,8 +532,9 @@ def case_release(tree: Path, work: Path, runs: int) -> dict[str, Any]:
         log(f"release upgrade: run {index + 1}/{runs}: the same real run on a copy in memory (tmpfs)")
         rows["tmpfs_real_s"].append(real(False, in_memory=True)["seconds"])
         log(f"release upgrade: run {index + 1}/{runs}: rehearsal without services")
-        document, seconds, mem = rehearse("--root", str(tree), "-o", log_dir, "--no-services", "dist-upgrade",
-                                          "--release", "trixie", memory=True)  # fmt: skip
+        document, seconds, mem = rehearse(
+            "--root", str(tree), "-o", log_dir, "--no-services", "dist-upgrade", "--release", "trixie", memory=True
+        )
         rows["plain_replay_s"].append(replay_seconds(document))
         rows["plain_apt_s"].append(document.get("replay_parts", {}).get("apt", 0.0))
         rows["plain_upper"].append(upper_total(document))
@@ -471,26 +546,43 @@ def case_release(tree: Path, work: Path, runs: int) -> dict[str, Any]:
         if index == 0:
             rows["decompress_s"].append(decompress_floor(document))
         log(f"release upgrade: run {index + 1}/{runs}: rehearsal without services, disk upper")
-        document, seconds, _ = rehearse("--root", str(tree), "-o", log_dir, "-o", f"APT::Rehearse::Upper-Dir={uppers}",
-                                        "--no-services", "dist-upgrade", "--release", "trixie")  # fmt: skip
+        document, seconds, _ = rehearse(
+            "--root",
+            str(tree),
+            "-o",
+            log_dir,
+            "-o",
+            f"APT::Rehearse::Upper-Dir={uppers}",
+            "--no-services",
+            "dist-upgrade",
+            "--release",
+            "trixie",
+        )
         rows["disk_replay_s"].append(replay_seconds(document))
         log(f"release upgrade: run {index + 1}/{runs}: rehearsal with services")
-        document, seconds, mem = rehearse("--root", str(tree), "-o", log_dir, "dist-upgrade", "--release", "trixie",
-                                          memory=True)  # fmt: skip
+        document, seconds, mem = rehearse(
+            "--root", str(tree), "-o", log_dir, "dist-upgrade", "--release", "trixie", memory=True
+        )
         rows["live_replay_s"].append(replay_seconds(document))
         rows["live_upper"].append(upper_total(document))
         rows["live_total_s"].append(seconds)
         rows["live_peak"].append(mem.get("peak_bytes", 0))
         rows["live_peak_unreclaimable"].append(mem.get("peak_unreclaimable_bytes", 0))
         rows["boot_s"].append((document.get("services") or {}).get("boot", {}).get("seconds"))
-        log(f"  real {rows['real_s'][-1]:.1f} s (no fsync {rows['nofsync_s'][-1]:.1f} s, tmpfs "
+        log(
+            f"  real {rows['real_s'][-1]:.1f} s (no fsync {rows['nofsync_s'][-1]:.1f} s, tmpfs "
             f"{rows['tmpfs_real_s'][-1]:.1f} s), replay "
             f"{rows['plain_replay_s'][-1]:.1f} s (tmpfs), {rows['disk_replay_s'][-1]:.1f} s (disk), "
             f"{rows['live_replay_s'][-1]:.1f} s (services live); upper {rows['plain_upper'][-1] / 1e6:.0f} MB, "
-            f"real wrote {rows['real_write_bytes'][-1] / 1e6:.0f} MB")
+            f"real wrote {rows['real_write_bytes'][-1] / 1e6:.0f} MB"
+        )
     shutil.rmtree(ready)
-    return {"runs": rows, "median": {k: statistics.median(v) for k, v in rows.items()
-                                     if v and all(isinstance(x, (int, float)) for x in v)}}  # fmt: skip
+    return {
+        "runs": rows,
+        "median": {
+            k: statistics.median(v) for k, v in rows.items() if v and all(isinstance(x, (int, float)) for x in v)
+        },
+    }
 
 
 HOST_SYSTEM_TOP = ("bin", "boot", "etc", "lib", "lib32", "lib64", "libx32", "sbin", "usr")
@@ -546,10 +638,18 @@ def case_host(work: Path, runs: int) -> dict[str, Any]:
         document, _, _ = rehearse("-o", log_dir, "upgrade")
         live.append(replay_seconds(document))
         log(f"  real {real[-1]:.1f} s, replay {replay[-1]:.1f} s (no services), {live[-1]:.1f} s (services live)")
-    return {"summary": summary, "summary_real": result["summary"], "real_s": statistics.median(real),
-            "plain_replay_s": statistics.median(replay), "live_replay_s": statistics.median(live),
-            "plain_upper": statistics.median(upper), "real_written_files_bytes": statistics.median(written),
-            "real_all": real, "plain_all": replay, "live_all": live}  # fmt: skip
+    return {
+        "summary": summary,
+        "summary_real": result["summary"],
+        "real_s": statistics.median(real),
+        "plain_replay_s": statistics.median(replay),
+        "live_replay_s": statistics.median(live),
+        "plain_upper": statistics.median(upper),
+        "real_written_files_bytes": statistics.median(written),
+        "real_all": real,
+        "plain_all": replay,
+        "live_all": live,
+    }
 
 
 def case_hook(runs: int) -> dict[str, Any]:
@@ -580,80 +680,189 @@ def table(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     if release:
         runs = results["release"]["runs"]
         rows.append(("LAMP bookworm->trixie plan", runs["summary_rehearsal"][0], f"real: {runs['summary_real'][0]}"))
-        rows.append(("  real install phase, plain copy (fsync, services down)", f"{release['real_s']:.1f} s",
-                     f"+{release['real_sync_s']:.1f} s sync after"))  # fmt: skip
+        rows.append(
+            (
+                "  real install phase, plain copy (fsync, services down)",
+                f"{release['real_s']:.1f} s",
+                f"+{release['real_sync_s']:.1f} s sync after",
+            )
+        )
         ratio, each = paired(runs, "nofsync_s", "real_s")
-        rows.append(("  the same real run under eatmydata (no fsync)", f"{release['nofsync_s']:.1f} s",
-                     f"no-fsync/real {ratio:.2f} (runs {each}): what fsync costs here"))  # fmt: skip
+        rows.append(
+            (
+                "  the same real run under eatmydata (no fsync)",
+                f"{release['nofsync_s']:.1f} s",
+                f"no-fsync/real {ratio:.2f} (runs {each}): what fsync costs here",
+            )
+        )
         if release.get("tmpfs_real_s"):
             ratio, each = paired(runs, "tmpfs_real_s", "real_s")
-            rows.append(("  the same real run on a copy in memory (tmpfs)", f"{release['tmpfs_real_s']:.1f} s",
-                         f"tmpfs/real {ratio:.2f} (runs {each}): the same work, nothing durable"))  # fmt: skip
+            rows.append(
+                (
+                    "  the same real run on a copy in memory (tmpfs)",
+                    f"{release['tmpfs_real_s']:.1f} s",
+                    f"tmpfs/real {ratio:.2f} (runs {each}): the same work, nothing durable",
+                )
+            )
         if release.get("decompress_s"):
-            rows.append(("  decompressing its .debs alone (dpkg-deb, one core)", f"{release['decompress_s']:.1f} s",
-                         f"{release['decompress_s'] / release['real_s']:.2f} of the real run"))  # fmt: skip
+            rows.append(
+                (
+                    "  decompressing its .debs alone (dpkg-deb, one core)",
+                    f"{release['decompress_s']:.1f} s",
+                    f"{release['decompress_s'] / release['real_s']:.2f} of the real run",
+                )
+            )
         ratio, each = paired(runs, "plain_replay_s", "real_s")
-        rows.append(("  replay, no services (policy-rc.d, like for like)", f"{release['plain_replay_s']:.1f} s",
-                     f"replay/real {ratio:.2f} (runs {each}) " + ok(ratio, GOALS["release replay/real"])))  # fmt: skip
+        rows.append(
+            (
+                "  replay, no services (policy-rc.d, like for like)",
+                f"{release['plain_replay_s']:.1f} s",
+                f"replay/real {ratio:.2f} (runs {each}) " + ok(ratio, GOALS["release replay/real"]),
+            )
+        )
         if release.get("tmpfs_real_s"):
             ratio, each = paired(runs, "plain_replay_s", "tmpfs_real_s")
-            rows.append(("    against the same real run in memory", "", f"replay/tmpfs-real {ratio:.2f} (runs {each}): "
-                         "what the rehearsal adds to the floor"))  # fmt: skip
+            rows.append(
+                (
+                    "    against the same real run in memory",
+                    "",
+                    f"replay/tmpfs-real {ratio:.2f} (runs {each}): " "what the rehearsal adds to the floor",
+                )
+            )
         if release.get("plain_apt_s"):
             ratio, each = paired(runs, "plain_apt_s", "real_s")
-            rows.append(("    of which apt-get and dpkg", f"{release['plain_apt_s']:.1f} s",
-                         f"apt/real {ratio:.2f} (runs {each}); the rest: hazard scans, automatic marks"))  # fmt: skip
+            rows.append(
+                (
+                    "    of which apt-get and dpkg",
+                    f"{release['plain_apt_s']:.1f} s",
+                    f"apt/real {ratio:.2f} (runs {each}); the rest: hazard scans, automatic marks",
+                )
+            )
         ratio, each = paired(runs, "disk_replay_s", "real_s")
-        rows.append(("  replay, no services, disk upper (volatile, metacopy)", f"{release['disk_replay_s']:.1f} s",
-                     f"replay/real {ratio:.2f} (runs {each})"))  # fmt: skip
+        rows.append(
+            (
+                "  replay, no services, disk upper (volatile, metacopy)",
+                f"{release['disk_replay_s']:.1f} s",
+                f"replay/real {ratio:.2f} (runs {each})",
+            )
+        )
         ratio, each = paired(runs, "live_replay_s", "real_s")
-        rows.append(("  replay, services booted and live", f"{release['live_replay_s']:.1f} s",
-                     f"replay/real {ratio:.2f} (runs {each}); services restart for real"))  # fmt: skip
-        rows.append(("  whole rehearsal CLI, no services / services", f"{release['plain_total_s']:.1f} s / "
-                     f"{release['live_total_s']:.1f} s", "plan, sandbox, replay, observe, reboot, checks"))  # fmt: skip
+        rows.append(
+            (
+                "  replay, services booted and live",
+                f"{release['live_replay_s']:.1f} s",
+                f"replay/real {ratio:.2f} (runs {each}); services restart for real",
+            )
+        )
+        rows.append(
+            (
+                "  whole rehearsal CLI, no services / services",
+                f"{release['plain_total_s']:.1f} s / " f"{release['live_total_s']:.1f} s",
+                "plan, sandbox, replay, observe, reboot, checks",
+            )
+        )
         # The real run's bytes: every file it created or replaced, whole (what
         # an overlay upper must hold at the least: copy-up is per file), not
         # its net growth. The kernel's write_bytes of its processes is shown
         # beside it: it misses pages dirtied twice and what was written after
         # the accounting, and moved by 30% between runs here.
         written = release["real_written_files_bytes"]
-        rows.append(("  bytes the real run writes (files it created or changed)", mb(written),
-                     f"kernel I/O accounting of its processes: {mb(release['real_write_bytes'])}"))  # fmt: skip
+        rows.append(
+            (
+                "  bytes the real run writes (files it created or changed)",
+                mb(written),
+                f"kernel I/O accounting of its processes: {mb(release['real_write_bytes'])}",
+            )
+        )
         up = release["plain_upper"] / written
-        everything = f"; everything in it, apt's binary caches too: {mb(release['plain_upper_all'])}" if release.get("plain_upper_all") else ""
-        rows.append(("  upper layer, no services", mb(release["plain_upper"]),
-                     f"upper/written {up:.2f} " + ok(up, GOALS["upper/written"]) + everything))  # fmt: skip
+        everything = (
+            f"; everything in it, apt's binary caches too: {mb(release['plain_upper_all'])}"
+            if release.get("plain_upper_all")
+            else ""
+        )
+        rows.append(
+            (
+                "  upper layer, no services",
+                mb(release["plain_upper"]),
+                f"upper/written {up:.2f} " + ok(up, GOALS["upper/written"]) + everything,
+            )
+        )
         up_live = release["live_upper"] / written
-        rows.append(("  upper layer, services", mb(release["live_upper"]),
-                     f"upper/written {up_live:.2f} (also what the booted services write)"))  # fmt: skip
+        rows.append(
+            (
+                "  upper layer, services",
+                mb(release["live_upper"]),
+                f"upper/written {up_live:.2f} (also what the booted services write)",
+            )
+        )
         if release.get("boot_s") is not None:
             rows.append(("  boot-to-settled, services (LAMP)", f"{release['boot_s']:.2f} s", ""))
-        rows.append(("  peak memory, no services (anon+tmpfs / cgroup peak)",
-                     f"{mb(release['plain_peak_unreclaimable'])}", f"cgroup peak incl. page cache {mb(release['plain_peak'])}"))  # fmt: skip
-        rows.append(("  peak memory, services (anon+tmpfs / cgroup peak)",
-                     f"{mb(release['live_peak_unreclaimable'])}", f"cgroup peak incl. page cache {mb(release['live_peak'])}"))  # fmt: skip
+        rows.append(
+            (
+                "  peak memory, no services (anon+tmpfs / cgroup peak)",
+                f"{mb(release['plain_peak_unreclaimable'])}",
+                f"cgroup peak incl. page cache {mb(release['plain_peak'])}",
+            )
+        )
+        rows.append(
+            (
+                "  peak memory, services (anon+tmpfs / cgroup peak)",
+                f"{mb(release['live_peak_unreclaimable'])}",
+                f"cgroup peak incl. page cache {mb(release['live_peak'])}",
+            )
+        )
     one = results.get("one")
     if one:
-        rows.append(("one package (local .deb, postinst): real / replay", f"{one['real_s']:.2f} s / {one['replay_s']:.2f} s",
-                     f"replay/real {one['ratio']:.2f}; whole CLI {one['whole_rehearsal_cli_s']:.2f} s"))  # fmt: skip
+        rows.append(
+            (
+                "one package (local .deb, postinst): real / replay",
+                f"{one['real_s']:.2f} s / {one['replay_s']:.2f} s",
+                f"replay/real {one['ratio']:.2f}; whole CLI {one['whole_rehearsal_cli_s']:.2f} s",
+            )
+        )
     host = results.get("host")
     if host and "skipped" not in host:
         ratio = host["plain_replay_s"] / host["real_s"]
-        rows.append((f"this host's upgrade ({host['summary']})", f"real {host['real_s']:.1f} s",
-                     f"replay {host['plain_replay_s']:.1f} s (ratio {ratio:.2f}), services live {host['live_replay_s']:.1f} s"))  # fmt: skip
-        rows.append(("  its upper (no services) / bytes the real run writes", f"{mb(host['plain_upper'])} / "
-                     f"{mb(host['real_written_files_bytes'])}",
-                     f"upper/written {host['plain_upper'] / max(host['real_written_files_bytes'], 1):.2f}"))  # fmt: skip
+        rows.append(
+            (
+                f"this host's upgrade ({host['summary']})",
+                f"real {host['real_s']:.1f} s",
+                f"replay {host['plain_replay_s']:.1f} s (ratio {ratio:.2f}), services live {host['live_replay_s']:.1f} s",
+            )
+        )
+        rows.append(
+            (
+                "  its upper (no services) / bytes the real run writes",
+                f"{mb(host['plain_upper'])} / " f"{mb(host['real_written_files_bytes'])}",
+                f"upper/written {host['plain_upper'] / max(host['real_written_files_bytes'], 1):.2f}",
+            )
+        )
     elif host:
         rows.append(("this host's upgrade", "-", host["skipped"]))
     fixed = results.get("fixed")
     if fixed:
-        rows.append(("fixed cost: sandbox set-up + tear-down", f"{fixed['sandbox_setup_teardown_ms']:.0f} ms",
-                     ok(fixed["sandbox_setup_teardown_ms"], GOALS["fixed cost ms"])))  # fmt: skip
+        rows.append(
+            (
+                "fixed cost: sandbox set-up + tear-down",
+                f"{fixed['sandbox_setup_teardown_ms']:.0f} ms",
+                ok(fixed["sandbox_setup_teardown_ms"], GOALS["fixed cost ms"]),
+            )
+        )
         if fixed.get("booted_keeper_setup_teardown_ms") is not None:
-            rows.append(("  booted path: layers + masks + cgroup, no boot", f"{fixed['booted_keeper_setup_teardown_ms']:.0f} ms", ""))
-        rows.append(("  replay machinery, empty transaction", f"{fixed['empty_replay_ms']:.0f} ms",
-                     "dpkg-query x2, hazard scans (ELF table not kept here), apt-get, dpkg --audit, apt-get check"))  # fmt: skip
+            rows.append(
+                (
+                    "  booted path: layers + masks + cgroup, no boot",
+                    f"{fixed['booted_keeper_setup_teardown_ms']:.0f} ms",
+                    "",
+                )
+            )
+        rows.append(
+            (
+                "  replay machinery, empty transaction",
+                f"{fixed['empty_replay_ms']:.0f} ms",
+                "dpkg-query x2, hazard scans (ELF table not kept here), apt-get, dpkg --audit, apt-get check",
+            )
+        )
     hook = results.get("hook")
     if hook:
         for name, row in hook.items():
@@ -668,8 +877,10 @@ def print_table(results: dict[str, Any], rows: list[tuple[str, str, str]]) -> No
     print(f"{'what':{width}}  {'figure':>{vwidth}}  note")
     for name, value, note in rows:
         print(f"{name:{width}}  {value:>{vwidth}}  {note}")
-    print(f"(median of {results['runs']} runs, ratios: median of each run's pair; bench took {results['bench_seconds']} s; "
-          f"load {results['load_before'][0]:.1f} -> {results['load_after'][0]:.1f})")  # fmt: skip
+    print(
+        f"(median of {results['runs']} runs, ratios: median of each run's pair; bench took {results['bench_seconds']} s; "
+        f"load {results['load_before'][0]:.1f} -> {results['load_after'][0]:.1f})"
+    )
 
 
 def main() -> None:
@@ -696,8 +907,11 @@ def main() -> None:
         signal.signal(signum, stop)
     began = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="rh-bench-", dir="/var/tmp"))
-    results: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "runs": args.runs,
-                               "load_before": os.getloadavg()}  # fmt: skip
+    results: dict[str, Any] = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "runs": args.runs,
+        "load_before": os.getloadavg(),
+    }
     try:
         tree = None
         if {"fixed", "one", "release"} - set(args.skip):

@@ -28,8 +28,15 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 1800
     environment["PYTHONPATH"] = str(SRC)
     environment.pop("APT_REHEARSE", None)
     environment.update(env or {})
-    return subprocess.run([*cli_command(), *args], capture_output=True, text=True, env=environment,
-                          timeout=timeout, stdin=subprocess.DEVNULL, check=False)  # fmt: skip
+    return subprocess.run(
+        [*cli_command(), *args],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
 
 
 def run_json(*args: str, **kwargs: Any) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
@@ -37,7 +44,9 @@ def run_json(*args: str, **kwargs: Any) -> tuple[subprocess.CompletedProcess[str
     try:
         document = json.loads(proc.stdout)
     except json.JSONDecodeError:
-        raise AssertionError(f"not JSON (exit {proc.returncode}):\nstdout: {proc.stdout[-3000:]}\nstderr: {proc.stderr[-3000:]}")
+        raise AssertionError(
+            f"not JSON (exit {proc.returncode}):\nstdout: {proc.stdout[-3000:]}\nstderr: {proc.stderr[-3000:]}"
+        )
     return proc, document
 
 
@@ -49,8 +58,25 @@ def _probe_sandbox() -> str | None:
         "set -e; d=$(mktemp -d); mount -t tmpfs tmpfs $d; mkdir $d/l $d/u $d/w $d/m; "
         "mount -t overlay overlay -o lowerdir=$d/l,upperdir=$d/u,workdir=$d/w $d/m; umount $d/m; umount $d; rmdir $d"
     )
-    proc = subprocess.run(["unshare", "--mount", "--pid", "--net", "--ipc", "--uts", "--fork", "--propagation", "private",
-                           "sh", "-c", script], capture_output=True, text=True, check=False)  # fmt: skip
+    proc = subprocess.run(
+        [
+            "unshare",
+            "--mount",
+            "--pid",
+            "--net",
+            "--ipc",
+            "--uts",
+            "--fork",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     return None if proc.returncode == 0 else f"namespaces/overlayfs do not work here: {proc.stderr.strip()}"
 
 
@@ -105,7 +131,9 @@ def host_snapshot() -> dict[str, Any]:
                 continue
             words = cmdline.split()
             # What a rehearsal starts runs as "python3 -m apt_rehearse", "apt-rehearse" or the apt hook.
-            if "apt_rehearse" in words or any(w.endswith(("/apt-rehearse", "/apt-hook")) or w == "apt-rehearse" for w in words):
+            if "apt_rehearse" in words or any(
+                w.endswith(("/apt-rehearse", "/apt-hook")) or w == "apt-rehearse" for w in words
+            ):
                 if _ours(pid):
                     processes.append(pid)
     return {"mounts": mounts, "processes": sorted(processes)}
@@ -118,8 +146,9 @@ def assert_host_clean(before: dict[str, Any]) -> None:
     assert not set(after["processes"]) - set(before["processes"]), after["processes"]
 
 
-def run_on_terminal(argv: list[str], answers: list[tuple[str, str]], timeout: float = 300,
-                    env: dict[str, str] | None = None) -> tuple[int, str]:  # fmt: skip
+def run_on_terminal(
+    argv: list[str], answers: list[tuple[str, str]], timeout: float = 300, env: dict[str, str] | None = None
+) -> tuple[int, str]:
     """Run a command with a real terminal (a pty as its controlling tty),
     typing each answer once its prompt shows; (exit status, screen)."""
     import fcntl
@@ -134,8 +163,9 @@ def run_on_terminal(argv: list[str], answers: list[tuple[str, str]], timeout: fl
         fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
 
     environment = dict(os.environ, PYTHONPATH=str(SRC), TERM="dumb", **(env or {}))
-    proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, preexec_fn=controlling_tty, close_fds=True,
-                            env=environment)  # fmt: skip
+    proc = subprocess.Popen(
+        argv, stdin=slave, stdout=slave, stderr=slave, preexec_fn=controlling_tty, close_fds=True, env=environment
+    )
     os.close(slave)
     seen, pending = "", list(answers)
     deadline = time.monotonic() + timeout

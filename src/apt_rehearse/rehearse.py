@@ -12,35 +12,48 @@ import os
 import time
 from typing import Any, Callable
 
-from apt_rehearse.inside import bootchain
 from apt_rehearse.checks import state as checks
-from apt_rehearse.inside import facts
 from apt_rehearse.checks import hazards as hazard_checks
-from apt_rehearse.sandbox import janitor
-from apt_rehearse.inside import kernel_settings
-from apt_rehearse.sandbox import snapshots
-from apt_rehearse.model.config import Settings
-from apt_rehearse.model.hazard_facts import HazardFacts
-from apt_rehearse.model.errors import RehearsalError, RehearsalLimit, UnsupportedSystem, from_kind
-from apt_rehearse.sandbox.forked import ForkedCall
-from apt_rehearse.model.policy import Finding, apply_policy, verdict
-from apt_rehearse.fronts.progress import Progress
-from apt_rehearse.inside.replay import ReplayPlan, replay_inside
-from apt_rehearse.sandbox.boot import HELD_BACK, BootedSandbox, find_init
-from apt_rehearse.inside.libraries import lost_libraries, summary as library_summary
-from apt_rehearse.store.elf_table import load_elf_table, save_elf_table
-from apt_rehearse.sandbox.cgroups import SandboxCgroup, cgroup2_mount
-from apt_rehearse.inside.observe import observe, settle
-from apt_rehearse.sandbox.upper_place import disk_room_problem, free_and_size, host_reserve, read_meminfo, upper_fits_in_memory
-from apt_rehearse.sandbox.mountinfo import read_mountinfo, state_submounts
-from apt_rehearse.sandbox.namespaces import INSIDE_SHARE, SandboxRunner, SandboxSpec, check_supported, cleanup_upper_dir, plan_sandbox
 from apt_rehearse.checks.services import service_findings
+from apt_rehearse.fronts.progress import Progress
+from apt_rehearse.inside import bootchain
+from apt_rehearse.inside import facts
+from apt_rehearse.inside import kernel_settings
+from apt_rehearse.inside.libraries import lost_libraries, summary as library_summary
+from apt_rehearse.inside.observe import observe, settle
+from apt_rehearse.inside.replay import ReplayPlan, replay_inside
 from apt_rehearse.model.clock import PhaseClock
+from apt_rehearse.model.config import Settings
+from apt_rehearse.model.errors import RehearsalError, RehearsalLimit, UnsupportedSystem, from_kind
+from apt_rehearse.model.hazard_facts import HazardFacts
 from apt_rehearse.model.observation import Observation
+from apt_rehearse.model.policy import Finding, apply_policy, verdict
 from apt_rehearse.model.rehearsal import Rehearsal
 from apt_rehearse.model.replay_result import ReplayResult
 from apt_rehearse.model.transaction import INSTALLING_ACTIONS, REMOVING_ACTIONS, Transaction
+from apt_rehearse.sandbox import janitor
+from apt_rehearse.sandbox import snapshots
+from apt_rehearse.sandbox.boot import HELD_BACK, BootedSandbox, find_init
+from apt_rehearse.sandbox.cgroups import SandboxCgroup, cgroup2_mount
+from apt_rehearse.sandbox.forked import ForkedCall
+from apt_rehearse.sandbox.mountinfo import read_mountinfo, state_submounts
+from apt_rehearse.sandbox.namespaces import (
+    INSIDE_SHARE,
+    SandboxRunner,
+    SandboxSpec,
+    check_supported,
+    cleanup_upper_dir,
+    plan_sandbox,
+)
+from apt_rehearse.sandbox.upper_place import (
+    disk_room_problem,
+    free_and_size,
+    host_reserve,
+    read_meminfo,
+    upper_fits_in_memory,
+)
 from apt_rehearse.store import housekeeping, report, verdict_cache
+from apt_rehearse.store.elf_table import load_elf_table, save_elf_table
 
 CONF_FORCE_OPTIONS = ("--force-confold", "--force-confnew", "--force-confdef", "--force-confmiss", "--force-confask")
 
@@ -76,8 +89,10 @@ def _choose_upper(transaction: Transaction, settings: Settings) -> str | None:
         base = settings.disk_upper_base
     problem = disk_room_problem(unpacked, *free_and_size(base))
     if problem:
-        raise RehearsalLimit(f"no room for the rehearsal's upper layer in {base}: {problem}; point "
-                             "APT::Rehearse::Upper-Dir at a file system with room, or raise APT::Rehearse::Tmpfs-Size")  # fmt: skip
+        raise RehearsalLimit(
+            f"no room for the rehearsal's upper layer in {base}: {problem}; point "
+            "APT::Rehearse::Upper-Dir at a file system with room, or raise APT::Rehearse::Tmpfs-Size"
+        )
     os.makedirs(base, mode=0o700, exist_ok=True)
     _remove_stale_uppers(base)
     path = os.path.join(base, f"{transaction.identity[:12]}-{os.getpid()}")
@@ -116,16 +131,27 @@ def rehearse(
     began = time.monotonic()
     clock = clock or PhaseClock()
     source_findings = [
-        Finding("release", ["Source-Missing"], source,
-                f"{source} offers nothing for {transaction.release or 'the target release'}: what this system has "
-                f"from it stays as it is, neither upgraded nor rehearsed (apt: {why})", {"apt": why})
+        Finding(
+            "release",
+            ["Source-Missing"],
+            source,
+            f"{source} offers nothing for {transaction.release or 'the target release'}: what this system has "
+            f"from it stays as it is, neither upgraded nor rehearsed (apt: {why})",
+            {"apt": why},
+        )
         for source, why in sorted((unavailable_sources or {}).items())
-    ]  # fmt: skip
+    ]
     if transaction.is_empty:
         apply_policy(source_findings, lookup)
-        return Rehearsal(transaction, source_findings, verdict(source_findings), started,
-                         round(time.monotonic() - began, 3), clock.phases,
-                         notes=["nothing to rehearse: the transaction changes no package"])  # fmt: skip
+        return Rehearsal(
+            transaction,
+            source_findings,
+            verdict(source_findings),
+            started,
+            round(time.monotonic() - began, 3),
+            clock.phases,
+            notes=["nothing to rehearse: the transaction changes no package"],
+        )
     check_supported()
     if not os.path.isdir(transaction.root):
         raise RehearsalError(f"the target root {transaction.root} is not a directory")
@@ -150,16 +176,24 @@ def rehearse(
         taken, lower_note = _still_lowers(transaction.root, settings, debug)
         if lower_note:
             notes.append(lower_note)
-        spec = SandboxSpec(root=transaction.root, tmpfs_size=settings.tmpfs_size, upper_dir=upper_dir,
-                           read_only_binds=binds, hostname=_hostname(transaction.root), boot=init is not None,
-                           lowers={snap.source: snap.path for snap in taken},
-                           live_layers=[os.path.join(snap.source, nested) for snap in taken for nested in snap.nested])  # fmt: skip
+        spec = SandboxSpec(
+            root=transaction.root,
+            tmpfs_size=settings.tmpfs_size,
+            upper_dir=upper_dir,
+            read_only_binds=binds,
+            hostname=_hostname(transaction.root),
+            boot=init is not None,
+            lowers={snap.source: snap.path for snap in taken},
+            live_layers=[os.path.join(snap.source, nested) for snap in taken for nested in snap.nested],
+        )
         plan = plan_sandbox(spec)
         if debug:
             for line in plan.describe():
                 debug(f"sandbox: {line}")
             if init:
-                debug(f"sandbox: boot {init} as PID 1 of the sandbox, services held back: {', '.join(HELD_BACK)}, all timers")
+                debug(
+                    f"sandbox: boot {init} as PID 1 of the sandbox, services held back: {', '.join(HELD_BACK)}, all timers"
+                )
         replay_plan = ReplayPlan(
             transaction=transaction,
             deb_paths=deb_paths,
@@ -176,7 +210,9 @@ def rehearse(
             room_floor=host_reserve(free_and_size(upper_dir)[1]) if upper_dir else None,
         )
         if init:
-            raw, observations = _run_booted(plan, init, replay_plan, progress, clock, settings, transaction.identity, shell)
+            raw, observations = _run_booted(
+                plan, init, replay_plan, progress, clock, settings, transaction.identity, shell
+            )
         else:
             raw = _run(SandboxRunner(spec, plan), replay_plan, progress, clock)
         # What crossed the sandbox's boundary as JSON, typed once.
@@ -195,8 +231,16 @@ def rehearse(
 
     _stop_if_out_of_room(result, upper_dir, settings, replay_plan.room_floor)
     with clock.timed("checks"):
-        findings, disk = _analyse(transaction, settings, result, (removal_facts, predicted_prompts), observations,
-                                  source_findings, unattended, notes)  # fmt: skip
+        findings, disk = _analyse(
+            transaction,
+            settings,
+            result,
+            (removal_facts, predicted_prompts),
+            observations,
+            source_findings,
+            unattended,
+            notes,
+        )
         apply_policy(findings, lookup)
     return Rehearsal(
         transaction=transaction,
@@ -216,8 +260,9 @@ def rehearse(
     )
 
 
-def _binds(transaction: Transaction, private_lists: str | None,
-           source_cache: str | None) -> tuple[dict[str, str], dict[str, str], str | None, str | None]:
+def _binds(
+    transaction: Transaction, private_lists: str | None, source_cache: str | None
+) -> tuple[dict[str, str], dict[str, str], str | None, str | None]:
     """What the sandbox binds read-only (host directory -> inside path), the
     .debs' inside paths, and where the --release lists and apt cache appear."""
     # Every directory holding .debs is bound read-only inside the sandbox.
@@ -248,21 +293,29 @@ def _services_init(transaction: Transaction, settings: Settings, shell: bool, no
     if settings.services:
         init = find_init(transaction.root)
         if init is None:
-            notes.append(f"services are not rehearsed: {transaction.root} does not boot with systemd "
-                         "(a container, or another init); only the packages were rehearsed")  # fmt: skip
+            notes.append(
+                f"services are not rehearsed: {transaction.root} does not boot with systemd "
+                "(a container, or another init); only the packages were rehearsed"
+            )
         elif cgroup2_mount() is None:
             init = None
-            notes.append("services are not rehearsed: no cgroup2 hierarchy is mounted here for the booted "
-                         "system; only the packages were rehearsed")  # fmt: skip
+            notes.append(
+                "services are not rehearsed: no cgroup2 hierarchy is mounted here for the booted "
+                "system; only the packages were rehearsed"
+            )
     else:
-        notes.append("services are not rehearsed (--no-services / APT::Rehearse::Services \"false\")")
+        notes.append('services are not rehearsed (--no-services / APT::Rehearse::Services "false")')
     if shell and init is None:
-        raise UnsupportedSystem("'apt-rehearse shell' needs a system that boots with systemd, and services on "
-                                "(" + (notes[-1] if notes else "no init") + ")")
+        raise UnsupportedSystem(
+            "'apt-rehearse shell' needs a system that boots with systemd, and services on "
+            "(" + (notes[-1] if notes else "no init") + ")"
+        )
     return init
 
 
-def _stop_if_out_of_room(result: ReplayResult, upper_dir: str | None, settings: Settings, room_floor: int | None) -> None:
+def _stop_if_out_of_room(
+    result: ReplayResult, upper_dir: str | None, settings: Settings, room_floor: int | None
+) -> None:
     """Running out of room is the rehearsal's limit, never a finding against a package."""
     stopped_at = result.apt.stopped_for_room
     if stopped_at is not None:
@@ -273,16 +326,27 @@ def _stop_if_out_of_room(result: ReplayResult, upper_dir: str | None, settings: 
             "APT::Rehearse::Upper-Dir at a file system with more room"
         )
     if checks.out_of_room(result):
-        where = f"the disk upper in {os.path.dirname(upper_dir)}" if upper_dir else f"its tmpfs upper (size {settings.tmpfs_size})"
+        where = (
+            f"the disk upper in {os.path.dirname(upper_dir)}"
+            if upper_dir
+            else f"its tmpfs upper (size {settings.tmpfs_size})"
+        )
         raise RehearsalLimit(
             f"the rehearsal ran out of room in {where}; this says nothing about the packages. "
             "Give it more with -o APT::Rehearse::Tmpfs-Size=... or -o APT::Rehearse::Upper-Dir=/var/tmp/DIR"
         )
 
 
-def _analyse(transaction: Transaction, settings: Settings, result: ReplayResult, host_facts: tuple[Any, Any],
-             observations: dict[str, Any], source_findings: list[Finding], unattended: bool,
-             notes: list[str]) -> tuple[list[Finding], list[dict[str, Any]]]:
+def _analyse(
+    transaction: Transaction,
+    settings: Settings,
+    result: ReplayResult,
+    host_facts: tuple[Any, Any],
+    observations: dict[str, Any],
+    source_findings: list[Finding],
+    unattended: bool,
+    notes: list[str],
+) -> tuple[list[Finding], list[dict[str, Any]]]:
     """Observations in, findings out (the verdict is the policy's), and the disk figures."""
     removal_facts, predicted_prompts = host_facts
     findings = source_findings + checks.removal_findings(transaction, removal_facts)
@@ -304,19 +368,27 @@ def _analyse(transaction: Transaction, settings: Settings, result: ReplayResult,
         if not libraries_after.get("available", True):
             notes.append(f"shared libraries were not checked: {libraries_after.get('reason', 'unavailable')}")
         if libraries_before.get("capped"):
-            notes.append(f"shared libraries: only the first {len(libraries_after.get('objects', {}))} programs "
-                         "and modules were checked (a bound on the work)")  # fmt: skip
+            notes.append(
+                f"shared libraries: only the first {len(libraries_after.get('objects', {}))} programs "
+                "and modules were checked (a bound on the work)"
+            )
         if result.auto_marks.exit_status:
-            notes.append("apt-mark could not give back the automatic marks, so what becomes auto-removable may "
-                         "be off: " + (result.auto_marks.output.strip().splitlines() or ["no output"])[-1])
+            notes.append(
+                "apt-mark could not give back the automatic marks, so what becomes auto-removable may "
+                "be off: " + (result.auto_marks.output.strip().splitlines() or ["no output"])[-1]
+            )
         if hazards.grub_probe_unanswered:
-            notes.append("grub-probe was asked what this machine's grub-probe had not been asked beforehand: "
-                         + "; ".join(hazards.grub_probe_unanswered[:3]))  # fmt: skip
+            notes.append(
+                "grub-probe was asked what this machine's grub-probe had not been asked beforehand: "
+                + "; ".join(hazards.grub_probe_unanswered[:3])
+            )
     disk = disk_usage(transaction.root, result.growth)
     findings += checks.disk_findings(disk)
     if observations.get("baseline"):
-        typed = {phase: Observation.from_json(observations[phase]) if observations.get(phase) else None
-                 for phase in ("baseline", "upgraded", "rebooted")}  # fmt: skip
+        typed = {
+            phase: Observation.from_json(observations[phase]) if observations.get(phase) else None
+            for phase in ("baseline", "upgraded", "rebooted")
+        }
         findings += service_findings(typed["baseline"], typed["upgraded"], typed["rebooted"])
     return findings, disk
 
@@ -355,11 +427,16 @@ def disk_usage(root: str, growth: dict[str, dict[str, int]]) -> list[dict[str, A
             info = os.statvfs(host_path)
         except OSError:
             continue
-        rows.append({
-            "mount": mountpoint, "host_path": host_path, **measured,
-            # apt runs as root, which may use the blocks reserved for root: f_bfree.
-            "free_bytes": info.f_bfree * info.f_frsize, "size_bytes": info.f_blocks * info.f_frsize,
-        })  # fmt: skip
+        rows.append(
+            {
+                "mount": mountpoint,
+                "host_path": host_path,
+                **measured,
+                # apt runs as root, which may use the blocks reserved for root: f_bfree.
+                "free_bytes": info.f_bfree * info.f_frsize,
+                "size_bytes": info.f_blocks * info.f_frsize,
+            }
+        )
     return rows
 
 
@@ -367,7 +444,9 @@ def _inside_path(root: str, host_path: str) -> str:
     return "/" if host_path == root else "/" + os.path.relpath(host_path, root)
 
 
-def _still_lowers(root: str, settings: Settings, debug: Callable[[str], None] | None) -> tuple[list[snapshots.Snapshot], str]:
+def _still_lowers(
+    root: str, settings: Settings, debug: Callable[[str], None] | None
+) -> tuple[list[snapshots.Snapshot], str]:
     """Read-only snapshots of the target's btrfs subvolumes, for lowers that do
     not change under the rehearsal; and the report's note on what stays live."""
     entries = read_mountinfo()
@@ -383,8 +462,10 @@ def _still_lowers(root: str, settings: Settings, debug: Callable[[str], None] | 
                     failed = f" (a btrfs snapshot failed: {error})"
     if debug:
         for snap in taken:
-            debug(f"sandbox: lower of {snap.source} is the read-only snapshot {snap.path}; live inside it: "
-                  + (", ".join(snap.nested) or "nothing"))  # fmt: skip
+            debug(
+                f"sandbox: lower of {snap.source} is the read-only snapshot {snap.path}; live inside it: "
+                + (", ".join(snap.nested) or "nothing")
+            )
     snapped = {snap.source for snap in taken}
     live = [_inside_path(root, source) for source in sources if source not in snapped]
     live += [_inside_path(root, os.path.join(snap.source, nested)) for snap in taken for nested in snap.nested]
@@ -452,8 +533,16 @@ def _inside(booted: BootedSandbox, function: Callable[..., dict[str, Any]], prog
     return result
 
 
-def _run_booted(plan, init: str, replay_plan: ReplayPlan, progress: Progress, clock: PhaseClock,  # noqa: ANN001
-                settings: Settings, identity: str, shell: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
+def _run_booted(
+    plan,
+    init: str,
+    replay_plan: ReplayPlan,
+    progress: Progress,
+    clock: PhaseClock,  # noqa: ANN001
+    settings: Settings,
+    identity: str,
+    shell: bool = False,
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Boot, observe, upgrade with the services live, observe, reboot, observe."""
     booted = BootedSandbox(plan, init, SandboxCgroup(identity[:12], settings.memory_max), settings.boot_timeout)
     observations: dict[str, Any] = {}
@@ -509,14 +598,29 @@ def _interactive_shell(booted: BootedSandbox, result: dict[str, Any]) -> None:
         f"{exit_status}), rebooted, services running, on its own loopback network.\n"
         "apt-rehearse: nothing you do here reaches this machine; leave the shell to end the rehearsal.\n"
     )
-    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8",
-           "TERM": os.environ.get("TERM", "xterm"), "PS1": "(rehearsal) \\u@\\h:\\w\\$ ", "APT_REHEARSE": "0"}  # fmt: skip
+    env = {
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME": "/root",
+        "LANG": "C.UTF-8",
+        "TERM": os.environ.get("TERM", "xterm"),
+        "PS1": "(rehearsal) \\u@\\h:\\w\\$ ",
+        "APT_REHEARSE": "0",
+    }
     shell = "/bin/bash" if os.path.exists(os.path.join("/proc", str(booted.pid1), "root/bin/bash")) else "/bin/sh"
     booted.shell([shell, "--norc", "-i"] if shell.endswith("bash") else [shell, "-i"], env)
 
 
-def conclude(rehearsal: Rehearsal, settings: Settings, began: float, *, record_in: str | None, approval: bool = False,
-             known_debs: Any = None, used_debs: list[str] | None = None, release_state: str | None = None) -> dict[str, Any]:
+def conclude(
+    rehearsal: Rehearsal,
+    settings: Settings,
+    began: float,
+    *,
+    record_in: str | None,
+    approval: bool = False,
+    known_debs: Any = None,
+    used_debs: list[str] | None = None,
+    release_state: str | None = None,
+) -> dict[str, Any]:
     """What every front does once a rehearsal is over, in one place: the
     report built and saved; the verdict recorded in ``record_in`` so that the
     real run of this very transaction (apt-get, or each step of
@@ -527,7 +631,9 @@ def conclude(rehearsal: Rehearsal, settings: Settings, began: float, *, record_i
     if record_in:
         verdict_cache.record(record_in, rehearsal.transaction, rehearsal.verdict, document.get("report_path"))
         if approval:
-            verdict_cache.record_approval(record_in, rehearsal.transaction, rehearsal.verdict, document.get("report_path"))
+            verdict_cache.record_approval(
+                record_in, rehearsal.transaction, rehearsal.verdict, document.get("report_path")
+            )
     if known_debs is not None:
         known_debs.save()
     housekeeping.tidy(settings, used_debs, release_state)

@@ -15,7 +15,7 @@ from lib.trees import bookworm_tree, install_into
 
 pytestmark = pytest.mark.integration
 
-POSTINST = 'dd if=/dev/urandom of=/boot/initrd.img-rh bs=1M count={mb} status=none\n'
+POSTINST = "dd if=/dev/urandom of=/boot/initrd.img-rh bs=1M count={mb} status=none\n"
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +32,10 @@ def small_boot(sandbox_capable: None):
         mounted = True
         debs = base / "debs"
         v1 = [build_deb(debs, "rh-kernel-big", "1.0"), build_deb(debs, "rh-kernel-small", "1.0")]
-        v2 = [build_deb(debs, "rh-kernel-big", "2.0", postinst=POSTINST.format(mb=40)),
-              build_deb(debs, "rh-kernel-small", "2.0", postinst=POSTINST.format(mb=4))]  # fmt: skip
+        v2 = [
+            build_deb(debs, "rh-kernel-big", "2.0", postinst=POSTINST.format(mb=40)),
+            build_deb(debs, "rh-kernel-small", "2.0", postinst=POSTINST.format(mb=4)),
+        ]
         install_into(tree, v1)
         repo = LocalRepo(base / "repo")
         for deb in v1 + v2:
@@ -48,7 +50,9 @@ def small_boot(sandbox_capable: None):
 
 
 def rehearse(info: dict, *args: str):
-    return run_json("--root", str(info["tree"]), "--no-services", "-o", f"APT::Rehearse::Log-Dir={info['base']}/log", *args)
+    return run_json(
+        "--root", str(info["tree"]), "--no-services", "-o", f"APT::Rehearse::Log-Dir={info['base']}/log", *args
+    )
 
 
 def test_too_little_room_on_boot_blocks(small_boot: dict) -> None:

@@ -32,8 +32,10 @@ UCF_V1 = "x=1\n"
 UCF_LOCAL = "x=1\nlocal=yes-hunter3\n"
 UCF_V2 = "x=2\n"
 UCF_POSTINST = "ucf /usr/share/rh-ucf/rh-ucf.conf /etc/rh-ucf.conf\nucfr rh-ucf /etc/rh-ucf.conf\n"
-GRUB_CFG = ("mkdir -p /boot/grub\nprintf 'menuentry rh {{\\n linux /boot/vmlinuz-{v} root=/dev/vda1\\n"
-            " initrd /boot/initrd.img-{v}\\n}}\\n' > /boot/grub/grub.cfg\n")  # fmt: skip
+GRUB_CFG = (
+    "mkdir -p /boot/grub\nprintf 'menuentry rh {{\\n linux /boot/vmlinuz-{v} root=/dev/vda1\\n"
+    " initrd /boot/initrd.img-{v}\\n}}\\n' > /boot/grub/grub.cfg\n"
+)
 
 
 def _compile(work: Path) -> dict[str, bytes]:
@@ -44,7 +46,9 @@ def _compile(work: Path) -> dict[str, bytes]:
     built = {}
     for lib in ("foo", "bar"):
         so = work / f"lib{lib}.so.1"
-        subprocess.run(["gcc", "-shared", "-fPIC", f"-Wl,-soname,lib{lib}.so.1", "-o", str(so), str(work / "lib.c")], check=True)
+        subprocess.run(
+            ["gcc", "-shared", "-fPIC", f"-Wl,-soname,lib{lib}.so.1", "-o", str(so), str(work / "lib.c")], check=True
+        )
         tool = work / f"tool-{lib}"
         subprocess.run(["gcc", "-o", str(tool), str(work / "main.c"), f"-L{work}", f"-l:lib{lib}.so.1"], check=True)
         built[f"lib{lib}"], built[f"tool-{lib}"] = so.read_bytes(), tool.read_bytes()
@@ -56,32 +60,63 @@ def _packages(debs: Path, built: dict[str, bytes], device: str) -> tuple[list[Pa
     v1 = [
         build_deb(debs, "libfoo1", "1.0", files=foo),
         build_deb(debs, "libbar1", "1.0", files={f"{LIBDIR}/libbar.so.1": built["libbar"]}),
-        build_deb(debs, "rh-grub", "1.0", files={"/usr/sbin/grub-install":
-                  '#!/bin/sh\necho "rh-grub: installing to $1"\ndd if=/dev/zero of="$1" bs=512 count=1 conv=notrunc\n'}),
+        build_deb(
+            debs,
+            "rh-grub",
+            "1.0",
+            files={
+                "/usr/sbin/grub-install": '#!/bin/sh\necho "rh-grub: installing to $1"\ndd if=/dev/zero of="$1" bs=512 count=1 conv=notrunc\n'
+            },
+        ),
         build_deb(debs, "rh-bootloader", "1.0", depends="rh-grub"),
         build_deb(debs, "rh-initramfs", "1.0", files={"/usr/sbin/update-initramfs": "#!/bin/sh\nexit 0\n"}),
         build_deb(debs, "rh-kernel-bad", "1.0"),
         build_deb(debs, "rh-kernel-good", "1.0"),
         build_deb(debs, "rh-conf", "1.0", conffiles={"/etc/rh-conf.conf": CONF_V1}),
-        build_deb(debs, "rh-ucf", "1.0", depends="ucf", files={"/usr/share/rh-ucf/rh-ucf.conf": UCF_V1}, postinst=UCF_POSTINST),
+        build_deb(
+            debs, "rh-ucf", "1.0", depends="ucf", files={"/usr/share/rh-ucf/rh-ucf.conf": UCF_V1}, postinst=UCF_POSTINST
+        ),
     ]
     v2 = [
         # The same soname from a renamed package (as in the t64 transition).
         build_deb(debs, "libfoo1t64", "1.0", files=foo, conflicts="libfoo1", replaces="libfoo1", provides="libfoo1"),
         build_deb(debs, "rh-bootloader", "2.0", depends="rh-grub", postinst=f"grub-install {device}\n"),
-        build_deb(debs, "rh-kernel-bad", "2.0", files={"/boot/vmlinuz-9.9-rh": "kernel\n"},
-                  postinst="update-initramfs -c -k 9.9-rh\n" + GRUB_CFG.format(v="9.9-rh")),
-        build_deb(debs, "rh-kernel-good", "2.0", files={"/boot/vmlinuz-9.8-rh": "kernel\n"},
-                  postinst="update-initramfs -c -k 9.8-rh\necho initrd > /boot/initrd.img-9.8-rh\n" + GRUB_CFG.format(v="9.8-rh")),
+        build_deb(
+            debs,
+            "rh-kernel-bad",
+            "2.0",
+            files={"/boot/vmlinuz-9.9-rh": "kernel\n"},
+            postinst="update-initramfs -c -k 9.9-rh\n" + GRUB_CFG.format(v="9.9-rh"),
+        ),
+        build_deb(
+            debs,
+            "rh-kernel-good",
+            "2.0",
+            files={"/boot/vmlinuz-9.8-rh": "kernel\n"},
+            postinst="update-initramfs -c -k 9.8-rh\necho initrd > /boot/initrd.img-9.8-rh\n"
+            + GRUB_CFG.format(v="9.8-rh"),
+        ),
         # Not installed before: its efibootmgr lands during the run and must be recorded too.
-        build_deb(debs, "rh-efitools", "1.0", files={"/usr/bin/efibootmgr": "#!/bin/sh\necho 'efibootmgr: cannot write EFI variables' >&2\nexit 1\n"},
-                  postinst="efibootmgr --create --disk /dev/vda --label debian\n"),
+        build_deb(
+            debs,
+            "rh-efitools",
+            "1.0",
+            files={"/usr/bin/efibootmgr": "#!/bin/sh\necho 'efibootmgr: cannot write EFI variables' >&2\nexit 1\n"},
+            postinst="efibootmgr --create --disk /dev/vda --label debian\n",
+        ),
         # A postinst that fetches something, as font and firmware installers do.
-        build_deb(debs, "rh-netfetch", "1.0", postinst="python3 -c \"import urllib.request; "
-                  "urllib.request.urlopen('http://deb.debian.org/debian/', timeout=20)\"\n"),
+        build_deb(
+            debs,
+            "rh-netfetch",
+            "1.0",
+            postinst='python3 -c "import urllib.request; '
+            "urllib.request.urlopen('http://deb.debian.org/debian/', timeout=20)\"\n",
+        ),
         build_deb(debs, "rh-conf", "2.0", conffiles={"/etc/rh-conf.conf": CONF_V2}),
-        build_deb(debs, "rh-ucf", "2.0", depends="ucf", files={"/usr/share/rh-ucf/rh-ucf.conf": UCF_V2}, postinst=UCF_POSTINST),
-    ]  # fmt: skip
+        build_deb(
+            debs, "rh-ucf", "2.0", depends="ucf", files={"/usr/share/rh-ucf/rh-ucf.conf": UCF_V2}, postinst=UCF_POSTINST
+        ),
+    ]
     return v1, v2
 
 
@@ -98,8 +133,9 @@ def scenario(sandbox_capable: None):
         built = _compile(base / "cc")
         disk = base / "disk.img"
         disk.write_bytes(os.urandom(1 << 20))
-        device = subprocess.run(["losetup", "--find", "--show", str(disk)], check=True, capture_output=True,
-                                text=True).stdout.strip()  # fmt: skip
+        device = subprocess.run(
+            ["losetup", "--find", "--show", str(disk)], check=True, capture_output=True, text=True
+        ).stdout.strip()
         v1, v2 = _packages(base / "debs", built, device)
         install_into(tree, v1)
         # Libraries come in as dependencies, as on a real system.
@@ -125,8 +161,9 @@ def scenario(sandbox_capable: None):
 
 def rehearse(info: dict, *args: str):
     before_tree, before_status, host = tree_hash(info["tree"]), dpkg_status_digest(info["tree"]), host_snapshot()
-    proc, document = run_json("--root", str(info["tree"]), "--no-services",
-                              "-o", f"APT::Rehearse::Log-Dir={info['base']}/log", *args)  # fmt: skip
+    proc, document = run_json(
+        "--root", str(info["tree"]), "--no-services", "-o", f"APT::Rehearse::Log-Dir={info['base']}/log", *args
+    )
     assert tree_hash(info["tree"]) == before_tree
     assert dpkg_status_digest(info["tree"]) == before_status
     assert_host_clean(host)
@@ -142,8 +179,9 @@ def test_program_under_opt_loses_a_library_of_a_removed_package(scenario: dict) 
     assert proc.returncode == 10, (proc.stderr, document["findings"])
     [finding] = _of(document, "library")
     assert finding["severity"] == "block"
-    assert finding["message"] == ("/opt/vendor/bin/tool-bar: libbar.so.1 not found after the upgrade; "
-                                  "it came from libbar1, which is removed")  # fmt: skip
+    assert finding["message"] == (
+        "/opt/vendor/bin/tool-bar: libbar.so.1 not found after the upgrade; " "it came from libbar1, which is removed"
+    )
     assert finding["details"]["package"] == "libbar1"
     figures = {row["object"]: row for row in document["libraries"]["per_object"]}
     assert figures["/opt/vendor/bin/tool-bar"]["missing_after"] == ["libbar.so.1"]
@@ -154,7 +192,10 @@ def test_program_under_opt_loses_a_library_of_a_removed_package(scenario: dict) 
 def test_same_soname_from_a_renamed_package_is_no_false_alarm(scenario: dict) -> None:
     proc, document = rehearse(scenario, "install", "libfoo1t64")
     assert proc.returncode == 0, (proc.stderr, document["findings"])
-    assert {(c["package"], c["action"]) for c in document["transaction"]["changes"]} >= {("libfoo1", "remove"), ("libfoo1t64", "install")}
+    assert {(c["package"], c["action"]) for c in document["transaction"]["changes"]} >= {
+        ("libfoo1", "remove"),
+        ("libfoo1t64", "install"),
+    }
     assert not _of(document, "library")
     figures = {row["object"]: row for row in document["libraries"]["per_object"]}
     assert figures["/opt/vendor/bin/tool-foo"]["missing_after"] == []
@@ -168,7 +209,8 @@ def test_grub_install_is_recorded_not_run(scenario: dict) -> None:
     [finding] = [f for f in _of(document, "boot") if "Boot-Command" in f["kinds"]]
     assert finding["message"].startswith(f"would run grub-install {scenario['device']} (from rh-bootloader postinst)")
     assert document["boot"]["recorded_commands"] == [
-        {"package": "rh-bootloader", "script": "postinst", "command": f"grub-install {scenario['device']}"}]
+        {"package": "rh-bootloader", "script": "postinst", "command": f"grub-install {scenario['device']}"}
+    ]
     assert _sha256(scenario["disk"]) == disk_before  # the device the script named is untouched
 
 
@@ -176,12 +218,20 @@ def test_a_command_installed_by_the_run_is_recorded_too(scenario: dict) -> None:
     proc, document = rehearse(scenario, "install", "rh-efitools")
     assert proc.returncode == 0, (proc.stderr, document["findings"])
     assert document["boot"]["recorded_commands"] == [
-        {"package": "rh-efitools", "script": "postinst", "command": "efibootmgr --create --disk /dev/vda --label debian"}]
+        {
+            "package": "rh-efitools",
+            "script": "postinst",
+            "command": "efibootmgr --create --disk /dev/vda --label debian",
+        }
+    ]
 
 
 def test_a_script_that_reaches_for_the_network_is_reported_as_such(scenario: dict) -> None:
     proc, document = rehearse(scenario, "install", "rh-netfetch")
-    assert proc.returncode == 0, (proc.stderr, document["findings"])  # a warning: the sandbox's limit, not the package's
+    assert proc.returncode == 0, (
+        proc.stderr,
+        document["findings"],
+    )  # a warning: the sandbox's limit, not the package's
     [finding] = [f for f in document["findings"] if f["severity"] != "info"]
     assert finding["kinds"] == ["Needs-Network"] and finding["severity"] == "warn"
     assert "reaching for the network, which the sandbox does not have" in finding["message"]
@@ -202,7 +252,10 @@ def test_kernel_with_its_initramfs_passes(scenario: dict) -> None:
     assert proc.returncode == 0, (proc.stderr, document["findings"])
     assert not _of(document, "boot")
     assert document["boot"]["kernels"]["9.8-rh"]["initrd_bytes"] == len("initrd\n")
-    assert {r["path"] for r in document["boot"]["references"] if r["exists"]} == {"/boot/vmlinuz-9.8-rh", "/boot/initrd.img-9.8-rh"}
+    assert {r["path"] for r in document["boot"]["references"] if r["exists"]} == {
+        "/boot/vmlinuz-9.8-rh",
+        "/boot/initrd.img-9.8-rh",
+    }
 
 
 def test_dpkg_conffile_prompt_with_diff_in_the_saved_report_only(scenario: dict) -> None:
@@ -214,8 +267,15 @@ def test_dpkg_conffile_prompt_with_diff_in_the_saved_report_only(scenario: dict)
     assert "-secret=hunter2" in details["diff"] and "+c=4" in details["diff"]
     assert "leaves the new version as /etc/rh-conf.conf.dpkg-dist (+2 -2 lines" in finding["message"]
     # The terminal report never shows the content; the saved one is root:adm 0640.
-    text = run_cli("--root", str(scenario["tree"]), "--no-services", "-o", f"APT::Rehearse::Log-Dir={scenario['base']}/log",
-                   "install", "rh-conf")  # fmt: skip
+    text = run_cli(
+        "--root",
+        str(scenario["tree"]),
+        "--no-services",
+        "-o",
+        f"APT::Rehearse::Log-Dir={scenario['base']}/log",
+        "install",
+        "rh-conf",
+    )
     assert "/etc/rh-conf.conf" in text.stdout and "hunter2" not in text.stdout + text.stderr
     saved = sorted((scenario["base"] / "log").glob("*.json"))
     assert saved and all(stat.S_IMODE(p.stat().st_mode) == 0o640 for p in saved)

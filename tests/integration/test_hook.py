@@ -37,8 +37,16 @@ def machine(sandbox_capable: None):
         v1.append(build_deb(debs, "rh-keep", "1.0", files={"/usr/share/rh-keep/v": "1\n"}))
         v1.append(build_deb(debs, "rh-app", "1.0", files={"/usr/share/rh-app/v": "1\n"}))
         v2 = [build_deb(debs, name, "2.0", files={f"/usr/share/{name}/v": "2\n"}) for name in GOOD]
-        v2 += [build_deb(debs, name, "2.0", files={f"/usr/share/{name}/v": "2\n"},
-                         postinst=f'echo "{name}: cannot start" >&2\nexit 1\n') for name in BAD]  # fmt: skip
+        v2 += [
+            build_deb(
+                debs,
+                name,
+                "2.0",
+                files={f"/usr/share/{name}/v": "2\n"},
+                postinst=f'echo "{name}: cannot start" >&2\nexit 1\n',
+            )
+            for name in BAD
+        ]
         v2.append(build_deb(debs, "rh-app", "2.0", files={"/usr/share/rh-app/v": "2\n"}, conflicts="rh-keep"))
         (tree / "etc/apt/apt.conf.d/51rh-unattended").write_text(
             'Unattended-Upgrade::Origins-Pattern { "origin=apt-rehearse-tests"; };\n'
@@ -160,8 +168,11 @@ def test_on_error_policy(machine: dict) -> None:
     assert "could not rehearse this transaction" in output and "'block'" in output
     assert status(machine) == before
     # The same failure with On-Error=allow: apt goes on (and dpkg reports the broken postinst itself).
-    proc = in_tree(tree, "apt-get -y -o APT::Rehearse::Tmpfs-Size=256k -o APT::Rehearse::On-Error::Unattended=allow "
-                         "install rh-bad-escape")  # fmt: skip
+    proc = in_tree(
+        tree,
+        "apt-get -y -o APT::Rehearse::Tmpfs-Size=256k -o APT::Rehearse::On-Error::Unattended=allow "
+        "install rh-bad-escape",
+    )
     output = proc.stdout + proc.stderr
     assert "apt goes on UNREHEARSED" in output
     assert "rh-bad-escape: cannot start" in output  # dpkg ran
@@ -175,7 +186,9 @@ def test_escape_hatches(machine: dict) -> None:
     assert "apt-rehearse:" not in output
     assert "rh-bad-escape: cannot start" in output  # dpkg ran: nothing stopped it
     restore_bad_escape(tree)
-    proc = in_tree(tree, "apt-get -y install rh-bad-escape", env={"DEBIAN_FRONTEND": "noninteractive", "APT_REHEARSE": "0"})
+    proc = in_tree(
+        tree, "apt-get -y install rh-bad-escape", env={"DEBIAN_FRONTEND": "noninteractive", "APT_REHEARSE": "0"}
+    )
     output = proc.stdout + proc.stderr
     assert "apt-rehearse:" not in output
     assert "rh-bad-escape: cannot start" in output
@@ -193,7 +206,10 @@ def restore_bad_escape(tree: Path) -> None:
     [
         ("VERSION 3\nAPT::Architecture=amd64\n", "truncated"),
         ("VERSION 7\nA=1\n\n", "version 7 is not supported"),
-        ("VERSION 3\nA=1\n\nrh-x - - none < 2.0 all none /var/cache/apt/archives/missing_2.0_all.deb\n", "cannot be read"),
+        (
+            "VERSION 3\nA=1\n\nrh-x - - none < 2.0 all none /var/cache/apt/archives/missing_2.0_all.deb\n",
+            "cannot be read",
+        ),
     ],
 )
 def test_malformed_hook_input(machine: dict, stream: str, words: str) -> None:
@@ -207,14 +223,36 @@ def test_malformed_hook_input(machine: dict, stream: str, words: str) -> None:
 
 def test_lintian_finds_no_error(machine: dict) -> None:
     with tempfile.TemporaryDirectory() as scratch:  # lintian leaves files in TMPDIR
-        proc = subprocess.run(["lintian", "--fail-on", "error", str(machine["deb"])], capture_output=True, text=True,
-                              check=False, env=dict(os.environ, TMPDIR=scratch))  # fmt: skip
+        proc = subprocess.run(
+            ["lintian", "--fail-on", "error", str(machine["deb"])],
+            capture_output=True,
+            text=True,
+            check=False,
+            env=dict(os.environ, TMPDIR=scratch),
+        )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def _drive_on_a_terminal(tree: Path, command: str, answers: list[tuple[str, str]]) -> tuple[int, str]:
-    argv = ["unshare", "--mount", "--pid", "--ipc", "--uts", "--fork", "--propagation", "private", "sh", "-c", TREE_SETUP,
-            "sh", str(tree), "TERM=dumb", "sh", "-c", command]  # fmt: skip
+    argv = [
+        "unshare",
+        "--mount",
+        "--pid",
+        "--ipc",
+        "--uts",
+        "--fork",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        TREE_SETUP,
+        "sh",
+        str(tree),
+        "TERM=dumb",
+        "sh",
+        "-c",
+        command,
+    ]
     return run_on_terminal(argv, answers)
 
 
@@ -223,11 +261,16 @@ def test_interactive_run_asks_on_the_terminal(machine: dict) -> None:
     # rh-conf: a conffile changed locally and by the new version: a warning, so the hook asks.
     debs = tree / "root/debs"
     repo = LocalRepo(tree / "srv/rh-repo")  # the pool already holds the other packages
-    for deb in (build_deb(debs, "rh-conf", "1.0", conffiles={"/etc/rh-conf.conf": "a=1\n"}),
-                build_deb(debs, "rh-conf", "2.0", conffiles={"/etc/rh-conf.conf": "a=2\n"})):  # fmt: skip
+    for deb in (
+        build_deb(debs, "rh-conf", "1.0", conffiles={"/etc/rh-conf.conf": "a=1\n"}),
+        build_deb(debs, "rh-conf", "2.0", conffiles={"/etc/rh-conf.conf": "a=2\n"}),
+    ):
         repo.add(deb)
     repo.publish()
-    proc = in_tree(tree, "APT_REHEARSE=0 apt-get update -q && dpkg -i /root/debs/rh-conf_1.0_all.deb && echo 'a=local' > /etc/rh-conf.conf")
+    proc = in_tree(
+        tree,
+        "APT_REHEARSE=0 apt-get update -q && dpkg -i /root/debs/rh-conf_1.0_all.deb && echo 'a=local' > /etc/rh-conf.conf",
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     before = status(machine)
     code, screen = _drive_on_a_terminal(tree, "apt-get install rh-conf", [("[Y/n]", "y\n"), ("[y/N]", "n\n")])
@@ -235,7 +278,9 @@ def test_interactive_run_asks_on_the_terminal(machine: dict) -> None:
     assert "/etc/rh-conf.conf" in screen
     assert code != 0
     assert status(machine) == before
-    code, screen = _drive_on_a_terminal(tree, "apt-get install rh-conf", [("[Y/n]", "y\n"), ("[y/N]", "y\n"), ("[default=N] ?", "N\n")])
+    code, screen = _drive_on_a_terminal(
+        tree, "apt-get install rh-conf", [("[Y/n]", "y\n"), ("[y/N]", "y\n"), ("[default=N] ?", "N\n")]
+    )
     assert code == 0, screen[-3000:]
     assert installed_version(machine, "rh-conf") == "2.0"
 
@@ -244,7 +289,9 @@ def test_package_upgrades_and_purges_cleanly(machine: dict) -> None:
     """Runs last: reinstall (the upgrade path of the maintainer scripts), then purge."""
     tree = machine["tree"]
     deb = machine["deb"].name
-    proc = in_tree(tree, f"APT_REHEARSE=0 dpkg -i /root/debs/{deb} && apt-rehearse install rh-bad >/dev/null; dpkg -L apt-rehearse")
+    proc = in_tree(
+        tree, f"APT_REHEARSE=0 dpkg -i /root/debs/{deb} && apt-rehearse install rh-bad >/dev/null; dpkg -L apt-rehearse"
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     owned = [line for line in proc.stdout.splitlines() if line.startswith("/")]
     files = [path for path in owned if not (tree / path.lstrip("/")).is_dir()]

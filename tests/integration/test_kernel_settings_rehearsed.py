@@ -41,14 +41,19 @@ def scenario(sandbox_capable: None):
             build_deb(debs, "rh-plain", "1.0"),
         ]
         v2 = [
-            build_deb(debs, "rh-sysctl", "2.0", files={
-                "/usr/share/rh-sysctl/README": "2.0\n",
-                SYSCTL_FILE: f"# rh-sysctl wants this\nvm.overcommit_memory = {value}\n",
-                MODULES_FILE: f"{MODULE}\n",
-            }),
+            build_deb(
+                debs,
+                "rh-sysctl",
+                "2.0",
+                files={
+                    "/usr/share/rh-sysctl/README": "2.0\n",
+                    SYSCTL_FILE: f"# rh-sysctl wants this\nvm.overcommit_memory = {value}\n",
+                    MODULES_FILE: f"{MODULE}\n",
+                },
+            ),
             build_deb(debs, "rh-sysctl-drop", "2.0"),
             build_deb(debs, "rh-plain", "2.0", files={"/usr/share/rh-plain/README": "2.0\n"}),
-        ]  # fmt: skip
+        ]
         install_into(tree, v1)
         repo = LocalRepo(base / "repo")
         for deb in v1 + v2:
@@ -63,8 +68,9 @@ def scenario(sandbox_capable: None):
 def rehearse(info: dict, *args: str):
     before_tree, before_status, host = tree_hash(info["tree"]), dpkg_status_digest(info["tree"]), host_snapshot()
     kernel_before = (_running("vm.overcommit_memory"), _running("vm.max_map_count"))
-    proc, document = run_json("--root", str(info["tree"]), "--no-services",
-                              "-o", f"APT::Rehearse::Log-Dir={info['base']}/log", *args)  # fmt: skip
+    proc, document = run_json(
+        "--root", str(info["tree"]), "--no-services", "-o", f"APT::Rehearse::Log-Dir={info['base']}/log", *args
+    )
     assert tree_hash(info["tree"]) == before_tree
     assert dpkg_status_digest(info["tree"]) == before_status
     assert_host_clean(host)
@@ -87,15 +93,24 @@ def test_new_sysctl_and_modules_load_files_are_reported_with_file_package_and_ru
     value, now = scenario["value"], _running("vm.overcommit_memory")
     sysctl = findings["vm.overcommit_memory"]
     assert sysctl["kinds"] == ["Kernel-Settings"] and sysctl["severity"] == "info"
-    assert sysctl["message"] == (f"the upgrade sets vm.overcommit_memory = {value} (now {now}) through {SYSCTL_FILE}, "
-                                 "from rh-sysctl, at the next boot or restart of systemd-sysctl")  # fmt: skip
+    assert sysctl["message"] == (
+        f"the upgrade sets vm.overcommit_memory = {value} (now {now}) through {SYSCTL_FILE}, "
+        "from rh-sysctl, at the next boot or restart of systemd-sysctl"
+    )
     details = sysctl["details"]
     assert {k: details[k] for k in ("key", "value", "running", "file", "package")} == {
-        "key": "vm.overcommit_memory", "value": value, "running": now, "file": SYSCTL_FILE, "package": "rh-sysctl"}
+        "key": "vm.overcommit_memory",
+        "value": value,
+        "running": now,
+        "file": SYSCTL_FILE,
+        "package": "rh-sysctl",
+    }
     module = findings[MODULE]
     assert module["severity"] == "info"
-    assert module["message"] == (f"the upgrade loads the kernel module {MODULE} (not loaded now) through {MODULES_FILE}, "
-                                 "from rh-sysctl, at the next boot or restart of systemd-modules-load")  # fmt: skip
+    assert module["message"] == (
+        f"the upgrade loads the kernel module {MODULE} (not loaded now) through {MODULES_FILE}, "
+        "from rh-sysctl, at the next boot or restart of systemd-modules-load"
+    )
     assert module["details"]["package"] == "rh-sysctl" and module["details"]["running"] == "not loaded"
     assert document["kernel"]["sysctl"] >= 2 and document["kernel"]["modules"] >= 1
 
@@ -107,8 +122,10 @@ def test_a_dropped_sysctl_file_is_reported_with_the_package_that_shipped_it(scen
     assert finding["severity"] == "info" and finding["subject"] == "vm.max_map_count"
     assert finding["details"]["value"] is None and finding["details"]["was"] == "262144"
     assert finding["details"]["file"] == DROPPED_FILE and finding["details"]["package"] == "rh-sysctl-drop"
-    assert finding["message"].startswith(f"the upgrade no longer sets vm.max_map_count (now {_running('vm.max_map_count')}), "
-                                         f"which {DROPPED_FILE}, from rh-sysctl-drop, set to 262144")  # fmt: skip
+    assert finding["message"].startswith(
+        f"the upgrade no longer sets vm.max_map_count (now {_running('vm.max_map_count')}), "
+        f"which {DROPPED_FILE}, from rh-sysctl-drop, set to 262144"
+    )
 
 
 def test_an_upgrade_that_changes_no_kernel_setting_reports_none(scenario: dict) -> None:

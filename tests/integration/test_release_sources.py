@@ -37,13 +37,24 @@ def suite_repo(root: Path, suites: dict[str, list[Path]]) -> Path:
             shutil.copy(deb, pool)
         index_dir = root / "dists" / suite / "main/binary-amd64"
         index_dir.mkdir(parents=True)
-        packages = subprocess.run(["dpkg-scanpackages", "--multiversion", f"pool/{suite}", "/dev/null"],
-                                  cwd=root, capture_output=True, check=True).stdout  # fmt: skip
+        packages = subprocess.run(
+            ["dpkg-scanpackages", "--multiversion", f"pool/{suite}", "/dev/null"],
+            cwd=root,
+            capture_output=True,
+            check=True,
+        ).stdout
         (index_dir / "Packages").write_bytes(packages)
         (index_dir / "Packages.gz").write_bytes(gzip.compress(packages, mtime=0))
         release = Deb822()
-        release.update({"Suite": suite, "Codename": suite, "Architectures": "amd64 all", "Components": "main",
-                        "Date": format_datetime(datetime.now(timezone.utc).replace(microsecond=0), usegmt=True)})  # fmt: skip
+        release.update(
+            {
+                "Suite": suite,
+                "Codename": suite,
+                "Architectures": "amd64 all",
+                "Components": "main",
+                "Date": format_datetime(datetime.now(timezone.utc).replace(microsecond=0), usegmt=True),
+            }
+        )
         lines = [""]
         for name in ("Packages", "Packages.gz"):
             data = (index_dir / name).read_bytes()
@@ -62,8 +73,13 @@ def two_sources(sandbox_capable: None):
     try:
         debs = base / "debs"
         tool1 = build_deb(debs, "rh-tool", "1.0", files={"/usr/share/rh-tool/version": "1.0\n"})
-        tool2 = build_deb(debs, "rh-tool", "2.0", files={"/usr/share/rh-tool/version": "2.0\n"},
-                          postinst='echo "rh-tool 2.0 configured"\n')  # fmt: skip
+        tool2 = build_deb(
+            debs,
+            "rh-tool",
+            "2.0",
+            files={"/usr/share/rh-tool/version": "2.0\n"},
+            postinst='echo "rh-tool 2.0 configured"\n',
+        )
         extra = build_deb(debs, "rh-extra", "1.0", files={"/usr/share/rh-extra/version": "1.0\n"})
         archive = suite_repo(base / "archive", {"bookworm": [tool1], "trixie": [tool2]})
         late = suite_repo(base / "late", {"bookworm": [extra]})  # nothing for trixie yet
@@ -81,8 +97,16 @@ def two_sources(sandbox_capable: None):
 def test_a_source_without_the_release_is_left_out_and_said(two_sources: dict) -> None:
     tree = two_sources["tree"]
     before = tree_hash(tree)
-    proc, document = run_json("--root", str(tree), "--no-services", "-o",
-                              f"APT::Rehearse::Log-Dir={two_sources['base']}/log", "dist-upgrade", "--release", "trixie")  # fmt: skip
+    proc, document = run_json(
+        "--root",
+        str(tree),
+        "--no-services",
+        "-o",
+        f"APT::Rehearse::Log-Dir={two_sources['base']}/log",
+        "dist-upgrade",
+        "--release",
+        "trixie",
+    )
     assert proc.returncode == 0, (proc.stderr, document.get("findings"))
     changes = {c["package"]: c for c in document["transaction"]["changes"]}
     assert (changes["rh-tool"]["from"], changes["rh-tool"]["to"]) == ("1.0", "2.0")
@@ -105,8 +129,18 @@ def test_a_release_no_source_offers_is_one_line_and_exit_2(two_sources: dict) ->
 def test_apt_inside_takes_the_prepared_cache_of_the_release(two_sources: dict) -> None:
     # apt's own check decides (index paths, sizes, mtimes, apt's version):
     # it keeps a srcpkgcache.bin it finds valid and replaces a stale one.
-    proc = run_cli("--root", str(two_sources["tree"]), "--no-services", "--debug", "--json", "-o",
-                   f"APT::Rehearse::Log-Dir={two_sources['base']}/log", "dist-upgrade", "--release", "trixie")  # fmt: skip
+    proc = run_cli(
+        "--root",
+        str(two_sources["tree"]),
+        "--no-services",
+        "--debug",
+        "--json",
+        "-o",
+        f"APT::Rehearse::Log-Dir={two_sources['base']}/log",
+        "dist-upgrade",
+        "--release",
+        "trixie",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "D: replay: apt inside reused the release's prepared srcpkgcache.bin" in proc.stderr, proc.stderr[-3000:]
 
@@ -132,9 +166,17 @@ def unsigned_source(sandbox_capable: None):
 
 
 def _release_run(unsigned_source: dict, *options: str) -> subprocess.CompletedProcess[str]:
-    return run_cli("--root", str(unsigned_source["tree"]), "--no-services", "-o",
-                   f"APT::Rehearse::Log-Dir={unsigned_source['base']}/log", *options,
-                   "dist-upgrade", "--release", "trixie")  # fmt: skip
+    return run_cli(
+        "--root",
+        str(unsigned_source["tree"]),
+        "--no-services",
+        "-o",
+        f"APT::Rehearse::Log-Dir={unsigned_source['base']}/log",
+        *options,
+        "dist-upgrade",
+        "--release",
+        "trixie",
+    )
 
 
 def test_an_unsigned_source_is_refused_as_apt_update_refuses_it(unsigned_source: dict) -> None:
@@ -142,8 +184,10 @@ def test_an_unsigned_source_is_refused_as_apt_update_refuses_it(unsigned_source:
     proc = _release_run(unsigned_source)
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     [line] = proc.stderr.splitlines()
-    assert line.startswith(f"E: the repository file:{unsigned_source['archive']} trixie has no valid signature, "
-                           "so apt update refuses it"), line  # fmt: skip
+    assert line.startswith(
+        f"E: the repository file:{unsigned_source['archive']} trixie has no valid signature, "
+        "so apt update refuses it"
+    ), line
     assert "[trusted=yes]" in line and "Traceback" not in proc.stderr
     assert tree_hash(unsigned_source["tree"]) == before
 
@@ -154,17 +198,29 @@ def test_an_insecure_source_of_the_release_is_not_authenticated(unsigned_source:
     proc = _release_run(unsigned_source, "-o", "Acquire::AllowInsecureRepositories=true")
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     [line] = proc.stderr.splitlines()
-    assert line.startswith(f"E: package rh-tool cannot be authenticated (source file:{unsigned_source['archive']} "
-                           "trixie has no valid signature); "), line  # fmt: skip
+    assert line.startswith(
+        f"E: package rh-tool cannot be authenticated (source file:{unsigned_source['archive']} "
+        "trixie has no valid signature); "
+    ), line
     assert tree_hash(unsigned_source["tree"]) == before
 
 
 def test_an_insecure_source_allowed_unauthenticated_is_rehearsed(unsigned_source: dict) -> None:
     before = tree_hash(unsigned_source["tree"])
-    proc, document = run_json("--root", str(unsigned_source["tree"]), "--no-services", "-o",
-                              f"APT::Rehearse::Log-Dir={unsigned_source['base']}/log",
-                              "-o", "Acquire::AllowInsecureRepositories=true", "-o", "APT::Get::AllowUnauthenticated=true",
-                              "dist-upgrade", "--release", "trixie")  # fmt: skip
+    proc, document = run_json(
+        "--root",
+        str(unsigned_source["tree"]),
+        "--no-services",
+        "-o",
+        f"APT::Rehearse::Log-Dir={unsigned_source['base']}/log",
+        "-o",
+        "Acquire::AllowInsecureRepositories=true",
+        "-o",
+        "APT::Get::AllowUnauthenticated=true",
+        "dist-upgrade",
+        "--release",
+        "trixie",
+    )
     assert proc.returncode == 0, (proc.stderr[-3000:], document.get("findings"))
     changes = {c["package"]: c for c in document["transaction"]["changes"]}
     assert (changes["rh-tool"]["from"], changes["rh-tool"]["to"]) == ("1.0", "2.0")

@@ -41,20 +41,37 @@ def _packages(debs: Path) -> tuple[list[Path], list[Path]]:
         build_deb(debs, "rh-arch", "1.0", files={"/usr/share/rh-arch/version": "1.0\n"}),
     ]
     v2 = [
-        build_deb(debs, "rh-clean", "2.0", files={"/usr/share/rh-clean/version": "2.0\n"},
-                  postinst='echo "rh-clean configured"\n'),
-        build_deb(debs, "rh-fail", "2.0", files={"/usr/share/rh-fail/version": "2.0\n"},
-                  postinst='echo "rh-fail: cannot migrate the database" >&2\nexit 3\n'),
+        build_deb(
+            debs,
+            "rh-clean",
+            "2.0",
+            files={"/usr/share/rh-clean/version": "2.0\n"},
+            postinst='echo "rh-clean configured"\n',
+        ),
+        build_deb(
+            debs,
+            "rh-fail",
+            "2.0",
+            files={"/usr/share/rh-fail/version": "2.0\n"},
+            postinst='echo "rh-fail: cannot migrate the database" >&2\nexit 3\n',
+        ),
         build_deb(debs, "rh-app", "2.0", files={"/usr/share/rh-app/version": "2.0\n"}, conflicts="rh-keep"),
         build_deb(debs, "rh-conf", "2.0", conffiles={"/etc/rh-conf.conf": CONF_V2}),
         # A rename, the way trixie's 64-bit time transition made them.
-        build_deb(debs, "rh-libold1t64", "2.0", arch="amd64", files={"/usr/lib/rh-libold.so.1": "2.0\n"},
-                  provides="rh-libold1 (= 2.0)", replaces="rh-libold1",
-                  extra_control={"Breaks": "rh-libold1 (<< 2.0)"}),
+        build_deb(
+            debs,
+            "rh-libold1t64",
+            "2.0",
+            arch="amd64",
+            files={"/usr/lib/rh-libold.so.1": "2.0\n"},
+            provides="rh-libold1 (= 2.0)",
+            replaces="rh-libold1",
+            extra_control={"Breaks": "rh-libold1 (<< 2.0)"},
+        ),
         build_deb(debs, "rh-user", "2.0", depends="rh-libold1t64"),
         # Architecture: all -> amd64 (linux-libc-dev went the other way in trixie).
         build_deb(debs, "rh-arch", "2.0", arch="amd64", files={"/usr/share/rh-arch/version": "2.0\n"}),
-    ]  # fmt: skip
+    ]
     return v1, v2
 
 
@@ -69,15 +86,15 @@ def scenario(sandbox_capable: None):
         repo = LocalRepo(base / "repo")
         # Installed by one test only: its postinst builds a file far larger
         # than its .deb (as update-initramfs or a database migration may).
-        grow = build_deb(base / "debs", "rh-grow", "1.0",
-                         postinst="fallocate -l 300M /var/lib/rh-grow-data\nsleep 60\n")  # fmt: skip
+        grow = build_deb(
+            base / "debs", "rh-grow", "1.0", postinst="fallocate -l 300M /var/lib/rh-grow-data\nsleep 60\n"
+        )
         for deb in [*v1, *v2, grow]:
             repo.add(deb)
         repo.publish()
         serve_to_tree(tree, repo)
         log_dir = base / "log"
-        yield {"base": base, "tree": tree, "log": log_dir,
-               "hash": tree_hash(tree), "status": dpkg_status_digest(tree)}  # fmt: skip
+        yield {"base": base, "tree": tree, "log": log_dir, "hash": tree_hash(tree), "status": dpkg_status_digest(tree)}
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
@@ -222,8 +239,9 @@ def test_a_disk_upper_without_room_is_refused_before_anything_runs(scenario: dic
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "rh-small", str(small)], check=True)
     try:
         before = host_snapshot()
-        proc = run_cli("--root", str(scenario["tree"]), "-o", f"APT::Rehearse::Upper-Dir={small}/uppers",
-                       "install", "rh-clean")  # fmt: skip
+        proc = run_cli(
+            "--root", str(scenario["tree"]), "-o", f"APT::Rehearse::Upper-Dir={small}/uppers", "install", "rh-clean"
+        )
         assert proc.returncode == 1, proc.stdout + proc.stderr
         [line] = proc.stderr.strip().splitlines()
         assert line.startswith(f"E: no room for the rehearsal's upper layer in {small}/uppers")
@@ -244,8 +262,16 @@ def test_a_disk_upper_that_outgrows_its_estimate_is_stopped(scenario: dict, tmp_
     try:
         before = host_snapshot()
         started = time.monotonic()
-        proc = run_cli("--root", str(scenario["tree"]), "-o", f"APT::Rehearse::Upper-Dir={disk}/uppers",
-                       "-o", f"APT::Rehearse::Log-Dir={scenario['log']}", "install", "rh-grow")  # fmt: skip
+        proc = run_cli(
+            "--root",
+            str(scenario["tree"]),
+            "-o",
+            f"APT::Rehearse::Upper-Dir={disk}/uppers",
+            "-o",
+            f"APT::Rehearse::Log-Dir={scenario['log']}",
+            "install",
+            "rh-grow",
+        )
         took = time.monotonic() - started
         assert proc.returncode == 1, proc.stdout + proc.stderr
         [line] = proc.stderr.strip().splitlines()
@@ -279,18 +305,49 @@ def test_bad_input_is_one_line_and_an_exit_code(scenario: dict, args: tuple[str,
 def test_unsupported_systems_exit_3(scenario: dict) -> None:
     tree = str(scenario["tree"])
     # Not root.
-    proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "env", "PYTHONPATH=" + str(SRC),
-                           "/usr/bin/python3", "-m", "apt_rehearse", "--root", tree, "upgrade"],
-                          capture_output=True, text=True, check=False)  # fmt: skip
+    proc = subprocess.run(
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "env",
+            "PYTHONPATH=" + str(SRC),
+            "/usr/bin/python3",
+            "-m",
+            "apt_rehearse",
+            "--root",
+            tree,
+            "upgrade",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.returncode == 3, proc.stderr
     assert proc.stderr.startswith("E: apt-rehearse must run as root")
     # Root, but without CAP_SYS_ADMIN (as in an unprivileged container).
-    proc = subprocess.run(["setpriv", "--inh-caps=-sys_admin", "--bounding-set=-sys_admin", "env", "PYTHONPATH=" + str(SRC),
-                           "/usr/bin/python3", "-m", "apt_rehearse", "--root", tree, "install", "rh-clean"],
-                          capture_output=True, text=True, check=False)  # fmt: skip
+    proc = subprocess.run(
+        [
+            "setpriv",
+            "--inh-caps=-sys_admin",
+            "--bounding-set=-sys_admin",
+            "env",
+            "PYTHONPATH=" + str(SRC),
+            "/usr/bin/python3",
+            "-m",
+            "apt_rehearse",
+            "--root",
+            tree,
+            "install",
+            "rh-clean",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.returncode == 3, proc.stderr
     assert "CAP_SYS_ADMIN" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
-
 
 
 def _caches_around(tree: Path, work: Path, argv: list[str]) -> tuple[set[str], set[str]]:
@@ -305,9 +362,27 @@ def _caches_around(tree: Path, work: Path, argv: list[str]) -> tuple[set[str], s
     )
     listing = 'stat -c "%n %i %Y" /var/cache/apt/pkgcache.bin /var/cache/apt/srcpkgcache.bin'
     shell = f"apt-cache policy >/dev/null && {listing} && echo -- && {' '.join(argv)} >/dev/null 2>&1; {listing}"
-    proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script, str(work / "merged"),
-                           str(tree), str(work), "sh", "-c", shell],
-                          capture_output=True, text=True, check=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            str(work / "merged"),
+            str(tree),
+            str(work),
+            "sh",
+            "-c",
+            shell,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
     before, _, after = proc.stdout.partition("--\n")
     return set(before.splitlines()), set(after.splitlines())
 
@@ -337,8 +412,16 @@ def test_a_rehearsal_keeps_only_the_newest_reports(scenario: dict, tmp_path: Pat
     old = [log_dir / f"2020010{day}T000000-{day * 6:012d}.{suffix}" for day in (1, 2, 3) for suffix in ("json", "txt")]
     for path in old:
         path.write_text("{}")
-    proc, document = run_json("--root", str(scenario["tree"]), "-o", f"APT::Rehearse::Log-Dir={log_dir}",
-                              "-o", "APT::Rehearse::Keep-Reports=2", "install", "rh-clean")  # fmt: skip
+    proc, document = run_json(
+        "--root",
+        str(scenario["tree"]),
+        "-o",
+        f"APT::Rehearse::Log-Dir={log_dir}",
+        "-o",
+        "APT::Rehearse::Keep-Reports=2",
+        "install",
+        "rh-clean",
+    )
     assert proc.returncode == 0, proc.stderr
     left = sorted(path.name for path in log_dir.iterdir() if path.name != "latest.json")
     newest = Path(document["report_path"]).name.removesuffix(".json")

@@ -29,8 +29,10 @@ fi
 
 
 def service_package(debs: Path, name: str, version: str, exec_start: str, files: dict[str, str] | None = None) -> Path:
-    unit = (f"[Unit]\nDescription={name} test service\n\n[Service]\nExecStart={exec_start}\n\n"
-            "[Install]\nWantedBy=multi-user.target\n")  # fmt: skip
+    unit = (
+        f"[Unit]\nDescription={name} test service\n\n[Service]\nExecStart={exec_start}\n\n"
+        "[Install]\nWantedBy=multi-user.target\n"
+    )
     content = {f"/lib/systemd/system/{name}.service": unit, **(files or {})}
     return build_deb(debs, name, version, files=content, postinst=POSTINST.format(name=name))
 
@@ -47,24 +49,40 @@ def services_tree(sandbox_capable: None):
         debs = base / "debs"
         web = "/usr/share/rh-web"
         v1 = [
-            service_package(debs, "rh-web", "1.0", http_server(8080, web), {f"{web}/index.html": "<h1>version one</h1>\n"}),
-            service_package(debs, "rh-port", "1.0", http_server(8081, "/usr/share/rh-port"), {"/usr/share/rh-port/x": "x\n"}),
-            service_package(debs, "rh-crash", "1.0", http_server(8083, "/usr/share/rh-crash"), {"/usr/share/rh-crash/x": "x\n"}),
+            service_package(
+                debs, "rh-web", "1.0", http_server(8080, web), {f"{web}/index.html": "<h1>version one</h1>\n"}
+            ),
+            service_package(
+                debs, "rh-port", "1.0", http_server(8081, "/usr/share/rh-port"), {"/usr/share/rh-port/x": "x\n"}
+            ),
+            service_package(
+                debs, "rh-crash", "1.0", http_server(8083, "/usr/share/rh-crash"), {"/usr/share/rh-crash/x": "x\n"}
+            ),
             build_deb(debs, "rh-quiet", "1.0", files={"/usr/share/rh-quiet/v": "1\n"}),
         ]
         v2 = [
-            service_package(debs, "rh-web", "2.0", http_server(8080, web), {f"{web}/index.html": "<h1>version two</h1>\n"}),
-            service_package(debs, "rh-port", "2.0", http_server(8082, "/usr/share/rh-port"), {"/usr/share/rh-port/x": "x\n"}),
-            service_package(debs, "rh-crash", "2.0",
-                            "/bin/sh -c 'echo \"rh-crash: cannot read /etc/rh-crash.conf\" >&2; exit 1'",
-                            {"/usr/share/rh-crash/x": "x\n"}),
+            service_package(
+                debs, "rh-web", "2.0", http_server(8080, web), {f"{web}/index.html": "<h1>version two</h1>\n"}
+            ),
+            service_package(
+                debs, "rh-port", "2.0", http_server(8082, "/usr/share/rh-port"), {"/usr/share/rh-port/x": "x\n"}
+            ),
+            service_package(
+                debs,
+                "rh-crash",
+                "2.0",
+                "/bin/sh -c 'echo \"rh-crash: cannot read /etc/rh-crash.conf\" >&2; exit 1'",
+                {"/usr/share/rh-crash/x": "x\n"},
+            ),
             build_deb(debs, "rh-quiet", "2.0", files={"/usr/share/rh-quiet/v": "2\n"}),
-        ]  # fmt: skip
+        ]
         install_into(tree, [*v1, build_package()])  # apt-rehearse itself, for the nested test
         probes = tree / "etc/apt-rehearse/probes.d"
         probes.mkdir(parents=True)
-        (probes / "web.probe").write_text("Name: web-version\nType: http\nURL: http://127.0.0.1:8080/\n"
-                                          "Expect-Status: 200\nExpect-Body: version one\n")  # fmt: skip
+        (probes / "web.probe").write_text(
+            "Name: web-version\nType: http\nURL: http://127.0.0.1:8080/\n"
+            "Expect-Status: 200\nExpect-Body: version one\n"
+        )
         repo = LocalRepo(base / "repo")
         for deb in v1 + v2:
             repo.add(deb)
@@ -146,10 +164,20 @@ def test_no_services_option(services_tree: dict) -> None:
 
 def test_shell_in_the_rehearsed_system(services_tree: dict) -> None:
     before = host_snapshot()
-    argv = [*cli_command(), "--root", str(services_tree["tree"]), "-o", f"APT::Rehearse::Log-Dir={services_tree['base']}/log",
-            "shell", "install", "rh-web"]  # fmt: skip
-    probe = ("python3 -c \"import urllib.request; print('PAGE:', urllib.request.urlopen('http://127.0.0.1:8080/').read().decode())\"; "
-             "echo RUNNING=$(systemctl is-active rh-web.service); exit\n")  # fmt: skip
+    argv = [
+        *cli_command(),
+        "--root",
+        str(services_tree["tree"]),
+        "-o",
+        f"APT::Rehearse::Log-Dir={services_tree['base']}/log",
+        "shell",
+        "install",
+        "rh-web",
+    ]
+    probe = (
+        "python3 -c \"import urllib.request; print('PAGE:', urllib.request.urlopen('http://127.0.0.1:8080/').read().decode())\"; "
+        "echo RUNNING=$(systemctl is-active rh-web.service); exit\n"
+    )
     code, screen = run_on_terminal(argv, [("(rehearsal) ", probe)])
     assert code in (0, 10), screen[-3000:]  # 10: the probe of web.probe blocks this upgrade
     assert "policy stops the real run" in screen
@@ -163,12 +191,22 @@ def test_on_a_systemd_host_the_sandbox_gets_a_delegated_scope(services_tree: dic
     """The case of real servers, whose PID 1 is systemd (cgroup v2): apt-rehearse
     runs inside a booted rehearsal (a systemd host), asks that systemd for a
     delegated scope, and boots a nested systemd there."""
-    argv = [*cli_command(), "--root", str(services_tree["tree"]), "-o", f"APT::Rehearse::Log-Dir={services_tree['base']}/log",
-            "shell", "install", "rh-quiet"]  # fmt: skip
-    nested = ("apt-rehearse remove rh-crash --json > /root/nested.json; echo NESTED=$?; "
-              "python3 -c \"import json; s = json.load(open('/root/nested.json'))['services']; "
-              "print('SCOPE', s['cgroup']['systemd_scope'], s['cgroup']['path'], s['boot']['state'], s['baseline']['listening'])\"; "
-              "echo LEFT=$(find /sys/fs/cgroup -name 'apt-rehearse-*' | wc -l); exit\n")  # fmt: skip
+    argv = [
+        *cli_command(),
+        "--root",
+        str(services_tree["tree"]),
+        "-o",
+        f"APT::Rehearse::Log-Dir={services_tree['base']}/log",
+        "shell",
+        "install",
+        "rh-quiet",
+    ]
+    nested = (
+        "apt-rehearse remove rh-crash --json > /root/nested.json; echo NESTED=$?; "
+        "python3 -c \"import json; s = json.load(open('/root/nested.json'))['services']; "
+        "print('SCOPE', s['cgroup']['systemd_scope'], s['cgroup']['path'], s['boot']['state'], s['baseline']['listening'])\"; "
+        "echo LEFT=$(find /sys/fs/cgroup -name 'apt-rehearse-*' | wc -l); exit\n"
+    )
     code, screen = run_on_terminal(argv, [("(rehearsal) ", nested)], timeout=600)
     assert code == 0, screen[-3000:]
     assert "NESTED=10" in screen, screen[-3000:]  # rh-crash ships an enabled service: its removal blocks

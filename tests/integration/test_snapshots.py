@@ -95,10 +95,23 @@ def btrfs_tree(sandbox_capable: None):
 def _start(tree: Path, base: Path, *options: str) -> subprocess.Popen[str]:
     environment = dict(os.environ, PYTHONPATH=str(SRC))
     environment.pop("APT_REHEARSE", None)
-    argv = [*cli_command(), "--root", str(tree), "--json", "--no-services", "-o", f"APT::Rehearse::Log-Dir={base}/log",
-            "-o", f"APT::Rehearse::Upper-Dir={base}/uppers", *options, "install", "rh-probe"]  # fmt: skip
-    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment,
-                            stdin=subprocess.DEVNULL)  # fmt: skip
+    argv = [
+        *cli_command(),
+        "--root",
+        str(tree),
+        "--json",
+        "--no-services",
+        "-o",
+        f"APT::Rehearse::Log-Dir={base}/log",
+        "-o",
+        f"APT::Rehearse::Upper-Dir={base}/uppers",
+        *options,
+        "install",
+        "rh-probe",
+    ]
+    return subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment, stdin=subprocess.DEVNULL
+    )
 
 
 def _wait_until_ready(base: Path, proc: subprocess.Popen[str], timeout: float = 300) -> None:
@@ -109,7 +122,9 @@ def _wait_until_ready(base: Path, proc: subprocess.Popen[str], timeout: float = 
             return
         if proc.poll() is not None:
             findings = [f["message"] for f in json.loads(proc.stdout.read() or "{}").get("findings", [])]
-            raise AssertionError(f"the rehearsal ended before its postinst ran: {proc.stderr.read()[-2000:]} {findings}")
+            raise AssertionError(
+                f"the rehearsal ended before its postinst ran: {proc.stderr.read()[-2000:]} {findings}"
+            )
         time.sleep(0.05)
     raise AssertionError("the postinst never started")
 
@@ -139,8 +154,9 @@ def test_the_lower_is_a_snapshot_that_holds_still(btrfs_tree: dict) -> None:
     assert "rh-probe saw: before" in log, log[-2000:]
     # The nested subvolume, which a snapshot leaves empty, is overlaid live.
     assert "rh-probe nested: live inside the nested subvolume" in log, log[-2000:]
-    assert any("read-only btrfs snapshot" in note and "/var/lib/machines stayed live" in note
-               for note in document["notes"]), document["notes"]  # fmt: skip
+    assert any(
+        "read-only btrfs snapshot" in note and "/var/lib/machines stayed live" in note for note in document["notes"]
+    ), document["notes"]
     assert document["verdict"] == "pass", document["findings"]
     assert _subvolumes(btrfs_tree["mount"]) == btrfs_tree["subvolumes"]
     assert not list(btrfs_tree["tree"].glob(".apt-rehearse-snapshot.*"))
@@ -167,8 +183,10 @@ def test_a_killed_rehearsal_leaves_no_snapshot(btrfs_tree: dict) -> None:
             proc.kill()
             proc.wait()
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and (list(btrfs_tree["tree"].glob(".apt-rehearse-snapshot.*"))
-                                           or _subvolumes(btrfs_tree["mount"]) != btrfs_tree["subvolumes"]):  # fmt: skip
+    while time.monotonic() < deadline and (
+        list(btrfs_tree["tree"].glob(".apt-rehearse-snapshot.*"))
+        or _subvolumes(btrfs_tree["mount"]) != btrfs_tree["subvolumes"]
+    ):
         time.sleep(0.1)
     assert _subvolumes(btrfs_tree["mount"]) == btrfs_tree["subvolumes"]
     assert not list(btrfs_tree["tree"].glob(".apt-rehearse-snapshot.*"))
@@ -178,12 +196,19 @@ def test_a_killed_rehearsal_leaves_no_snapshot(btrfs_tree: dict) -> None:
 def test_too_many_nested_subvolumes_mean_no_snapshot(btrfs_tree: dict) -> None:
     # As under Docker's btrfs driver (a subvolume per image layer): the
     # snapshot is dropped at once and the rehearsal reads live.
-    code = ("import sys\nfrom apt_rehearse.sandbox import snapshots\nsnapshots.MAX_NESTED = 0\n"
-            "try:\n    snapshots.take(sys.argv[1])\nexcept OSError as error:\n"
-            "    print(error)\n    sys.exit(3)\n")  # fmt: skip
+    code = (
+        "import sys\nfrom apt_rehearse.sandbox import snapshots\nsnapshots.MAX_NESTED = 0\n"
+        "try:\n    snapshots.take(sys.argv[1])\nexcept OSError as error:\n"
+        "    print(error)\n    sys.exit(3)\n"
+    )
     environment = dict(os.environ, PYTHONPATH=str(SRC))
-    proc = subprocess.run([sys.executable, "-c", code, str(btrfs_tree["tree"])], capture_output=True, text=True,
-                          env=environment, timeout=60)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(btrfs_tree["tree"])],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=60,
+    )
     assert proc.returncode == 3, (proc.stdout, proc.stderr)
     assert "holds 1 nested subvolumes (more than 0)" in proc.stdout
     assert _subvolumes(btrfs_tree["mount"]) == btrfs_tree["subvolumes"]

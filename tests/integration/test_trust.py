@@ -37,8 +37,13 @@ def unsigned(sandbox_capable: None):
     try:
         debs = base / "debs"
         v1 = build_deb(debs, "rh-trust", "1.0", files={"/usr/share/rh-trust/version": "1.0\n"})
-        v2 = build_deb(debs, "rh-trust", "2.0", files={"/usr/share/rh-trust/version": "2.0\n"},
-                       postinst='echo "rh-trust 2.0 configured"\n')  # fmt: skip
+        v2 = build_deb(
+            debs,
+            "rh-trust",
+            "2.0",
+            files={"/usr/share/rh-trust/version": "2.0\n"},
+            postinst='echo "rh-trust 2.0 configured"\n',
+        )
         new = build_deb(debs, "rh-trust-new", "1.0", files={"/usr/share/rh-trust-new/version": "1.0\n"})
         tree = bookworm_tree(base / "tree", variant="minimal")
         install_into(tree, [v1])
@@ -53,8 +58,9 @@ def unsigned(sandbox_capable: None):
         update = ["apt-get", "-q", "-o", f"Dir={tree}/", "update"]
         refused = subprocess.run(update, capture_output=True, text=True, check=False)
         assert refused.returncode != 0 and "is not signed" in refused.stdout + refused.stderr, refused
-        subprocess.run([*update[:-1], "-o", "Acquire::AllowInsecureRepositories=true", "update"],
-                       check=True, capture_output=True)  # fmt: skip
+        subprocess.run(
+            [*update[:-1], "-o", "Acquire::AllowInsecureRepositories=true", "update"], check=True, capture_output=True
+        )
         yield {"base": base, "tree": tree, "repo": repo, "sources": sources}
     finally:
         shutil.rmtree(base, ignore_errors=True)
@@ -73,16 +79,27 @@ def trusted_yes(unsigned: dict) -> Iterator[None]:
 
 
 def rehearse_args(unsigned: dict, *args: str) -> list[str]:
-    return ["--root", str(unsigned["tree"]), "--no-services", "-o", f"APT::Rehearse::Log-Dir={unsigned['base']}/log", *args]
+    return [
+        "--root",
+        str(unsigned["tree"]),
+        "--no-services",
+        "-o",
+        f"APT::Rehearse::Log-Dir={unsigned['base']}/log",
+        *args,
+    ]
 
 
-@pytest.mark.parametrize("request_words, refused", [
-    (("install", "rh-trust"), "package rh-trust cannot"),
-    (("install", "rh-trust-new"), "package rh-trust-new cannot"),
-    (("dist-upgrade",), "package rh-trust cannot"),
-])  # fmt: skip
-def test_an_unauthenticated_package_is_refused_in_one_line_with_exit_2(unsigned: dict, request_words: tuple,
-                                                                       refused: str) -> None:  # fmt: skip
+@pytest.mark.parametrize(
+    "request_words, refused",
+    [
+        (("install", "rh-trust"), "package rh-trust cannot"),
+        (("install", "rh-trust-new"), "package rh-trust-new cannot"),
+        (("dist-upgrade",), "package rh-trust cannot"),
+    ],
+)
+def test_an_unauthenticated_package_is_refused_in_one_line_with_exit_2(
+    unsigned: dict, request_words: tuple, refused: str
+) -> None:
     tree = unsigned["tree"]
     before, host = tree_hash(tree), host_snapshot()
     proc = run_cli(*rehearse_args(unsigned, *request_words))
@@ -111,7 +128,11 @@ def _assert_rehearsed(unsigned: dict, *args: str) -> None:
     proc, document = run_json(*rehearse_args(unsigned, *args))
     assert proc.returncode == 0, (proc.stderr[-3000:], document.get("findings"))
     changes = {c["package"]: c for c in document["transaction"]["changes"]}
-    assert (changes["rh-trust"]["action"], changes["rh-trust"]["from"], changes["rh-trust"]["to"]) == ("upgrade", "1.0", "2.0")
+    assert (changes["rh-trust"]["action"], changes["rh-trust"]["from"], changes["rh-trust"]["to"]) == (
+        "upgrade",
+        "1.0",
+        "2.0",
+    )
     assert document["verdict"] == "pass", document["findings"]
     assert tree_hash(tree) == before
 
@@ -132,4 +153,3 @@ def test_allow_unauthenticated_from_apt_conf_is_honoured(unsigned: dict) -> None
 def test_a_source_marked_trusted_yes_is_rehearsed(unsigned: dict) -> None:
     with trusted_yes(unsigned):
         _assert_rehearsed(unsigned, "install", "rh-trust")
-

@@ -25,14 +25,37 @@ exec chroot "$R" /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/
 """
 
 
-def in_tree(tree: Path, command: str, env: dict[str, str] | None = None, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+def in_tree(
+    tree: Path, command: str, env: dict[str, str] | None = None, timeout: float = 900
+) -> subprocess.CompletedProcess[str]:
     """Run a shell command in the tree as if it were the machine."""
     assignments = [f"{key}={value}" for key, value in (env or {"DEBIAN_FRONTEND": "noninteractive"}).items()]
     return subprocess.run(
-        ["unshare", "--mount", "--pid", "--ipc", "--uts", "--fork", "--propagation", "private", "sh", "-c", TREE_SETUP,
-         "sh", str(tree), *assignments, "sh", "-c", command],
-        capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False,
-    )  # fmt: skip
+        [
+            "unshare",
+            "--mount",
+            "--pid",
+            "--ipc",
+            "--uts",
+            "--fork",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            TREE_SETUP,
+            "sh",
+            str(tree),
+            *assignments,
+            "sh",
+            "-c",
+            command,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
 
 
 def install_machine(tree: Path, product_deb: Path, published: list[Path], installed: list[Path]) -> None:
@@ -52,6 +75,9 @@ def install_machine(tree: Path, product_deb: Path, published: list[Path], instal
     (tree / "root/debs").mkdir()
     for package in [product_deb, *installed]:
         shutil.copy(package, tree / "root/debs")
-    proc = in_tree(tree, f"dpkg -i /root/debs/{product_deb.name} && APT_REHEARSE=0 dpkg -i /root/debs/rh-*.deb && "
-                         "APT_REHEARSE=0 apt-get update -q")  # fmt: skip
+    proc = in_tree(
+        tree,
+        f"dpkg -i /root/debs/{product_deb.name} && APT_REHEARSE=0 dpkg -i /root/debs/rh-*.deb && "
+        "APT_REHEARSE=0 apt-get update -q",
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]

@@ -50,8 +50,16 @@ PRODUCT_DEPENDS = ("python3-apt", "python3-debian", "python3-click", "python3-py
 VARIANTS: dict[str, dict[str, tuple[str, ...]]] = {
     "lamp": {
         "include": (
-            "apache2", "libapache2-mod-php8.2", "php8.2-mysql", "mariadb-server",
-            "openssh-server", "systemd", "systemd-sysv", "dbus", "iproute2", "curl",
+            "apache2",
+            "libapache2-mod-php8.2",
+            "php8.2-mysql",
+            "mariadb-server",
+            "openssh-server",
+            "systemd",
+            "systemd-sysv",
+            "dbus",
+            "iproute2",
+            "curl",
         ),
         "customize": (
             'echo rehearsal > "$1/etc/hostname"',
@@ -59,8 +67,7 @@ VARIANTS: dict[str, dict[str, tuple[str, ...]]] = {
             "::1\\tlocalhost ip6-localhost ip6-loopback\\n"
             "ff02::1\\tip6-allnodes\\nff02::2\\tip6-allrouters\\n'"
             ' > "$1/etc/hosts"',
-            'mkdir -p "$1/var/www/html"'
-            " && printf '%s\\n' '<?php echo \"ok\"; ?>' > \"$1/var/www/html/index.php\"",
+            'mkdir -p "$1/var/www/html"' " && printf '%s\\n' '<?php echo \"ok\"; ?>' > \"$1/var/www/html/index.php\"",
         ),
     },
     "minimal": {
@@ -79,11 +86,12 @@ VARIANTS: dict[str, dict[str, tuple[str, ...]]] = {
         "include": ("systemd-sysv", "dbus", *PRODUCT_DEPENDS, "unattended-upgrades"),
         "customize": (),
     },
-}  # fmt: skip
+}
 
 
 def variant_suite(variant: str) -> str:
     return VARIANTS[variant].get("suite", (SUITE,))[0]
+
 
 # Pauses between the attempts of a build: 3 attempts in all, because a
 # mirror hiccup should not fail a test run.
@@ -207,8 +215,9 @@ def dpkg_status_digest(root: Path) -> str:
 # --- internals ---------------------------------------------------------------
 
 
-def _hash_entry(h: "hashlib._Hash", rel: bytes, path: bytes, st: os.stat_result, *, loose: bool,
-                content: bool = True) -> None:
+def _hash_entry(
+    h: "hashlib._Hash", rel: bytes, path: bytes, st: os.stat_result, *, loose: bool, content: bool = True
+) -> None:
     mode = st.st_mode
     kind = stat.S_IFMT(mode)
     fields = [
@@ -313,8 +322,7 @@ def _build_tarball(variant: str, tarball: Path) -> None:
         if attempt < attempts:
             time.sleep(RETRY_PAUSES[attempt - 1])
     raise RuntimeError(
-        f"mmdebstrap failed {attempts} times building the {variant!r} tree; "
-        f"last output:\n{last_output}"
+        f"mmdebstrap failed {attempts} times building the {variant!r} tree; " f"last output:\n{last_output}"
     )
 
 
@@ -322,13 +330,20 @@ def _extract(tarball: Path, dest: Path) -> None:
     dest.mkdir(mode=0o755, parents=True, exist_ok=True)
     subprocess.run(
         [
-            "tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls",
-            "-xpf", str(tarball), "-C", str(dest),
+            "tar",
+            "--numeric-owner",
+            "--xattrs",
+            "--xattrs-include=*",
+            "--acls",
+            "-xpf",
+            str(tarball),
+            "-C",
+            str(dest),
         ],
         check=True,
         stdin=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-    )  # fmt: skip
+    )
 
 
 def _clear_dir(path: Path) -> None:
@@ -349,7 +364,9 @@ def install_into(tree: Path, debs: list[Path]) -> None:
     staging.mkdir()
     for deb in debs:
         shutil.copy(deb, staging)
-    proc = subprocess.run(["chroot", str(tree), "sh", "-c", "dpkg -i /tmp/rh-debs/*.deb"], capture_output=True, text=True)
+    proc = subprocess.run(
+        ["chroot", str(tree), "sh", "-c", "dpkg -i /tmp/rh-debs/*.deb"], capture_output=True, text=True
+    )
     shutil.rmtree(staging)
     if proc.returncode != 0:
         raise RuntimeError(f"dpkg -i in {tree} failed: {proc.stdout[-2000:]}{proc.stderr[-2000:]}")

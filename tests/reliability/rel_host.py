@@ -28,8 +28,18 @@ from typing import Any
 # trees and caches). /run and /tmp are left out by the issue; the product's
 # own traces there are checked separately (temp_leftovers).
 EXCLUDED = ("/proc", "/sys", "/dev", "/run", "/tmp", "/var/log/apt-rehearse", "/var/cache/apt-rehearse")
-VOLATILE = ("/work", "/var/tmp", "/var/cache/apt-rehearse-tests", "/root/.cache", "/root/.bash_history",
-            "/root/.pyenv", "/root/.npm", "/root/.local", "/mnt/sandboxing", "/var/lib/sudo")  # fmt: skip
+VOLATILE = (
+    "/work",
+    "/var/tmp",
+    "/var/cache/apt-rehearse-tests",
+    "/root/.cache",
+    "/root/.bash_history",
+    "/root/.pyenv",
+    "/root/.npm",
+    "/root/.local",
+    "/mnt/sandboxing",
+    "/var/lib/sudo",
+)
 # Hashed by content (sha256) as well as by metadata: the system's state.
 CONTENT_DIRS = ("/etc", "/boot", "/var/lib/dpkg", "/var/lib/apt", "/var/lib/systemd", "/usr/lib/apt-rehearse")
 CGROUP_BASE = "/sys/fs/cgroup"
@@ -130,8 +140,14 @@ def root_state(root: str = "/", skip: tuple[str, ...] = (), *, host: bool = True
             info = examined(full)
             if info is None:
                 continue
-            entry: tuple[Any, ...] = (stat.S_IFMT(info.st_mode), stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid,
-                                      info.st_ino, info.st_ctime_ns)  # fmt: skip
+            entry: tuple[Any, ...] = (
+                stat.S_IFMT(info.st_mode),
+                stat.S_IMODE(info.st_mode),
+                info.st_uid,
+                info.st_gid,
+                info.st_ino,
+                info.st_ctime_ns,
+            )
             if not stat.S_ISDIR(info.st_mode):
                 entry += (info.st_size, info.st_mtime_ns)
             if stat.S_ISREG(info.st_mode) and _under(full, CONTENT_DIRS):
@@ -155,7 +171,9 @@ def cgroups() -> set[str]:
 
 def digest_of(path: str) -> str:
     digest = hashlib.sha256()
-    for dirpath, dirnames, filenames in sorted(os.walk(path)) if os.path.isdir(path) else [(os.path.dirname(path), [], [os.path.basename(path)])]:
+    for dirpath, dirnames, filenames in (
+        sorted(os.walk(path)) if os.path.isdir(path) else [(os.path.dirname(path), [], [os.path.basename(path)])]
+    ):
         dirnames.sort()
         for name in sorted(filenames):
             full = os.path.join(dirpath, name)
@@ -235,8 +253,9 @@ def differences(before: HostSnapshot, after: HostSnapshot, pids: set[int], paths
         if top and ours(top, pids, ()):
             problems.append(f"cgroup left: {path}")
     for path in sorted(after.run_tmp - before.run_tmp):
-        if ours(path, pids, paths) or (path.startswith(("/run/", "/dev/shm/")) and "apt-rehearse" in path
-                                       and not path.rsplit("-", 1)[-1].isdigit()):  # fmt: skip
+        if ours(path, pids, paths) or (
+            path.startswith(("/run/", "/dev/shm/")) and "apt-rehearse" in path and not path.rsplit("-", 1)[-1].isdigit()
+        ):
             problems.append(f"temporary path left: {path}")
     return problems
 
@@ -288,8 +307,12 @@ class Canary:
         log.touch()
         unix_path = f"/run/rel-canary-{os.getpid()}.sock"
         abstract_name = f"rel-canary-{os.getpid()}"
-        process = subprocess.Popen([sys.executable, "-c", CANARY, str(log), unix_path, abstract_name],
-                                   stdout=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)  # fmt: skip
+        process = subprocess.Popen(
+            [sys.executable, "-c", CANARY, str(log), unix_path, abstract_name],
+            stdout=subprocess.PIPE,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
         port = int(process.stdout.readline())
         info = _stat(process.pid)
         assert info is not None

@@ -108,8 +108,10 @@ fi
 # Keys this suite's targets set (and restores); every other readable key is compared as it is.
 TARGET_KEYS = ("vm/swappiness", "kernel/printk_ratelimit", "fs/lease-break-time")
 # Values the kernel changes by itself.
-VOLATILE = re.compile(r"^(kernel/random/|fs/(dentry-state|dentry-negative|inode-nr|inode-state|file-nr|aio-nr)$"
-                      r"|kernel/(ns_last_pid|pty/nr|perf_event_max_sample_rate)$|net/netfilter/nf_conntrack_count$)")  # fmt: skip
+VOLATILE = re.compile(
+    r"^(kernel/random/|fs/(dentry-state|dentry-negative|inode-nr|inode-state|file-nr|aio-nr)$"
+    r"|kernel/(ns_last_pid|pty/nr|perf_event_max_sample_rate)$|net/netfilter/nf_conntrack_count$)"
+)
 
 
 def read_sysctls() -> dict[str, str]:
@@ -119,7 +121,7 @@ def read_sysctls() -> dict[str, str]:
     for dirpath, _dirs, files in os.walk("/proc/sys"):
         for name in files:
             path = os.path.join(dirpath, name)
-            key = path[len("/proc/sys/"):]
+            key = path[len("/proc/sys/") :]
             try:
                 if not os.stat(path).st_mode & 0o222:
                     continue
@@ -150,9 +152,19 @@ class BinfmtWatch:
         self.point = base / "binfmt"
         self.point.mkdir(exist_ok=True)
         self.process = subprocess.Popen(
-            ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-             f'mount -t binfmt_misc binfmt_misc "{self.point}" && echo ready && exec sleep 100000'],
-            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)  # fmt: skip
+            [
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                f'mount -t binfmt_misc binfmt_misc "{self.point}" && echo ready && exec sleep 100000',
+            ],
+            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
         assert self.process.stdout is not None and self.process.stdout.readline().strip() == "ready"
         self.view = Path(f"/proc/{self.process.pid}/root") / str(self.point).lstrip("/")
 
@@ -192,10 +204,15 @@ class Hostile:
 
     def state(self) -> KernelState:
         info = self.loop_file.stat()
-        return KernelState(read_sysctls(), _read("/proc/modules"), _read("/proc/swaps"), self.binfmt.entries(),
-                           time.clock_gettime(time.CLOCK_REALTIME) - time.clock_gettime(time.CLOCK_MONOTONIC),
-                           _read("/sys/kernel/kexec_loaded"),
-                           (hashlib.sha256(self.loop_file.read_bytes()).hexdigest(), info.st_mtime_ns, info.st_ctime_ns))  # fmt: skip
+        return KernelState(
+            read_sysctls(),
+            _read("/proc/modules"),
+            _read("/proc/swaps"),
+            self.binfmt.entries(),
+            time.clock_gettime(time.CLOCK_REALTIME) - time.clock_gettime(time.CLOCK_MONOTONIC),
+            _read("/sys/kernel/kexec_loaded"),
+            (hashlib.sha256(self.loop_file.read_bytes()).hexdigest(), info.st_mtime_ns, info.st_ctime_ns),
+        )
 
     def restore(self) -> None:
         """Put back whatever got through (the test fails on it all the same)."""
@@ -216,8 +233,11 @@ class Hostile:
 def differences(hostile: Hostile, before: KernelState, after: KernelState) -> dict[str, list[str]]:
     """What changed in the host's kernel, by row of the reliability table."""
     found: dict[str, list[str]] = {}
-    changed = [key for key in set(before.sysctl) | set(after.sysctl)
-               if before.sysctl.get(key) != after.sysctl.get(key) and key not in hostile.volatile]  # fmt: skip
+    changed = [
+        key
+        for key in set(before.sysctl) | set(after.sysctl)
+        if before.sysctl.get(key) != after.sysctl.get(key) and key not in hostile.volatile
+    ]
     for key in sorted(changed):
         found.setdefault("sysctl", []).append(f"{key}: {before.sysctl.get(key)!r} -> {after.sysctl.get(key)!r}")
     if before.modules != after.modules:
@@ -246,8 +266,9 @@ def make(base: Path) -> Hostile:
     original = {key: read_sysctls()[key] for key in TARGET_KEYS}
     loop_file = base / "loop.img"
     loop_file.write_bytes(os.urandom(1 << 20))
-    loop_device = subprocess.run(["losetup", "-f", "--show", str(loop_file)], capture_output=True, text=True,
-                                 check=True).stdout.strip()  # fmt: skip
+    loop_device = subprocess.run(
+        ["losetup", "-f", "--show", str(loop_file)], capture_output=True, text=True, check=True
+    ).stdout.strip()
     minor = os.minor(os.stat(loop_device).st_rdev)
     binfmt = BinfmtWatch(base)
     # What the kernel changes by itself, learnt over a few seconds of nothing.
@@ -261,20 +282,27 @@ def make(base: Path) -> Hostile:
     (tree / "etc/rh-hostile.conf").write_text(
         f"SWAPPINESS={_distinct(original['vm/swappiness'], 17, 19)}\n"
         f"RATELIMIT={_distinct(original['kernel/printk_ratelimit'], 7, 8)}\n"
-        f"LEASE={_distinct(original['fs/lease-break-time'], 44, 46)}\nLOOP_MINOR={minor}\n")  # fmt: skip
+        f"LEASE={_distinct(original['fs/lease-break-time'], 44, 46)}\nLOOP_MINOR={minor}\n"
+    )
     # The sysadmin's own settings, which a booted systemd-sysctl applies (issue #14's case).
     (tree / "etc/sysctl.d/99-local.conf").write_text(
         f"vm.swappiness = {_distinct(original['vm/swappiness'], 13, 14)}\n"
-        f"kernel.printk_ratelimit = {_distinct(original['kernel/printk_ratelimit'], 9, 10)}\n")  # fmt: skip
+        f"kernel.printk_ratelimit = {_distinct(original['kernel/printk_ratelimit'], 9, 10)}\n"
+    )
     debs = base / "debs"
     files = {"/usr/lib/rh-hostile/attack": ATTACK, "/lib/systemd/system/rh-hostile.service": SERVICE}
     v1 = build_deb(debs, "rh-hostile", "1.0", files=files, postinst=ENABLE)
     v2 = build_deb(debs, "rh-hostile", "2.0", files=files, postinst=ENABLE + POSTINST)
     # Its postinst fails on the first refusal: a script failing only because
     # of the confinement (Needs-Kernel), never the package's fault.
-    strict = build_deb(debs, "rh-hostile-strict", "1.0", depends="rh-hostile (>= 2.0)",
-                       postinst='if [ "$1" = configure ]; then /usr/lib/rh-hostile/attack strict; '
-                                '. /etc/rh-hostile.conf; sysctl -w vm.swappiness=$SWAPPINESS; fi\n')  # fmt: skip
+    strict = build_deb(
+        debs,
+        "rh-hostile-strict",
+        "1.0",
+        depends="rh-hostile (>= 2.0)",
+        postinst='if [ "$1" = configure ]; then /usr/lib/rh-hostile/attack strict; '
+        ". /etc/rh-hostile.conf; sysctl -w vm.swappiness=$SWAPPINESS; fi\n",
+    )
     install_into(tree, [v1])
     repo = LocalRepo(base / "repo")
     for deb in (v1, v2, strict):

@@ -33,16 +33,28 @@ REAPER = Path(__file__).resolve().parent / "rel_reaper.py"
 
 
 def cli_argv(tree: Path, log: Path, cache: Path, *args: str) -> list[str]:
-    return [PYTHON, "-m", "apt_rehearse", "--root", str(tree), "-o", f"APT::Rehearse::Log-Dir={log}",
-            "-o", f"APT::Rehearse::Cache-Dir={cache}", *args]  # fmt: skip
+    return [
+        PYTHON,
+        "-m",
+        "apt_rehearse",
+        "--root",
+        str(tree),
+        "-o",
+        f"APT::Rehearse::Log-Dir={log}",
+        "-o",
+        f"APT::Rehearse::Cache-Dir={cache}",
+        *args,
+    ]
 
 
 def hook_command(base: Path) -> str:
     """The hook as the package installs it (hooks/apt-hook), run from the source tree.
     A script path: apt finds its Version/InfoFD options by the command's text."""
     path = base / "apt-hook"
-    path.write_text(f"#!/bin/sh\nexec {PYTHON} -I -c 'import sys; sys.path.insert(0, \"{SRC}\"); "
-                    "from apt_rehearse.fronts.hook import run; run()'\n")
+    path.write_text(
+        f'#!/bin/sh\nexec {PYTHON} -I -c \'import sys; sys.path.insert(0, "{SRC}"); '
+        "from apt_rehearse.fronts.hook import run; run()'\n"
+    )
     path.chmod(0o755)
     return str(path)
 
@@ -53,7 +65,8 @@ def fake_dpkg(base: Path, tree: Path) -> Path:
     recorded (so a test sees whether apt went on, and nothing is changed)."""
     path = base / "fake-dpkg"
     marker = base / "dpkg-ran"
-    path.write_text(f"""#!/bin/sh
+    path.write_text(
+        f"""#!/bin/sh
 for a in "$@"; do
   case "$a" in
     --unpack|--configure|--install|-i|--remove|-r|--purge|-P|--triggers-only|--set-selections|--clear-selections)
@@ -61,7 +74,8 @@ for a in "$@"; do
   esac
 done
 exec /usr/bin/dpkg --root={tree} "$@"
-""")
+"""
+    )
     path.chmod(0o755)
     return path
 
@@ -69,12 +83,31 @@ exec /usr/bin/dpkg --root={tree} "$@"
 def apt_argv(tree: Path, base: Path, log: Path, cache: Path, *args: str, on_error: str = "block") -> list[str]:
     """apt-get of the host on the tree (Dir=), with the hook as the package registers it."""
     hook = hook_command(base)
-    return ["apt-get", "-y", "-o", f"Dir={tree}/", "-o", f"Dir::State::status={tree}/var/lib/dpkg/status",
-            "-o", f"Dir::Bin::dpkg={fake_dpkg(base, tree)}", "-o", "APT::Sandbox::User=root",
-            "-o", f"DPkg::Pre-Install-Pkgs::={hook}", "-o", f"DPkg::Tools::Options::{hook}::Version=3",
-            "-o", f"DPkg::Tools::Options::{hook}::InfoFD=20",
-            "-o", f"APT::Rehearse::Log-Dir={log}", "-o", f"APT::Rehearse::Cache-Dir={cache}",
-            "-o", f"APT::Rehearse::On-Error={on_error}", *args]  # fmt: skip
+    return [
+        "apt-get",
+        "-y",
+        "-o",
+        f"Dir={tree}/",
+        "-o",
+        f"Dir::State::status={tree}/var/lib/dpkg/status",
+        "-o",
+        f"Dir::Bin::dpkg={fake_dpkg(base, tree)}",
+        "-o",
+        "APT::Sandbox::User=root",
+        "-o",
+        f"DPkg::Pre-Install-Pkgs::={hook}",
+        "-o",
+        f"DPkg::Tools::Options::{hook}::Version=3",
+        "-o",
+        f"DPkg::Tools::Options::{hook}::InfoFD=20",
+        "-o",
+        f"APT::Rehearse::Log-Dir={log}",
+        "-o",
+        f"APT::Rehearse::Cache-Dir={cache}",
+        "-o",
+        f"APT::Rehearse::On-Error={on_error}",
+        *args,
+    ]
 
 
 def environment() -> dict[str, str]:
@@ -145,16 +178,28 @@ def _in_phase(phase: str, below: dict[int, str], target: int, report_fired: bool
     raise ValueError(phase)
 
 
-def run_and_kill(argv: list[str], phase: str | None, *, hook: bool = False, log: Path | None = None,
-                 timeout: float = 900, lazy_reaper: bool = False) -> Outcome:  # fmt: skip
+def run_and_kill(
+    argv: list[str],
+    phase: str | None,
+    *,
+    hook: bool = False,
+    log: Path | None = None,
+    timeout: float = 900,
+    lazy_reaper: bool = False,
+) -> Outcome:
     """Run argv; SIGKILL the CLI (or the hook apt runs) once it is in ``phase``."""
     watcher = _Inotify(log) if phase == "report" and log is not None else None
     scratch = Path(tempfile.mkdtemp(prefix="rel-run-", dir="/var/tmp"))
     pidfile, reportfile = scratch / "pid", scratch / "report"
     argv = [PYTHON, str(REAPER), str(pidfile), str(reportfile), *argv]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                            env=dict(environment(), **({"REL_LAZY_REAPER": "1"} if lazy_reaper else {})),
-                            text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        env=dict(environment(), **({"REL_LAZY_REAPER": "1"} if lazy_reaper else {})),
+        text=True,
+    )
     seen: dict[int, str] = {}
     killed_at = None
     target = None

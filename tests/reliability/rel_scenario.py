@@ -59,20 +59,43 @@ def _packages(debs: Path, canary_port: int, canary_abstract: str, host_addr: str
     big = b"apt-rehearse fills its upper\n" * ((6 << 20) // 29)
     v2 = [
         build_deb(debs, "rel-clean", "2.0", files={"/usr/share/rel-clean/v": "2\n"}),
-        build_deb(debs, "rel-fail", "2.0", files={"/usr/share/rel-fail/v": "2\n"},
-                  postinst='echo "rel-fail: cannot migrate" >&2\nexit 3\n'),
-        build_deb(debs, "rel-slow", "2.0", files={"/usr/share/rel-slow/v": "2\n"}, preinst=f"/bin/sleep {REPLAY_MARK}\n"),
-        build_deb(debs, "rel-hang", "2.0", files={"/usr/share/rel-hang/v": "2\n"},
-                  postinst="# a daemon that never answers, started the wrong way\n(setsid sleep 100000 &)\nsleep 100000\n"),
-        build_deb(debs, "rel-reach", "2.0",
-                  files={"/usr/share/rel-reach/port": f"{canary_port}\n", "/usr/share/rel-reach/abstract": canary_abstract + "\n",
-                         "/usr/share/rel-reach/reach": REACH.replace("$HOSTADDR", host_addr)},
-                  postinst="/usr/share/rel-reach/reach\n"),
+        build_deb(
+            debs,
+            "rel-fail",
+            "2.0",
+            files={"/usr/share/rel-fail/v": "2\n"},
+            postinst='echo "rel-fail: cannot migrate" >&2\nexit 3\n',
+        ),
+        build_deb(
+            debs, "rel-slow", "2.0", files={"/usr/share/rel-slow/v": "2\n"}, preinst=f"/bin/sleep {REPLAY_MARK}\n"
+        ),
+        build_deb(
+            debs,
+            "rel-hang",
+            "2.0",
+            files={"/usr/share/rel-hang/v": "2\n"},
+            postinst="# a daemon that never answers, started the wrong way\n(setsid sleep 100000 &)\nsleep 100000\n",
+        ),
+        build_deb(
+            debs,
+            "rel-reach",
+            "2.0",
+            files={
+                "/usr/share/rel-reach/port": f"{canary_port}\n",
+                "/usr/share/rel-reach/abstract": canary_abstract + "\n",
+                "/usr/share/rel-reach/reach": REACH.replace("$HOSTADDR", host_addr),
+            },
+            postinst="/usr/share/rel-reach/reach\n",
+        ),
         build_deb(debs, "rel-big", "2.0", files={"/usr/share/rel-big/blob": big}),
-        build_deb(debs, "rel-hook", "2.0", files={"/usr/share/rel-hook/v": "2\n"}, preinst=f"/bin/sleep {REPLAY_MARK}\n"),
+        build_deb(
+            debs, "rel-hook", "2.0", files={"/usr/share/rel-hook/v": "2\n"}, preinst=f"/bin/sleep {REPLAY_MARK}\n"
+        ),
         build_deb(debs, "rel-conf", "2.0", conffiles={"/etc/rel-conf.conf": "password=new-packaged-default\nnew=1\n"}),
-    ]  # fmt: skip
-    corrupt = build_deb(debs / "corrupt", "rel-corrupt", "2.0", files={"/usr/share/rel-corrupt/blob": os.urandom(64 << 10)})
+    ]
+    corrupt = build_deb(
+        debs / "corrupt", "rel-corrupt", "2.0", files={"/usr/share/rel-corrupt/blob": os.urandom(64 << 10)}
+    )
     data = corrupt.read_bytes()
     # Damage data.tar (the last member), keep control.tar: the index is
     # built from it, so apt downloads it with a matching hash; dpkg finds it broken.

@@ -90,8 +90,9 @@ def table() -> str:
     for name, row in ROWS.items():
         extra = f"  (skipped {row.skipped})" if row.skipped else ""
         lines.append(f"{name:<{width}}  {row.tries:>6}  {row.held:>6}  {row.broken:>6}{extra}")
-    total = Row(sum(r.tries for r in ROWS.values()), sum(r.held for r in ROWS.values()),
-                sum(r.broken for r in ROWS.values()))  # fmt: skip
+    total = Row(
+        sum(r.tries for r in ROWS.values()), sum(r.held for r in ROWS.values()), sum(r.broken for r in ROWS.values())
+    )
     lines.append("-" * (width + 26))
     lines.append(f"{'total':<{width}}  {total.tries:>6}  {total.held:>6}  {total.broken:>6}")
     return "\n".join(lines)

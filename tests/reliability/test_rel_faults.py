@@ -17,8 +17,9 @@ from lib.trees import dpkg_status_digest, tree_hash
 
 
 def _cli(scenario, *args: str, log: Path | None = None, phase: str | None = None) -> rel_run.Outcome:  # noqa: ANN001
-    return rel_run.run_and_kill(rel_run.cli_argv(scenario.tree, log or scenario.log, scenario.cache, *args), phase,
-                                log=log)  # fmt: skip
+    return rel_run.run_and_kill(
+        rel_run.cli_argv(scenario.tree, log or scenario.log, scenario.cache, *args), phase, log=log
+    )
 
 
 def _unchanged(scenario, before: tuple[str, str]) -> None:  # noqa: ANN001
@@ -38,7 +39,9 @@ def test_hanging_script(scenario, canary) -> None:  # noqa: ANN001
     assert time.monotonic() - started < 300
     assert outcome.returncode == 10, outcome.output[-3000:]
     document = json.loads(outcome.stdout)
-    assert [f for f in document["findings"] if f["check"] == "timeout" and f["severity"] == "block"], document["findings"]
+    assert [f for f in document["findings"] if f["check"] == "timeout" and f["severity"] == "block"], document[
+        "findings"
+    ]
     assert not outcome.left, outcome.left  # the setsid'd sleep too: it died with the sandbox
     assert not rel_host.differences(snapshot, rel_host.HostSnapshot.take(whole_root=False), {outcome.target or 0}, ())
     _unchanged(scenario, state)
@@ -84,8 +87,12 @@ def test_disk_upper_killed(scenario, canary) -> None:  # noqa: ANN001
 def test_lock_held_by_another_apt(scenario, canary) -> None:  # noqa: ANN001
     """apt (or dpkg) of the tree is running: the rehearsal works on its own
     copy and neither waits for nor takes the real lock."""
-    locks = [scenario.tree / "var/lib/dpkg/lock-frontend", scenario.tree / "var/lib/dpkg/lock",
-             scenario.tree / "var/lib/apt/lists/lock", scenario.tree / "var/cache/apt/archives/lock"]  # fmt: skip
+    locks = [
+        scenario.tree / "var/lib/dpkg/lock-frontend",
+        scenario.tree / "var/lib/dpkg/lock",
+        scenario.tree / "var/lib/apt/lists/lock",
+        scenario.tree / "var/cache/apt/archives/lock",
+    ]
     handles = []
     try:
         for path in locks:
@@ -97,9 +104,17 @@ def test_lock_held_by_another_apt(scenario, canary) -> None:  # noqa: ANN001
         assert outcome.returncode == 0, outcome.output[-3000:]
         _unchanged(scenario, state)
         # The lock is still ours: nobody took it from the real apt.
-        probe = subprocess.run([rel_run.PYTHON, "-c", "import fcntl, sys; fcntl.lockf(open(sys.argv[1], 'a'), "
-                                "fcntl.LOCK_EX | fcntl.LOCK_NB)", str(locks[0])], capture_output=True, text=True,
-                               check=False)  # fmt: skip
+        probe = subprocess.run(
+            [
+                rel_run.PYTHON,
+                "-c",
+                "import fcntl, sys; fcntl.lockf(open(sys.argv[1], 'a'), " "fcntl.LOCK_EX | fcntl.LOCK_NB)",
+                str(locks[0]),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         assert probe.returncode != 0 and "Resource temporarily unavailable" in probe.stderr, probe.stderr
     finally:
         for handle in handles:
@@ -110,13 +125,31 @@ def test_lock_held_by_another_apt(scenario, canary) -> None:  # noqa: ANN001
 def test_two_rehearsals_at_once(scenario, canary) -> None:  # noqa: ANN001
     state = _state(scenario)
     runs = []
-    for args, log in ((("install", "rel-clean"), "log-a"), (("install", "rel-fail"), "log-b"), (("install", "rel-clean"), "log-c")):
+    for args, log in (
+        (("install", "rel-clean"), "log-a"),
+        (("install", "rel-fail"), "log-b"),
+        (("install", "rel-clean"), "log-c"),
+    ):
         argv = rel_run.cli_argv(scenario.tree, scenario.base / log, scenario.cache, "--json", *args)
-        runs.append(subprocess.Popen([rel_run.PYTHON, str(rel_run.REAPER), str(scenario.base / f"{log}.pid"),
-                                      str(scenario.base / f"{log}.left"), *argv], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, env=rel_run.environment()))  # fmt: skip
-    results = [(run.communicate(timeout=900), json.loads((scenario.base / f"{log}.left").read_text()))
-               for run, log in zip(runs, ("log-a", "log-b", "log-c"))]  # fmt: skip
+        runs.append(
+            subprocess.Popen(
+                [
+                    rel_run.PYTHON,
+                    str(rel_run.REAPER),
+                    str(scenario.base / f"{log}.pid"),
+                    str(scenario.base / f"{log}.left"),
+                    *argv,
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=rel_run.environment(),
+            )
+        )
+    results = [
+        (run.communicate(timeout=900), json.loads((scenario.base / f"{log}.left").read_text()))
+        for run, log in zip(runs, ("log-a", "log-b", "log-c"))
+    ]
     codes = [left["status"] for _, left in results]
     assert codes == [0, 10, 0], [(c, out[1][-1500:]) for c, (out, _) in zip(codes, results)]
     verdicts = [json.loads(out[0])["verdict"] for out, _ in results]
@@ -133,7 +166,11 @@ def test_under_a_lazy_subreaper(scenario, canary) -> None:  # noqa: ANN001
     """Orphans go to the nearest subreaper (systemd --user, CI runners, this
     suite); one that reaps late must not make the rehearsal wait for ever."""
     started = time.monotonic()
-    outcome = rel_run.run_and_kill(rel_run.cli_argv(scenario.tree, scenario.log, scenario.cache, "install", "rel-clean"),
-                                   None, timeout=240, lazy_reaper=True)  # fmt: skip
+    outcome = rel_run.run_and_kill(
+        rel_run.cli_argv(scenario.tree, scenario.log, scenario.cache, "install", "rel-clean"),
+        None,
+        timeout=240,
+        lazy_reaper=True,
+    )
     assert outcome.returncode == 0, (time.monotonic() - started, outcome.output[-2000:])
     assert not outcome.left

@@ -26,22 +26,50 @@ VALID_STREAM = (
 
 # -- the hook's version-3 parser, in process (>= 1000 inputs) -----------------------
 
-fields = st.one_of(st.sampled_from(["-", "<", ">", "=", "**CONFIGURE**", "**REMOVE**", "none", "same", "all", "amd64",
-                                    "1.0", "2:1.0-1", "/x.deb", "/var/cache/apt/archives/a_1_all.deb", ""]),
-                   st.text(max_size=12))  # fmt: skip
+fields = st.one_of(
+    st.sampled_from(
+        [
+            "-",
+            "<",
+            ">",
+            "=",
+            "**CONFIGURE**",
+            "**REMOVE**",
+            "none",
+            "same",
+            "all",
+            "amd64",
+            "1.0",
+            "2:1.0-1",
+            "/x.deb",
+            "/var/cache/apt/archives/a_1_all.deb",
+            "",
+        ]
+    ),
+    st.text(max_size=12),
+)
 package_line = st.lists(fields, min_size=0, max_size=11).map(" ".join)
-config_line = st.one_of(st.tuples(st.text(max_size=20), st.sampled_from(["=", ""]), st.text(max_size=20)).map("".join),
-                        st.sampled_from(["Dir=/", "APT::Get::Purge=true", "CommandLine::AsString=apt-get install 'x",
-                                         "DPkg::Options::=%zz", "A=%00"]))  # fmt: skip
+config_line = st.one_of(
+    st.tuples(st.text(max_size=20), st.sampled_from(["=", ""]), st.text(max_size=20)).map("".join),
+    st.sampled_from(
+        ["Dir=/", "APT::Get::Purge=true", "CommandLine::AsString=apt-get install 'x", "DPkg::Options::=%zz", "A=%00"]
+    ),
+)
 streams = st.one_of(
     st.text(max_size=400),
     st.binary(max_size=300).map(lambda b: b.decode("utf-8", "surrogateescape")),
-    st.tuples(st.sampled_from(["VERSION 3", "VERSION 2", "VERSION", "VERSION 3 x", "version 3", ""]),
-              st.lists(config_line, max_size=6), st.booleans(), st.lists(package_line, max_size=6), st.booleans())
-    .map(lambda t: "\n".join([t[0], *t[1]]) + ("\n\n" if t[2] else "\n") + "\n".join(t[3]) + ("\n" if t[4] else "")),
-    st.tuples(st.integers(0, len(VALID_STREAM)), st.text(max_size=8)).map(lambda t: VALID_STREAM[: t[0]] + t[1] + VALID_STREAM[t[0]:]),
+    st.tuples(
+        st.sampled_from(["VERSION 3", "VERSION 2", "VERSION", "VERSION 3 x", "version 3", ""]),
+        st.lists(config_line, max_size=6),
+        st.booleans(),
+        st.lists(package_line, max_size=6),
+        st.booleans(),
+    ).map(lambda t: "\n".join([t[0], *t[1]]) + ("\n\n" if t[2] else "\n") + "\n".join(t[3]) + ("\n" if t[4] else "")),
+    st.tuples(st.integers(0, len(VALID_STREAM)), st.text(max_size=8)).map(
+        lambda t: VALID_STREAM[: t[0]] + t[1] + VALID_STREAM[t[0] :]
+    ),
     st.integers(0, len(VALID_STREAM)).map(lambda n: VALID_STREAM[:n]),
-)  # fmt: skip
+)
 
 
 @pytest.mark.case("hook v3 parser fuzzed (hypothesis, in process)")
@@ -67,10 +95,19 @@ def test_hook_process_fuzz(ledger, base: Path, text: str) -> None:  # noqa: ANN0
     # fuzzed input can start a real rehearsal of this machine.
     if text.startswith("VERSION 3\n"):
         text = text.replace("VERSION 3\n", f"VERSION 3\nDir={base}/no-such-root\n", 1)
-    proc = subprocess.run(["/usr/bin/python3", "-I", "-c", f"import sys; sys.path.insert(0, {str(SRC)!r}); "
-                           "from apt_rehearse.fronts.hook import run; run()"],
-                          input=text.encode("utf-8", "surrogateescape"), capture_output=True, timeout=120,
-                          env=dict(rel_run.environment(), DEBIAN_FRONTEND="noninteractive"), check=False)  # fmt: skip
+    proc = subprocess.run(
+        [
+            "/usr/bin/python3",
+            "-I",
+            "-c",
+            f"import sys; sys.path.insert(0, {str(SRC)!r}); " "from apt_rehearse.fronts.hook import run; run()",
+        ],
+        input=text.encode("utf-8", "surrogateescape"),
+        capture_output=True,
+        timeout=120,
+        env=dict(rel_run.environment(), DEBIAN_FRONTEND="noninteractive"),
+        check=False,
+    )
     stderr = proc.stderr.decode("utf-8", "replace")
     assert proc.returncode in (0, 10), (proc.returncode, stderr)
     assert "Traceback" not in stderr
@@ -81,13 +118,57 @@ def test_hook_process_fuzz(ledger, base: Path, text: str) -> None:  # noqa: ANN0
 
 # -- the CLI's arguments -------------------------------------------------------------
 
-SUBCOMMANDS = ["upgrade", "dist-upgrade", "full-upgrade", "install", "remove", "purge", "gate", "shell", "frobnicate", ""]
-OPTIONS = ["--json", "--debug", "--no-services", "--release", "-o", "--also", "--root", "--help", "--version", "-h", "--", "-"]
+SUBCOMMANDS = [
+    "upgrade",
+    "dist-upgrade",
+    "full-upgrade",
+    "install",
+    "remove",
+    "purge",
+    "gate",
+    "shell",
+    "frobnicate",
+    "",
+]
+OPTIONS = [
+    "--json",
+    "--debug",
+    "--no-services",
+    "--release",
+    "-o",
+    "--also",
+    "--root",
+    "--help",
+    "--version",
+    "-h",
+    "--",
+    "-",
+]
 # argv cannot carry NUL or lone surrogates: anything else may be typed.
 argv_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=15)
-option_values = st.one_of(argv_text, st.sampled_from(["trixie", "Trixie!", "=", "A=B", "APT::Rehearse::Timeout=x",
-                          "APT::Rehearse::Tmpfs-Size=12Q", "APT::Rehearse::Policy::Remove=maybe", "-o", "rel-clean",
-                          "rel-nope", "rel-clean=9.9", "rel-clean/sid", "/nonexistent", "..", "*", "rel-*"]))  # fmt: skip
+option_values = st.one_of(
+    argv_text,
+    st.sampled_from(
+        [
+            "trixie",
+            "Trixie!",
+            "=",
+            "A=B",
+            "APT::Rehearse::Timeout=x",
+            "APT::Rehearse::Tmpfs-Size=12Q",
+            "APT::Rehearse::Policy::Remove=maybe",
+            "-o",
+            "rel-clean",
+            "rel-nope",
+            "rel-clean=9.9",
+            "rel-clean/sid",
+            "/nonexistent",
+            "..",
+            "*",
+            "rel-*",
+        ]
+    ),
+)
 words = st.one_of(st.sampled_from(SUBCOMMANDS), st.sampled_from(OPTIONS), option_values)
 
 
@@ -100,11 +181,25 @@ def test_cli_argument_fuzz(ledger, scenario, argv: list[str]) -> None:  # noqa: 
     # machine), services off to keep a run that happens to be valid short;
     # the scratch options come last so that fuzzed ones cannot move the
     # report or the cache onto the host.
-    safe = ["--root", str(scenario.tree), "--no-services", "-o", f"APT::Rehearse::Log-Dir={scenario.base}/log-fuzz",
-            "-o", f"APT::Rehearse::Cache-Dir={scenario.base}/cache-fuzz"]  # fmt: skip
+    safe = [
+        "--root",
+        str(scenario.tree),
+        "--no-services",
+        "-o",
+        f"APT::Rehearse::Log-Dir={scenario.base}/log-fuzz",
+        "-o",
+        f"APT::Rehearse::Cache-Dir={scenario.base}/cache-fuzz",
+    ]
     argv = [word for word in argv if word not in ("--root", "shell")]  # shell needs a terminal; root stays ours
-    proc = subprocess.run([rel_run.PYTHON, "-m", "apt_rehearse", *safe, *argv], capture_output=True, text=True,
-                          env=rel_run.environment(), stdin=subprocess.DEVNULL, timeout=600, check=False)  # fmt: skip
+    proc = subprocess.run(
+        [rel_run.PYTHON, "-m", "apt_rehearse", *safe, *argv],
+        capture_output=True,
+        text=True,
+        env=rel_run.environment(),
+        stdin=subprocess.DEVNULL,
+        timeout=600,
+        check=False,
+    )
     assert proc.returncode in DOCUMENTED, (argv, proc.returncode, proc.stderr[-1500:])
     if "--debug" in argv:  # documented: the plan and tracebacks on stderr
         assert proc.returncode in (0, 10) or "\nE: " in "\n" + proc.stderr, (argv, proc.stderr[-1500:])
@@ -128,7 +223,9 @@ def _one_line_exit(proc: subprocess.CompletedProcess[str], code: int, words: str
     assert "Traceback" not in proc.stderr
 
 
-def _cli(scenario, *prefix: str, args: tuple[str, ...] = ("install", "rel-clean")) -> subprocess.CompletedProcess[str]:  # noqa: ANN001
+def _cli(
+    scenario, *prefix: str, args: tuple[str, ...] = ("install", "rel-clean")
+) -> subprocess.CompletedProcess[str]:  # noqa: ANN001
     argv = [*prefix, "env", f"PYTHONPATH={SRC}", *rel_run.cli_argv(scenario.tree, scenario.log, scenario.cache, *args)]
     return subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600, check=False)
 
@@ -158,8 +255,19 @@ exec "$@"
 def test_no_overlayfs(scenario) -> None:  # noqa: ANN001
     scratch = scenario.base / "no-overlay"
     scratch.mkdir(exist_ok=True)
-    proc = _cli(scenario, "env", f"SCRATCH={scratch}", "unshare", "--mount", "--propagation", "private",
-                "sh", "-c", NO_OVERLAY, "sh")  # fmt: skip
+    proc = _cli(
+        scenario,
+        "env",
+        f"SCRATCH={scratch}",
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        NO_OVERLAY,
+        "sh",
+    )
     _one_line_exit(proc, 3, "overlayfs")
 
 
@@ -171,11 +279,17 @@ def test_cannot_confine(scenario, ledger) -> None:  # noqa: ANN001
     (hidden / "seccomp.py").write_text("raise ImportError('python3-seccomp hidden by the test')\n")
     for args in (("install", "rel-clean"), ("--no-services", "install", "rel-clean")):
         ledger.tried()
-        argv = ["env", f"PYTHONPATH={hidden}:{SRC}", *rel_run.cli_argv(scenario.tree, scenario.log, scenario.cache, *args)]
+        argv = [
+            "env",
+            f"PYTHONPATH={hidden}:{SRC}",
+            *rel_run.cli_argv(scenario.tree, scenario.log, scenario.cache, *args),
+        ]
         proc = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600, check=False)
         _one_line_exit(proc, 3, "python3-seccomp")
         ledger.tried()
-        _one_line_exit(_cli(scenario, "setpriv", "--inh-caps=-setpcap", "--bounding-set=-setpcap", args=args), 3, "CAP_SETPCAP")
+        _one_line_exit(
+            _cli(scenario, "setpriv", "--inh-caps=-setpcap", "--bounding-set=-setpcap", args=args), 3, "CAP_SETPCAP"
+        )
 
 
 READ_ONLY_ROOT = r"""
@@ -196,13 +310,35 @@ def test_read_only_root(scenario) -> None:  # noqa: ANN001
     """/ (and with it the tree) read-only, in a private mount namespace: the
     rehearsal needs no write to the root (uppers on tmpfs) and must still
     give a verdict, or refuse in one line with exit 3."""
-    prefix = ("env", f"REL_SRC={SRC.parent}", "unshare", "--mount", "--propagation", "private", "sh", "-c", READ_ONLY_ROOT, "sh")
+    prefix = (
+        "env",
+        f"REL_SRC={SRC.parent}",
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        READ_ONLY_ROOT,
+        "sh",
+    )
     proc = _cli(scenario, *prefix, args=("--no-services", "install", "rel-clean"))
     _one_line_exit(proc, 3, "read-only")
     # Given writable places for its own files (a tmpfs on /run, here), the
     # rehearsal of the read-only system works.
-    proc = _cli(scenario, *prefix, args=("--no-services", "-o", "APT::Rehearse::Cache-Dir=/run/rel-cache",
-                                         "-o", "APT::Rehearse::Log-Dir=/run/rel-log", "install", "rel-clean"))  # fmt: skip
+    proc = _cli(
+        scenario,
+        *prefix,
+        args=(
+            "--no-services",
+            "-o",
+            "APT::Rehearse::Cache-Dir=/run/rel-cache",
+            "-o",
+            "APT::Rehearse::Log-Dir=/run/rel-log",
+            "install",
+            "rel-clean",
+        ),
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
 
 
@@ -223,9 +359,22 @@ def test_root_overlayfs_refuses(scenario) -> None:  # noqa: ANN001
     scratch = scenario.base / "nested"
     scratch.mkdir(exist_ok=True)
     nested = scratch / "m2"
-    argv = ["unshare", "--mount", "--propagation", "private", "env", f"SCRATCH={scratch}", f"TREE={scenario.tree}",
-            "sh", "-c", NESTED_OVERLAY, "sh", "env", f"PYTHONPATH={SRC}",
-            *rel_run.cli_argv(nested, scenario.log, scenario.cache, "--no-services", "install", "rel-clean")]  # fmt: skip
+    argv = [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "env",
+        f"SCRATCH={scratch}",
+        f"TREE={scenario.tree}",
+        "sh",
+        "-c",
+        NESTED_OVERLAY,
+        "sh",
+        "env",
+        f"PYTHONPATH={SRC}",
+        *rel_run.cli_argv(nested, scenario.log, scenario.cache, "--no-services", "install", "rel-clean"),
+    ]
     proc = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600, check=False)
     _one_line_exit(proc, 3, "overlay")
     os.rmdir(scratch)

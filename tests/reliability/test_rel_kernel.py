@@ -18,7 +18,10 @@ import rel_run
 from apt_rehearse.sandbox import confine
 
 ROWS = {
-    "kernel: sysctl (kernel.*, vm.*, fs.*; sysctl.d at boot)": (("sysctl-vm", "sysctl-kernel", "sysctl-fs", "proc-sys-write"), "sysctl"),
+    "kernel: sysctl (kernel.*, vm.*, fs.*; sysctl.d at boot)": (
+        ("sysctl-vm", "sysctl-kernel", "sysctl-fs", "proc-sys-write"),
+        "sysctl",
+    ),
     "kernel: binfmt_misc registration": (("binfmt",), "binfmt"),
     "kernel: clock": (("clock",), "clock"),
     "kernel: swap": (("swapon",), "swap"),
@@ -28,7 +31,7 @@ ROWS = {
     "kernel: debugfs, tracefs": (("debugfs", "tracefs"), None),
     "kernel: sysrq": (("sysrq",), None),
     "kernel: keyrings, BPF, perf": (("keyring", "bpf", "perf"), None),
-}  # fmt: skip
+}
 SCENARIOS = ("CLI passing", "CLI blocking", "CLI killed", "hook passing", "hook blocking", "hook killed")
 
 
@@ -61,8 +64,12 @@ def outcomes(hostile: rel_kernel.Hostile) -> dict[str, dict]:
             argv = rel_run.cli_argv(hostile.tree, log, cache, *options, "--json", *request)
             outcome = rel_run.run_and_kill(argv, "replay" if killed else None, log=log)
         after = hostile.state()
-        results[name] = {"outcome": outcome, "tried": rel_kernel.attempts(rel_kernel.replay_logs(log)),
-                         "changed": rel_kernel.differences(hostile, before, after), "log": log}  # fmt: skip
+        results[name] = {
+            "outcome": outcome,
+            "tried": rel_kernel.attempts(rel_kernel.replay_logs(log)),
+            "changed": rel_kernel.differences(hostile, before, after),
+            "log": log,
+        }
         hostile.restore()
     return results
 
@@ -127,12 +134,20 @@ def test_what_runs_inside_is_confined(hostile: rel_kernel.Hostile) -> None:
     log = hostile.base / "log-status"
     probe = hostile.tree / "etc/apt-rehearse/probes.d/rel-status.probe"
     probe.parent.mkdir(parents=True, exist_ok=True)
-    command = ("sh -c 'grep -E \"^(CapBnd|Seccomp):\" /proc/1/status /proc/self/status | tr \"\\n\" \" \"; "
-               "echo PROCSYS=$(grep -c \" /proc/sys proc ro,\" /proc/self/mounts)'")  # fmt: skip
+    command = (
+        'sh -c \'grep -E "^(CapBnd|Seccomp):" /proc/1/status /proc/self/status | tr "\\n" " "; '
+        'echo PROCSYS=$(grep -c " /proc/sys proc ro," /proc/self/mounts)\''
+    )
     probe.write_text(f"Name: rel-status\nType: command\nCommand: {command}\nExpect-Output: NEVER-PRINTED\n")
     try:
-        proc = subprocess.run(rel_run.cli_argv(hostile.tree, log, hostile.base / "cache", "--json", "install", "rh-hostile"),
-                              capture_output=True, text=True, env=rel_run.environment(), timeout=900, check=False)  # fmt: skip
+        proc = subprocess.run(
+            rel_run.cli_argv(hostile.tree, log, hostile.base / "cache", "--json", "install", "rh-hostile"),
+            capture_output=True,
+            text=True,
+            env=rel_run.environment(),
+            timeout=900,
+            check=False,
+        )
     finally:
         probe.unlink()
     text = json.dumps(json.loads(proc.stdout))

@@ -14,8 +14,14 @@ import rel_scenario
 from lib.trees import dpkg_status_digest, tree_hash
 
 
-def _check_nothing_left(scenario, canary, before: rel_host.HostSnapshot, outcome: rel_run.Outcome,  # noqa: ANN001
-                        tree_before: str | None, status_before: str) -> None:  # fmt: skip
+def _check_nothing_left(
+    scenario,
+    canary,
+    before: rel_host.HostSnapshot,
+    outcome: rel_run.Outcome,  # noqa: ANN001
+    tree_before: str | None,
+    status_before: str,
+) -> None:
     assert not outcome.left, f"processes left after the kill: {outcome.left}"
     after = rel_host.HostSnapshot.take(whole_root=False)
     pids = {p for p in (outcome.target,) if p}
@@ -39,7 +45,9 @@ def test_cli_killed_at_phase(scenario, canary, phase: str) -> None:  # noqa: ANN
         log = scenario.base / f"log-cli-{phase.replace(' ', '-')}"
         argv = rel_run.cli_argv(scenario.tree, log, scenario.cache, "install", "rel-slow")
         outcome = rel_run.run_and_kill(argv, phase, log=log)
-        assert outcome.killed_at == phase, f"the kill missed {phase}: exit {outcome.returncode}\n{outcome.output[-2000:]}"
+        assert (
+            outcome.killed_at == phase
+        ), f"the kill missed {phase}: exit {outcome.returncode}\n{outcome.output[-2000:]}"
         assert outcome.returncode == -9
         _check_nothing_left(scenario, canary, before, outcome, tree_before, status_before)
     finally:
@@ -65,9 +73,13 @@ def test_hook_killed_while_apt_waits(scenario, canary, phase: str, on_error: str
         log, cache = scenario.base / f"log-hook-{slug}", scenario.base / f"cache-hook-{slug}"
         argv = rel_run.apt_argv(scenario.tree, scenario.base, log, cache, "install", "rel-hook", on_error=on_error)
         outcome = rel_run.run_and_kill(argv, phase, hook=True, log=log)
-        assert outcome.killed_at == phase, f"the kill missed {phase}: exit {outcome.returncode}\n{outcome.output[-2000:]}"
+        assert (
+            outcome.killed_at == phase
+        ), f"the kill missed {phase}: exit {outcome.returncode}\n{outcome.output[-2000:]}"
         assert outcome.returncode != 0, outcome.output[-2000:]
-        assert "apt-rehearse-hook" in outcome.output or "signal 9" in outcome.output or "error code" in outcome.output, outcome.output[-2000:]
+        assert (
+            "apt-rehearse-hook" in outcome.output or "signal 9" in outcome.output or "error code" in outcome.output
+        ), outcome.output[-2000:]
         assert not marker.exists(), "apt went on to dpkg after the hook was killed"
         _check_nothing_left(scenario, canary, before, outcome, None, status_before)
         tree_after = rel_host.root_state(str(scenario.tree), tree_skip, host=False)

@@ -30,8 +30,13 @@ FORGERIES = {
     "owned by another user": lambda path: os.chown(path, NOBODY, NOBODY),
     "group-writable": lambda path: os.chmod(path, 0o620),
     "world-writable": lambda path: os.chmod(path, 0o602),
-    "a symlink to another file": lambda path: (os.rename(path, str(path) + ".real"), os.symlink(str(path) + ".real", path)),
-    "another transaction's id inside": lambda path: path.write_text(json.dumps(dict(json.loads(path.read_text()), id="ef" * 32))),
+    "a symlink to another file": lambda path: (
+        os.rename(path, str(path) + ".real"),
+        os.symlink(str(path) + ".real", path),
+    ),
+    "another transaction's id inside": lambda path: path.write_text(
+        json.dumps(dict(json.loads(path.read_text()), id="ef" * 32))
+    ),
     "not JSON": lambda path: path.write_text("{verdict: pass"),
     "the directory owned by another user": lambda path: os.chown(path.parent, NOBODY, NOBODY),
     "the directory open to others": lambda path: os.chmod(path.parent, 0o755),
@@ -78,7 +83,9 @@ def test_forged_pass_does_not_open_the_gate(scenario, canary) -> None:  # noqa: 
     os.chown(entry, NOBODY, NOBODY)
     marker = scenario.base / "dpkg-ran"
     marker.unlink(missing_ok=True)
-    outcome = rel_run.run_and_kill(rel_run.apt_argv(scenario.tree, scenario.base, log, cache, "install", "rel-fail"), None)
+    outcome = rel_run.run_and_kill(
+        rel_run.apt_argv(scenario.tree, scenario.base, log, cache, "install", "rel-fail"), None
+    )
     assert outcome.returncode != 0, outcome.output[-3000:]
     assert "already rehearsed" not in outcome.output
     assert "BLOCK" in outcome.output and "stopping apt before dpkg runs" in outcome.output, outcome.output[-3000:]
@@ -86,8 +93,11 @@ def test_forged_pass_does_not_open_the_gate(scenario, canary) -> None:  # noqa: 
 
 
 def _readable_by_nobody(path: Path) -> bool:
-    proc = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "cat", str(path)],
-                          capture_output=True, check=False)  # fmt: skip
+    proc = subprocess.run(
+        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "cat", str(path)],
+        capture_output=True,
+        check=False,
+    )
     return proc.returncode == 0
 
 

@@ -39,8 +39,15 @@ def test_new_kernel_gets_its_initramfs_built_in_the_rehearsal(sandbox_capable: N
         (tree / "boot/grub/grub.cfg").write_text("menuentry old {\n linux /boot/vmlinuz-0-old root=/dev/vda1\n}\n")
         before_hash, before_status, host = tree_hash(tree), dpkg_status_digest(tree), host_snapshot()
         for attempt in range(3):
-            proc, document = run_json("--root", str(tree), "--no-services", "-o", f"APT::Rehearse::Log-Dir={base}/log",
-                                      "install", "linux-image-amd64")  # fmt: skip
+            proc, document = run_json(
+                "--root",
+                str(tree),
+                "--no-services",
+                "-o",
+                f"APT::Rehearse::Log-Dir={base}/log",
+                "install",
+                "linux-image-amd64",
+            )
             if proc.returncode != 1 or "fetch" not in proc.stderr.lower():
                 break
             time.sleep(10 * (attempt + 1))  # a mirror hiccup while fetching the .debs
@@ -52,8 +59,10 @@ def test_new_kernel_gets_its_initramfs_built_in_the_rehearsal(sandbox_capable: N
         assert boot["kernels"][version]["initrd_bytes"] > 5 << 20  # a real initramfs, built by update-initramfs
         assert boot["kernels"][version]["kernel_bytes"] > 1 << 20
         assert {r["path"]: r["exists"] for r in boot["references"]} == {"/boot/vmlinuz-0-old": True}
-        print(f"kernel {version}: initrd {boot['kernels'][version]['initrd_bytes']} bytes, "
-              f"rehearsal {document['duration_s']} s, phases {document['phases']}")
+        print(
+            f"kernel {version}: initrd {boot['kernels'][version]['initrd_bytes']} bytes, "
+            f"rehearsal {document['duration_s']} s, phases {document['phases']}"
+        )
         assert tree_hash(tree) == before_hash
         assert dpkg_status_digest(tree) == before_status
         assert_host_clean(host)

@@ -32,8 +32,9 @@ def test_release_upgrade_reports_php_removals_and_leaves_tree_unchanged(lamp_tre
     tree, base = lamp_tree
     before_hash, before_status = tree_hash(tree), dpkg_status_digest(tree)
     before_host = host_snapshot()
-    proc, document = run_json("--root", str(tree), "-o", f"APT::Rehearse::Log-Dir={base}/log",
-                              "dist-upgrade", "--release", "trixie")  # fmt: skip
+    proc, document = run_json(
+        "--root", str(tree), "-o", f"APT::Rehearse::Log-Dir={base}/log", "dist-upgrade", "--release", "trixie"
+    )
     assert proc.returncode == 10, proc.stderr
     removed = {c["package"] for c in document["transaction"]["changes"] if c["action"] in ("remove", "purge")}
     assert "libapache2-mod-php8.2" in removed
@@ -46,8 +47,10 @@ def test_release_upgrade_reports_php_removals_and_leaves_tree_unchanged(lamp_tre
     assert module["severity"] == "block"
     assert any(m.startswith("apache: ") for m in module["details"]["web_modules"])
     assert not [f for f in document["findings"] if f["check"] in ("script-failure", "package-state", "apt")]
-    print(f"release upgrade rehearsal: {document['duration_s']} s, upper {document['upper_bytes']} bytes, "
-          f"phases {document['phases']}, services {document['services']}")
+    print(
+        f"release upgrade rehearsal: {document['duration_s']} s, upper {document['upper_bytes']} bytes, "
+        f"phases {document['phases']}, services {document['services']}"
+    )
     # The services: Apache still answers, but PHP is gone from it.
     services = document["services"]
     assert services["boot"]["state"] in ("running", "degraded")
@@ -74,12 +77,15 @@ def test_release_upgrade_reports_php_removals_and_leaves_tree_unchanged(lamp_tre
 
     # The fix it suggests, rehearsed: the site works again.
     also = [word for name in suggestion["also"] for word in ("--also", name)]
-    proc, fixed = run_json("--root", str(tree), "-o", f"APT::Rehearse::Log-Dir={base}/log",
-                           "dist-upgrade", "--release", "trixie", *also)  # fmt: skip
+    proc, fixed = run_json(
+        "--root", str(tree), "-o", f"APT::Rehearse::Log-Dir={base}/log", "dist-upgrade", "--release", "trixie", *also
+    )
     assert proc.returncode in (0, 10), proc.stderr
     installed = {c["package"] for c in fixed["transaction"]["changes"] if c["action"] == "install"}
     assert "libapache2-mod-php8.4" in installed
-    assert not [f for f in fixed["findings"] if f["check"] in ("module", "http", "service", "socket")], fixed["findings"]
+    assert not [f for f in fixed["findings"] if f["check"] in ("module", "http", "service", "socket")], fixed[
+        "findings"
+    ]
     assert fixed["services"]["rebooted"]["http"]["80/index.php"] == 200
     assert fixed["suggestion"] is None
     assert tree_hash(tree) == before_hash
@@ -123,10 +129,14 @@ def test_host_upgrade_completes_and_changes_nothing(sandbox_capable: None) -> No
     assert not [f for f in document["findings"] if f["check"] in ("apt", "timeout")], document["findings"]
     # No false alarm: a point-release upgrade breaks none of the host's services.
     assert not [f for f in document["findings"] if f["check"] in ("service", "socket", "http", "module", "config-test")]
-    assert not [f for f in document["findings"] if f["check"] in ("library", "boot") and f["severity"] == "block"], document["findings"]
+    assert not [
+        f for f in document["findings"] if f["check"] in ("library", "boot") and f["severity"] == "block"
+    ], document["findings"]
     assert document["libraries"]["checked"]
-    print(f"host upgrade rehearsal: {len(document['transaction']['changes'])} changes, {document['duration_s']} s, "
-          f"verdict {document['verdict']}")
+    print(
+        f"host upgrade rehearsal: {len(document['transaction']['changes'])} changes, {document['duration_s']} s, "
+        f"verdict {document['verdict']}"
+    )
     after = _host_state()
     assert after == before
     assert_host_clean(before_host)

@@ -28,9 +28,16 @@ def trixie(sandbox_capable: None):
         tree = bookworm_tree(base / "tree", variant="trixie-frontends")
         debs = base / "debs"
         v1 = [build_deb(debs, name, "1.0", files={f"/usr/share/{name}/v": "1\n"}) for name in ("rh-good", "rh-bad")]
-        v2 = [build_deb(debs, "rh-good", "2.0", files={"/usr/share/rh-good/v": "2\n"}),
-              build_deb(debs, "rh-bad", "2.0", files={"/usr/share/rh-bad/v": "2\n"},
-                        postinst='echo "rh-bad: cannot migrate" >&2\nexit 1\n')]  # fmt: skip
+        v2 = [
+            build_deb(debs, "rh-good", "2.0", files={"/usr/share/rh-good/v": "2\n"}),
+            build_deb(
+                debs,
+                "rh-bad",
+                "2.0",
+                files={"/usr/share/rh-bad/v": "2\n"},
+                postinst='echo "rh-bad: cannot migrate" >&2\nexit 1\n',
+            ),
+        ]
         install_machine(tree, deb, v1 + v2, v1)
         yield tree
     finally:

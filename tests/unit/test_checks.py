@@ -93,18 +93,34 @@ def test_policy_can_soften_and_harden() -> None:
 
 
 def _replay(after: dict, before: dict, output: str = "", status: int = 0) -> ReplayResult:
-    return ReplayResult.from_json({"before": before, "after": after,
+    return ReplayResult.from_json(
+        {
+            "before": before,
+            "after": after,
             "apt": {"output": output, "exit_status": status, "timed_out": False, "status_lines": []},
-            "audit": {"exit_status": 0, "output": ""}, "check": {"exit_status": 0, "output": ""}})  # fmt: skip
+            "audit": {"exit_status": 0, "output": ""},
+            "check": {"exit_status": 0, "output": ""},
+        }
+    )
 
 
 def test_exact_replay_has_no_findings() -> None:
-    tx = _tx(Change("a", "amd64", "1", "2", "upgrade"), Change("b", "all", "1", None, "remove"),
-             Change("c", "amd64", None, "3", "install"))  # fmt: skip
-    before = {"a:amd64": {"version": "1", "status": "ii "}, "b:all": {"version": "1", "status": "ii "},
-              "z:amd64": {"version": "9", "status": "ii "}}  # fmt: skip
-    after = {"a:amd64": {"version": "2", "status": "ii "}, "b:all": {"version": "1", "status": "rc "},
-             "c:amd64": {"version": "3", "status": "ii "}, "z:amd64": {"version": "9", "status": "ii "}}  # fmt: skip
+    tx = _tx(
+        Change("a", "amd64", "1", "2", "upgrade"),
+        Change("b", "all", "1", None, "remove"),
+        Change("c", "amd64", None, "3", "install"),
+    )
+    before = {
+        "a:amd64": {"version": "1", "status": "ii "},
+        "b:all": {"version": "1", "status": "ii "},
+        "z:amd64": {"version": "9", "status": "ii "},
+    }
+    after = {
+        "a:amd64": {"version": "2", "status": "ii "},
+        "b:all": {"version": "1", "status": "rc "},
+        "c:amd64": {"version": "3", "status": "ii "},
+        "z:amd64": {"version": "9", "status": "ii "},
+    }
     assert checks.state_findings(tx, _replay(after, before)) == []
 
 
@@ -120,17 +136,25 @@ def test_mismatch_and_half_configured_are_found() -> None:
 
 def test_an_upgrade_that_changes_the_architecture_is_no_mismatch() -> None:
     # bookworm -> trixie: linux-libc-dev goes amd64 -> all, python3-tomli all -> amd64.
-    tx = _tx(Change("linux-libc-dev", "all", "6.1.187-1", "6.12.118-1", "upgrade"),
-             Change("python3-tomli", "amd64", "2.0.1-2", "2.2.1-2+b1", "upgrade"))  # fmt: skip
-    before = {"linux-libc-dev:amd64": {"version": "6.1.187-1", "status": "ii "},
-              "python3-tomli:all": {"version": "2.0.1-2", "status": "ii "}}  # fmt: skip
-    after = {"linux-libc-dev:all": {"version": "6.12.118-1", "status": "ii "},
-             "python3-tomli:amd64": {"version": "2.2.1-2+b1", "status": "ii "}}  # fmt: skip
+    tx = _tx(
+        Change("linux-libc-dev", "all", "6.1.187-1", "6.12.118-1", "upgrade"),
+        Change("python3-tomli", "amd64", "2.0.1-2", "2.2.1-2+b1", "upgrade"),
+    )
+    before = {
+        "linux-libc-dev:amd64": {"version": "6.1.187-1", "status": "ii "},
+        "python3-tomli:all": {"version": "2.0.1-2", "status": "ii "},
+    }
+    after = {
+        "linux-libc-dev:all": {"version": "6.12.118-1", "status": "ii "},
+        "python3-tomli:amd64": {"version": "2.2.1-2+b1", "status": "ii "},
+    }
     assert checks.state_findings(tx, _replay(after, before)) == []
     # ... but the old name:arch staying behind still is one.
     after["linux-libc-dev:amd64"] = {"version": "6.1.187-1", "status": "ii "}
     [finding] = checks.state_findings(tx, _replay(after, before))
-    assert finding.details["differences"] == [{"package": "linux-libc-dev:amd64", "expected": None, "actual": "6.1.187-1"}]
+    assert finding.details["differences"] == [
+        {"package": "linux-libc-dev:amd64", "expected": None, "actual": "6.1.187-1"}
+    ]
 
 
 def test_a_renamed_manual_package_warns_instead_of_blocking() -> None:
@@ -143,8 +167,11 @@ def test_a_renamed_manual_package_warns_instead_of_blocking() -> None:
         Change("libssl3", "amd64", "3.0.19-1", None, "remove"),
         Change("libssl3t64", "amd64", None, "3.5.4-1", "install"),
     ]
-    provides = {"libmagic1t64": ["libmagic1"], "libncurses-dev": ["libncurses5-dev", "libtinfo-dev"],
-                "libssl3t64": ["libssl3"]}  # fmt: skip
+    provides = {
+        "libmagic1t64": ["libmagic1"],
+        "libncurses-dev": ["libncurses5-dev", "libtinfo-dev"],
+        "libssl3t64": ["libssl3"],
+    }
     tx = Transaction(changes, successors=find_successors(changes, provides))
     assert tx.successors == {"libmagic1": "libmagic1t64", "libncurses5-dev": "libncurses-dev", "libssl3": "libssl3t64"}
     findings = {f.subject: f for f in apply_policy(checks.removal_findings(tx, {}), lambda key, default: default)}
@@ -154,13 +181,17 @@ def test_a_renamed_manual_package_warns_instead_of_blocking() -> None:
     assert "marked automatic" not in findings["libncurses5-dev"].message
     assert findings["tool"].severity == "block"  # nothing provides it: lost
     ssl = findings["libssl3"]  # a side effect anyway: named, not raised
-    assert ssl.severity == "info" and ssl.kinds == ["Remove"] and ssl.message.endswith("(renamed: libssl3t64 provides it)")
+    assert (
+        ssl.severity == "info" and ssl.kinds == ["Remove"] and ssl.message.endswith("(renamed: libssl3t64 provides it)")
+    )
     assert verdict(list(findings.values())) == "block"
 
 
 def test_successors_come_only_from_what_the_transaction_installs() -> None:
-    changes = [Change("libold1", "amd64", "1", None, "remove", manual=True),
-               Change("other", "amd64", "1", None, "remove")]  # fmt: skip
+    changes = [
+        Change("libold1", "amd64", "1", None, "remove", manual=True),
+        Change("other", "amd64", "1", None, "remove"),
+    ]
     # A provider that this transaction does not install (or removes) is no successor.
     assert find_successors(changes, {"other": ["libold1"], "elsewhere": ["libold1"]}) == {}
 
@@ -200,16 +231,29 @@ def test_a_script_that_needs_the_network_is_not_blamed() -> None:
         "E: Sub-process /usr/bin/dpkg returned an error code (1)\n"
     )
     replay = {
-        "apt": {"output": output, "exit_status": 100, "timed_out": False, "status_lines": [
-            "pmerror:rh-fonts:50:installed rh-fonts package post-installation script subprocess returned error exit status 6",
-            "pmerror:rh-site:50:dependency problems - leaving unconfigured"]},
-        "before": {}, "after": {"rh-fonts:all": {"version": "2.0", "status": "iF"}, "rh-site:all": {"version": "2.0", "status": "iU"}},
-        "audit": {"output": "The following packages are only half configured"}, "check": {"exit_status": 0, "output": ""},
-    }  # fmt: skip
-    tx = Transaction([Change("rh-fonts", "all", "1.0", "2.0", "upgrade"), Change("rh-site", "all", "1.0", "2.0", "upgrade")])
+        "apt": {
+            "output": output,
+            "exit_status": 100,
+            "timed_out": False,
+            "status_lines": [
+                "pmerror:rh-fonts:50:installed rh-fonts package post-installation script subprocess returned error exit status 6",
+                "pmerror:rh-site:50:dependency problems - leaving unconfigured",
+            ],
+        },
+        "before": {},
+        "after": {
+            "rh-fonts:all": {"version": "2.0", "status": "iF"},
+            "rh-site:all": {"version": "2.0", "status": "iU"},
+        },
+        "audit": {"output": "The following packages are only half configured"},
+        "check": {"exit_status": 0, "output": ""},
+    }
+    tx = Transaction(
+        [Change("rh-fonts", "all", "1.0", "2.0", "upgrade"), Change("rh-site", "all", "1.0", "2.0", "upgrade")]
+    )
     findings = checks.state_findings(tx, ReplayResult.from_json(replay))
     assert [(f.subject, f.kinds) for f in findings] == [("rh-fonts", ["Needs-Network"]), ("rh-site", ["Needs-Network"])]
-    assert 'Could not resolve host: fonts.example.org' in findings[0].message
+    assert "Could not resolve host: fonts.example.org" in findings[0].message
     assert "because rh-fonts could not be rehearsed without the network" in findings[1].message
     apply_policy(findings, lambda key, default: default)
     assert {f.severity for f in findings} == {"warn"}
@@ -218,7 +262,7 @@ def test_a_script_that_needs_the_network_is_not_blamed() -> None:
 def test_a_script_refused_by_the_confinement_is_not_blamed() -> None:
     output = (
         "Setting up rh-tune (2.0) ...\n"
-        "sysctl: setting key \"vm.swappiness\": Read-only file system\n"
+        'sysctl: setting key "vm.swappiness": Read-only file system\n'
         "dpkg: error processing package rh-tune (--configure):\n"
         " installed rh-tune package post-installation script subprocess returned error exit status 255\n"
         "dpkg: dependency problems prevent configuration of rh-db:\n"
@@ -230,13 +274,23 @@ def test_a_script_refused_by_the_confinement_is_not_blamed() -> None:
         "E: Sub-process /usr/bin/dpkg returned an error code (1)\n"
     )
     replay = {
-        "apt": {"output": output, "exit_status": 100, "timed_out": False, "status_lines": [
-            "pmerror:rh-tune:50:installed rh-tune package post-installation script subprocess returned error exit status 255",
-            "pmerror:rh-db:50:dependency problems - leaving unconfigured"]},
-        "before": {}, "after": {"rh-tune:all": {"version": "2.0", "status": "iF"}, "rh-db:all": {"version": "2.0", "status": "iU"}},
-        "audit": {"output": ""}, "check": {"exit_status": 0, "output": ""},
-    }  # fmt: skip
-    tx = Transaction([Change("rh-tune", "all", "1.0", "2.0", "upgrade"), Change("rh-db", "all", "1.0", "2.0", "upgrade")])
+        "apt": {
+            "output": output,
+            "exit_status": 100,
+            "timed_out": False,
+            "status_lines": [
+                "pmerror:rh-tune:50:installed rh-tune package post-installation script subprocess returned error exit status 255",
+                "pmerror:rh-db:50:dependency problems - leaving unconfigured",
+            ],
+        },
+        "before": {},
+        "after": {"rh-tune:all": {"version": "2.0", "status": "iF"}, "rh-db:all": {"version": "2.0", "status": "iU"}},
+        "audit": {"output": ""},
+        "check": {"exit_status": 0, "output": ""},
+    }
+    tx = Transaction(
+        [Change("rh-tune", "all", "1.0", "2.0", "upgrade"), Change("rh-db", "all", "1.0", "2.0", "upgrade")]
+    )
     findings = checks.state_findings(tx, ReplayResult.from_json(replay))
     assert [(f.subject, f.kinds) for f in findings] == [("rh-tune", ["Needs-Kernel"]), ("rh-db", ["Needs-Kernel"])]
     assert "which the sandbox refuses" in findings[0].message and "vm.swappiness" in findings[0].message

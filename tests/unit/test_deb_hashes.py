@@ -57,7 +57,9 @@ def test_a_table_someone_else_could_write_is_ignored(tmp_path: Path) -> None:
 
 
 @needs_root
-def test_a_file_that_changes_while_it_is_read_is_not_remembered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_file_that_changes_while_it_is_read_is_not_remembered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cache, deb = _setup(tmp_path)
     real = deb_hashes.digest
 

@@ -55,7 +55,8 @@ def test_the_child_dies_with_its_parent_and_skips_atexit(tmp_path: Path) -> None
     """SIGKILL the rehearsal: its helper does not live on, and it never ran
     the parent's atexit handlers (the janitor's wait, for one)."""
     marker = tmp_path / "atexit-ran"
-    script = textwrap.dedent(f"""
+    script = textwrap.dedent(
+        f"""
         import atexit, os, signal, sys, time
         sys.path.insert(0, {SRC!r})
         from apt_rehearse.sandbox.forked import ForkedCall
@@ -65,7 +66,8 @@ def test_the_child_dies_with_its_parent_and_skips_atexit(tmp_path: Path) -> None
         slow = ForkedCall(time.sleep, 60)
         print(slow.pid, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
-    """)
+    """
+    )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=False)
     assert proc.returncode == -9, proc.stderr
     child = int(proc.stdout.strip())

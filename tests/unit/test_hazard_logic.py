@@ -31,7 +31,10 @@ def test_ldconfig_cache_and_triplet() -> None:
     cache = libraries.parse_ldconfig_cache(LDCONFIG_P)
     assert cache["libz.so.1"] == ["/lib/x86_64-linux-gnu/libz.so.1", "/lib/i386-linux-gnu/libz.so.1"]
     assert libraries.multiarch_triplet(cache) == "x86_64-linux-gnu"
-    assert libraries.expand_origin("$ORIGIN/../lib:${LIB}", "/opt/x/bin", "lib/x86_64-linux-gnu") == "/opt/x/bin/../lib:lib/x86_64-linux-gnu"
+    assert (
+        libraries.expand_origin("$ORIGIN/../lib:${LIB}", "/opt/x/bin", "lib/x86_64-linux-gnu")
+        == "/opt/x/bin/../lib:lib/x86_64-linux-gnu"
+    )
 
 
 needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is not installed (make check installs it)")
@@ -42,8 +45,18 @@ def _build(tmp: Path, *, rpath: str | None = None, runpath: bool = False) -> dic
     (tmp / "main.c").write_text("int rh(void);\nint main(void) { return rh(); }\n")
     for where in ("a", "b"):
         (tmp / where).mkdir(exist_ok=True)
-        subprocess.run(["gcc", "-shared", "-fPIC", "-Wl,-soname,librh.so.1", "-o", str(tmp / where / "librh.so.1"),
-                        str(tmp / "lib.c")], check=True)  # fmt: skip
+        subprocess.run(
+            [
+                "gcc",
+                "-shared",
+                "-fPIC",
+                "-Wl,-soname,librh.so.1",
+                "-o",
+                str(tmp / where / "librh.so.1"),
+                str(tmp / "lib.c"),
+            ],
+            check=True,
+        )
     flags = [f"-L{tmp / 'a'}", "-l:librh.so.1"]
     if rpath:
         flags += [f"-Wl,-rpath,{rpath}", "-Wl,--enable-new-dtags" if runpath else "-Wl,--disable-new-dtags"]
@@ -91,7 +104,9 @@ def test_the_scan_after_is_the_one_before_when_nothing_it_rests_on_changed(tmp_p
 
 
 @needs_gcc
-def test_elf_facts_are_remembered_by_file_and_kept_in_a_root_only_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_elf_facts_are_remembered_by_file_and_kept_in_a_root_only_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "build").mkdir()
     files = _build(tmp_path / "build", rpath="$ORIGIN/b")
     first = libraries.scan([], files=[str(files["prog"])])
@@ -117,37 +132,60 @@ def test_elf_facts_are_remembered_by_file_and_kept_in_a_root_only_table(tmp_path
 
 
 def _scan(objects: dict[str, dict[str, str | None]]) -> dict:
-    return {"available": True, "objects": {p: {"direct": list(libs), "libraries": libs, "needed_by": {s: p for s in libs}}
-                                           for p, libs in objects.items()}}  # fmt: skip
+    return {
+        "available": True,
+        "objects": {
+            p: {"direct": list(libs), "libraries": libs, "needed_by": {s: p for s in libs}}
+            for p, libs in objects.items()
+        },
+    }
 
 
 def test_lost_libraries_only_counts_what_was_found_before() -> None:
-    before = _scan({"/opt/a": {"libx.so.1": "/usr/lib/libx.so.1", "liby.so.1": None}, "/opt/gone": {"libx.so.1": "/usr/lib/libx.so.1"}})
+    before = _scan(
+        {
+            "/opt/a": {"libx.so.1": "/usr/lib/libx.so.1", "liby.so.1": None},
+            "/opt/gone": {"libx.so.1": "/usr/lib/libx.so.1"},
+        }
+    )
     after = _scan({"/opt/a": {"libx.so.1": None, "liby.so.1": None}})
     assert libraries.lost_libraries(before, after) == [
-        {"object": "/opt/a", "soname": "libx.so.1", "was": "/usr/lib/libx.so.1", "needed_by": "/opt/a"}]
+        {"object": "/opt/a", "soname": "libx.so.1", "was": "/usr/lib/libx.so.1", "needed_by": "/opt/a"}
+    ]
     tx = Transaction(changes=[Change("libx1", "amd64", "1", None, "remove")], root="/", request="remove libx1")
     losses = libraries.lost_libraries(before, after)
     [finding] = hazard_checks.lost_library_findings(tx, losses, {"/usr/lib/libx.so.1": "libx1"})
     assert finding.message == "/opt/a: libx.so.1 not found after the upgrade; it came from libx1, which is removed"
 
 
-def _boot(kernels: dict, references: list, links: dict | None = None, generator: str | None = "initramfs-tools") -> dict:
+def _boot(
+    kernels: dict, references: list, links: dict | None = None, generator: str | None = "initramfs-tools"
+) -> dict:
     return {"kernels": kernels, "references": references, "links": links or {}, "generator": generator}
 
 
 def test_boot_findings() -> None:
     kernel = {"kernel": "/boot/vmlinuz-2", "kernel_bytes": 9, "initrd": None, "initrd_bytes": None}
     old_broken = {"kernel": "/boot/vmlinuz-0", "kernel_bytes": 9, "initrd": None, "initrd_bytes": None}
-    before = _boot({"0": old_broken}, [{"config": "g", "kind": "kernel", "path": "/boot/vmlinuz-0", "exists": False}],
-                   {"/vmlinuz": {"target": "boot/vmlinuz-1", "exists": True}})  # fmt: skip
-    after = _boot({"0": old_broken, "2": kernel},
-                  [{"config": "g", "kind": "kernel", "path": "/boot/vmlinuz-0", "exists": False},
-                   {"config": "g", "kind": "initrd", "path": "/boot/initrd.img-2", "exists": False}],
-                  {"/vmlinuz": {"target": "boot/vmlinuz-1", "exists": False}})  # fmt: skip
+    before = _boot(
+        {"0": old_broken},
+        [{"config": "g", "kind": "kernel", "path": "/boot/vmlinuz-0", "exists": False}],
+        {"/vmlinuz": {"target": "boot/vmlinuz-1", "exists": True}},
+    )
+    after = _boot(
+        {"0": old_broken, "2": kernel},
+        [
+            {"config": "g", "kind": "kernel", "path": "/boot/vmlinuz-0", "exists": False},
+            {"config": "g", "kind": "initrd", "path": "/boot/initrd.img-2", "exists": False},
+        ],
+        {"/vmlinuz": {"target": "boot/vmlinuz-1", "exists": False}},
+    )
     # The replay's JSON, as it crosses the sandbox's boundary: after-apt facts at the top.
-    hazards = {"before": {"boot": before}, "boot": after,
-               "recorded_commands": [{"package": "grub-pc", "script": "postinst", "command": "grub-install /dev/vda"}]}
+    hazards = {
+        "before": {"boot": before},
+        "boot": after,
+        "recorded_commands": [{"package": "grub-pc", "script": "postinst", "command": "grub-install /dev/vda"}],
+    }
     tx = Transaction(changes=[], root="/", request="upgrade")
     messages = [f.message for f in hazard_checks.boot_findings(tx, HazardFacts.from_json(hazards))]
     assert messages == [
@@ -172,7 +210,9 @@ def test_conffile_leftovers_with_diff(tmp_path: Path) -> None:
     assert (x["tool"], x["added"], x["removed"]) == ("dpkg", 1, 2)
     assert f"--- {tmp_path}/x.conf (yours)" in x["diff"] and "+a=2" in x["diff"]
     assert (y["tool"], y["suffix"], y["added"], y["removed"]) == ("ucf", ".ucf-old", 1, 1)
-    prompt = Finding("conffile", ["Conffile-Prompt"], "x", f"{tmp_path}/x.conf: changed", {"path": str(tmp_path / "x.conf")})
+    prompt = Finding(
+        "conffile", ["Conffile-Prompt"], "x", f"{tmp_path}/x.conf: changed", {"path": str(tmp_path / "x.conf")}
+    )
     new = hazard_checks.conffile_detail_findings(rows, [prompt])
     assert prompt.details["leftover"].endswith("x.conf.dpkg-dist") and "(+1 -2 lines" in prompt.message
     assert [f.kinds for f in new] == [["Conffile-Prompt"]]  # ucf's: no checksum predicted it
@@ -182,14 +222,18 @@ def test_conffile_leftovers_with_diff(tmp_path: Path) -> None:
 def test_release_findings() -> None:
     hazards = {"before": {"autoremovable": ["a"]}, "autoremovable": ["a", "b"], "obsolete": ["old1", "old2"]}
     messages = [f.message for f in hazard_checks.release_findings(HazardFacts.from_json(hazards))]
-    assert messages == ["2 package(s) stay installed that no source offers any more: old1, old2",
-                        "1 package(s) become auto-removable ('apt autoremove' would remove them): b"]
+    assert messages == [
+        "2 package(s) stay installed that no source offers any more: old1, old2",
+        "1 package(s) become auto-removable ('apt autoremove' would remove them): b",
+    ]
 
 
 def test_grub_probe_answers_are_found_by_the_shims_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake = tmp_path / "grub-probe"
-    fake.write_text('#!/bin/sh\ncase "$*" in\n  "--target=device /") echo /dev/vda1 ;;\n'
-                    '  "--device /dev/vda1 --target=fs_uuid") echo 1234-abcd ;;\n  *) exit 1 ;;\nesac\n')  # fmt: skip
+    fake.write_text(
+        '#!/bin/sh\ncase "$*" in\n  "--target=device /") echo /dev/vda1 ;;\n'
+        '  "--device /dev/vda1 --target=fs_uuid") echo 1234-abcd ;;\n  *) exit 1 ;;\nesac\n'
+    )
     fake.chmod(0o755)
     answers = bootchain.capture_grub_probe(str(fake), paths=("/",))
     assert answers[bootchain.grub_probe_key(["--target=device", "/"])] == (0, "/dev/vda1\n")
@@ -202,8 +246,9 @@ def test_grub_probe_answers_are_found_by_the_shims_key(tmp_path: Path, monkeypat
     answers_dir, shim = tmp_path / "answers", tmp_path / "sbin" / "grub-probe"
     shim.parent.mkdir()
     assert bootchain.GRUB_PROBE_ANSWERS in bootchain.GRUB_PROBE_SHIM
-    monkeypatch.setattr(bootchain, "GRUB_PROBE_SHIM", bootchain.GRUB_PROBE_SHIM.replace(bootchain.GRUB_PROBE_ANSWERS,
-                                                                                         str(answers_dir)))  # fmt: skip
+    monkeypatch.setattr(
+        bootchain, "GRUB_PROBE_SHIM", bootchain.GRUB_PROBE_SHIM.replace(bootchain.GRUB_PROBE_ANSWERS, str(answers_dir))
+    )
     monkeypatch.setattr(bootchain, "GRUB_PROBE_ANSWERS", str(answers_dir))
     monkeypatch.setattr(bootchain, "GRUB_PROBE", str(shim))
     monkeypatch.setattr(bootchain, "_divert", lambda path, rename: None)
@@ -234,12 +279,22 @@ def test_a_diff_of_a_root_only_conffile_stays_out_of_the_report(tmp_path: Path) 
 
 
 def test_hazard_facts_from_the_replays_json() -> None:
-    facts = HazardFacts.from_json({
-        "before": {"libraries": {"objects": {"a": 1}}, "boot": {"generator": "dracut"}, "kernel": {"sysctl": {}},
-                   "autoremovable": ["x"]},
-        "libraries": {"objects": {"b": 2}}, "boot": {"kernels": {"6.1": {}}}, "kernel": {"modules": {}},
-        "autoremovable": ["x", "y"], "kernel_owners": {"/etc/sysctl.d/a.conf": "a"}, "obsolete": ["old"],
-    })  # fmt: skip
+    facts = HazardFacts.from_json(
+        {
+            "before": {
+                "libraries": {"objects": {"a": 1}},
+                "boot": {"generator": "dracut"},
+                "kernel": {"sysctl": {}},
+                "autoremovable": ["x"],
+            },
+            "libraries": {"objects": {"b": 2}},
+            "boot": {"kernels": {"6.1": {}}},
+            "kernel": {"modules": {}},
+            "autoremovable": ["x", "y"],
+            "kernel_owners": {"/etc/sysctl.d/a.conf": "a"},
+            "obsolete": ["old"],
+        }
+    )
     assert facts is not None
     assert (facts.before.libraries, facts.after.libraries) == ({"objects": {"a": 1}}, {"objects": {"b": 2}})
     assert (facts.before.boot.generator, facts.after.boot.generator) == ("dracut", None)

@@ -20,8 +20,13 @@ def load(name: str) -> str:
 
 
 def transaction_of(text: str):
-    return to_transaction(parse(text), "/", "s" * 64, lambda path: "h:" + os.path.basename(path),
-                          lambda package, arch: package == "libauto")  # fmt: skip
+    return to_transaction(
+        parse(text),
+        "/",
+        "s" * 64,
+        lambda path: "h:" + os.path.basename(path),
+        lambda package, arch: package == "libauto",
+    )
 
 
 def test_config_dump_is_read_like_apt() -> None:
@@ -50,9 +55,13 @@ def test_install_and_remove() -> None:
 
 @pytest.mark.parametrize(
     ("fixture", "package", "action"),
-    [("hook-v3-purge.txt", "hello", "purge"), ("hook-v3-reinstall.txt", "nano", "reinstall"),
-     ("hook-v3-downgrade.txt", "tzdata", "downgrade"), ("hook-v3-upgrade.txt", "tzdata", "upgrade")],
-)  # fmt: skip
+    [
+        ("hook-v3-purge.txt", "hello", "purge"),
+        ("hook-v3-reinstall.txt", "nano", "reinstall"),
+        ("hook-v3-downgrade.txt", "tzdata", "downgrade"),
+        ("hook-v3-upgrade.txt", "tzdata", "upgrade"),
+    ],
+)
 def test_every_action(fixture: str, package: str, action: str) -> None:
     tx = transaction_of(load(fixture))
     assert [(c.package, c.action) for c in tx.changes] == [(package, action)]
@@ -106,8 +115,14 @@ def test_same_identity_as_the_cli_would_compute(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("the planner makes its download directory root's (config.apt_download_dir): needs root")
     tree = tmp_path / "tree"
-    for directory in ("var/lib/dpkg", "etc/apt/apt.conf.d", "etc/apt/preferences.d", "etc/apt/sources.list.d",
-                      "var/lib/apt/lists/partial", "var/cache/apt/archives/partial"):  # fmt: skip
+    for directory in (
+        "var/lib/dpkg",
+        "etc/apt/apt.conf.d",
+        "etc/apt/preferences.d",
+        "etc/apt/sources.list.d",
+        "var/lib/apt/lists/partial",
+        "var/cache/apt/archives/partial",
+    ):
         (tree / directory).mkdir(parents=True)
     (tree / "var/lib/dpkg/status").write_text(TZDATA_STATUS)
     repo = LocalRepo(tmp_path / "repo")
@@ -115,13 +130,19 @@ def test_same_identity_as_the_cli_would_compute(tmp_path: Path) -> None:
     repo.publish()
     serve_to_tree(tree, repo)
 
-    proc = subprocess.run(["/usr/bin/python3", "-c", PLAN_LIKE_THE_CLI, str(tree), str(tmp_path / "cache"), "upgrade"],
-                          capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL,
-                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")})  # fmt: skip
+    proc = subprocess.run(
+        ["/usr/bin/python3", "-c", PLAN_LIKE_THE_CLI, str(tree), str(tmp_path / "cache"), "upgrade"],
+        capture_output=True,
+        text=True,
+        check=False,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")},
+    )
     assert proc.returncode == 0, proc.stderr
     cli = json.loads(proc.stdout)
     assert [(c["package"], c["arch"], c["from"], c["to"], c["action"], c["sha256"]) for c in cli["changes"]] == [
-        ("tzdata", "all", "2026b-0+deb12u1", "2026f-0+deb12u1", "upgrade", sha256_file(deb))]
+        ("tzdata", "all", "2026b-0+deb12u1", "2026f-0+deb12u1", "upgrade", sha256_file(deb))
+    ]
 
     # The hook's side, as hook.main computes it: the status file's digest and
     # the hash of the .deb apt names (the stream's path is apt's archive, where
@@ -134,7 +155,9 @@ def test_same_identity_as_the_cli_would_compute(tmp_path: Path) -> None:
         assert os.path.basename(path) == deb.name
         return hashes.sha256(str(deb))
 
-    tx = to_transaction(parse(load("hook-v3-upgrade.txt")), str(tree), status_sha, sha256_of, lambda package, arch: False)
+    tx = to_transaction(
+        parse(load("hook-v3-upgrade.txt")), str(tree), status_sha, sha256_of, lambda package, arch: False
+    )
     assert tx.identity == cli["id"]
 
 
@@ -172,9 +195,13 @@ def test_fuzzed_streams_never_raise_anything_else() -> None:
         if operation == 0:
             text = text[:position]
         elif operation == 1:
-            text = text[:position] + text[position + rng.randrange(1, 40):]
+            text = text[:position] + text[position + rng.randrange(1, 40) :]
         elif operation == 2:
-            text = text[:position] + rng.choice(["\n", " ", "=", "%", "\0", "VERSION 3", "**REMOVE**", "é"]) + text[position:]
+            text = (
+                text[:position]
+                + rng.choice(["\n", " ", "=", "%", "\0", "VERSION 3", "**REMOVE**", "é"])
+                + text[position:]
+            )
         else:
             text = text.replace(" ", "  ", 1)
         try:

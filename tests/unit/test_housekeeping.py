@@ -55,8 +55,7 @@ def test_archives_keep_what_is_in_use_and_what_is_recent(tmp_path: Path) -> None
     (tmp_path / "lock").write_text("")
     arrived = os.lstat(debs["old"]).st_ctime
     # ctime cannot be set back; "now" moves forward instead.
-    removed = housekeeping.prune_archives(str(tmp_path), {str(debs["used"])}, max_age=7 * DAY,
-                                          now=arrived + 8 * DAY)  # fmt: skip
+    removed = housekeeping.prune_archives(str(tmp_path), {str(debs["used"])}, max_age=7 * DAY, now=arrived + 8 * DAY)
     assert sorted(removed) == sorted([debs["recent"].name, debs["old"].name])
     assert debs["used"].exists() and (tmp_path / "lock").exists()
     assert housekeeping.prune_archives(str(tmp_path), set(), max_age=7 * DAY, now=arrived + DAY) == []

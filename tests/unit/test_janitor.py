@@ -31,8 +31,14 @@ def test_janitor_cleans_up(ending: str) -> None:
 
 
 def _check(target: Path, ending: str) -> None:
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(target), ending], capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=str(SRC)), timeout=30, check=False)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(target), ending],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(SRC)),
+        timeout=30,
+        check=False,
+    )
     assert proc.stdout.strip() == "ready", proc.stderr
     deadline = time.monotonic() + 10
     while target.exists() and time.monotonic() < deadline:

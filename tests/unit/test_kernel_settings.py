@@ -48,21 +48,29 @@ def test_sysctl_precedence_same_name_earlier_dir_wins_and_files_apply_by_name(tm
 
 
 def test_sysctl_later_assignment_wins_keys_are_normalised_and_globs_kept(tmp_path: Path) -> None:
-    _write(tmp_path, "/etc/sysctl.d/10-net.conf", (
-        "# comment\n; another\n"
-        "net.ipv4.ip_forward = 0\n"
-        "net/ipv4/ip_forward=1\n"  # the same key with slashes; later wins
-        "net/ipv4/conf/eth0.1/rp_filter = 2\n"  # a dot inside a name when slashes separate
-        "-net.ipv6.conf.all.forwarding = 1\n"  # "-": ignore errors
-        "net.ipv4.conf.*.rp_filter = 2\n"
-        "-net.ipv4.conf.all.rp_filter\n"  # no assignment: a glob exclusion, not a value
-        "net.ipv4.ip_local_port_range = 32768   60999\n"
-    ))  # fmt: skip
+    _write(
+        tmp_path,
+        "/etc/sysctl.d/10-net.conf",
+        (
+            "# comment\n; another\n"
+            "net.ipv4.ip_forward = 0\n"
+            "net/ipv4/ip_forward=1\n"  # the same key with slashes; later wins
+            "net/ipv4/conf/eth0.1/rp_filter = 2\n"  # a dot inside a name when slashes separate
+            "-net.ipv6.conf.all.forwarding = 1\n"  # "-": ignore errors
+            "net.ipv4.conf.*.rp_filter = 2\n"
+            "-net.ipv4.conf.all.rp_filter\n"  # no assignment: a glob exclusion, not a value
+            "net.ipv4.ip_local_port_range = 32768   60999\n"
+        ),
+    )
     settings = kernel_settings.effective_sysctl(str(tmp_path))
     assert settings["net.ipv4.ip_forward"]["value"] == "1"
     assert "net.ipv4.conf.eth0/1.rp_filter" in settings
     assert kernel_settings.proc_path("net.ipv4.conf.eth0/1.rp_filter") == "net/ipv4/conf/eth0.1/rp_filter"
-    assert settings["net.ipv6.conf.all.forwarding"] == {"value": "1", "file": "/etc/sysctl.d/10-net.conf", "ignore_errors": True}
+    assert settings["net.ipv6.conf.all.forwarding"] == {
+        "value": "1",
+        "file": "/etc/sysctl.d/10-net.conf",
+        "ignore_errors": True,
+    }
     assert settings["net.ipv4.ip_forward"]["ignore_errors"] is False
     assert settings["net.ipv4.conf.*.rp_filter"]["value"] == "2"
     assert "net.ipv4.conf.all.rp_filter" not in settings
@@ -99,11 +107,17 @@ def test_modules_load_entries_with_etc_modules_and_precedence(tmp_path: Path) ->
 
 
 def test_binfmt_entries_are_named_by_the_field_after_the_delimiter(tmp_path: Path) -> None:
-    assert kernel_settings.parse_binfmt(":python3.11:M::\\xa7\\x0d\\x0d\\x0a::/usr/bin/python3.11:\n# c\n"
-                                        "|qemu-arm|M|0|\\x7fELF|\\xff\\xff|/usr/libexec/qemu-binfmt/arm|F\n") == [
+    assert kernel_settings.parse_binfmt(
+        ":python3.11:M::\\xa7\\x0d\\x0d\\x0a::/usr/bin/python3.11:\n# c\n"
+        "|qemu-arm|M|0|\\x7fELF|\\xff\\xff|/usr/libexec/qemu-binfmt/arm|F\n"
+    ) == [
         ("python3.11", ":python3.11:M::\\xa7\\x0d\\x0d\\x0a::/usr/bin/python3.11:", "/usr/bin/python3.11"),
-        ("qemu-arm", "|qemu-arm|M|0|\\x7fELF|\\xff\\xff|/usr/libexec/qemu-binfmt/arm|F", "/usr/libexec/qemu-binfmt/arm"),
-    ]  # fmt: skip
+        (
+            "qemu-arm",
+            "|qemu-arm|M|0|\\x7fELF|\\xff\\xff|/usr/libexec/qemu-binfmt/arm|F",
+            "/usr/libexec/qemu-binfmt/arm",
+        ),
+    ]
     _write(tmp_path, "/usr/lib/binfmt.d/a.conf", ":wine:M::MZ::/usr/bin/wine:\n")
     _write(tmp_path, "/etc/binfmt.d/b.conf", ":wine:M::MZ::/usr/local/bin/wine:\n")  # the same name later replaces it
     formats = kernel_settings.effective_binfmt(str(tmp_path))
@@ -119,21 +133,36 @@ def _tree(base: Path, name: str, files: dict[str, str]) -> str:
 
 
 def test_a_change_versus_no_change(tmp_path: Path) -> None:
-    common = {"/usr/lib/sysctl.d/50-pid-max.conf": "kernel.pid_max = 4194304\n", "/etc/sysctl.conf": "vm.swappiness=10\n"}
-    before = kernel_settings.collect(_tree(tmp_path, "before", {
-        **common,
-        "/usr/lib/sysctl.d/40-old.conf": "vm.max_map_count = 262144\nkernel.sysrq = 1\n",
-        "/usr/lib/modules-load.d/old.conf": "dummy\n",
-    }))  # fmt: skip
-    after = kernel_settings.collect(_tree(tmp_path, "after", {
-        **common,
-        # kernel.sysrq moves to another file with the same value: no change; vm.max_map_count changes.
-        "/usr/lib/sysctl.d/40-old.conf": "vm.max_map_count = 1048576\n",
-        "/usr/lib/sysctl.d/41-moved.conf": "kernel.sysrq=1\n",
-        "/usr/lib/sysctl.d/30-rh-test.conf": "vm.overcommit_memory = 1\n",
-        "/usr/lib/modules-load.d/rh.conf": "br_netfilter\n",
-        "/usr/lib/binfmt.d/rh.conf": ":rh:E::rh::/usr/bin/rh-run:\n",
-    }))  # fmt: skip
+    common = {
+        "/usr/lib/sysctl.d/50-pid-max.conf": "kernel.pid_max = 4194304\n",
+        "/etc/sysctl.conf": "vm.swappiness=10\n",
+    }
+    before = kernel_settings.collect(
+        _tree(
+            tmp_path,
+            "before",
+            {
+                **common,
+                "/usr/lib/sysctl.d/40-old.conf": "vm.max_map_count = 262144\nkernel.sysrq = 1\n",
+                "/usr/lib/modules-load.d/old.conf": "dummy\n",
+            },
+        )
+    )
+    after = kernel_settings.collect(
+        _tree(
+            tmp_path,
+            "after",
+            {
+                **common,
+                # kernel.sysrq moves to another file with the same value: no change; vm.max_map_count changes.
+                "/usr/lib/sysctl.d/40-old.conf": "vm.max_map_count = 1048576\n",
+                "/usr/lib/sysctl.d/41-moved.conf": "kernel.sysrq=1\n",
+                "/usr/lib/sysctl.d/30-rh-test.conf": "vm.overcommit_memory = 1\n",
+                "/usr/lib/modules-load.d/rh.conf": "br_netfilter\n",
+                "/usr/lib/binfmt.d/rh.conf": ":rh:E::rh::/usr/bin/rh-run:\n",
+            },
+        )
+    )
     rows = kernel_settings.changes(before, after)
     assert [(r["kind"], r["key"], r["value"], r["was"], r["file"]) for r in rows] == [
         ("sysctl", "vm.max_map_count", "1048576", "262144", "/usr/lib/sysctl.d/40-old.conf"),
@@ -170,8 +199,17 @@ def test_running_values_from_proc_sys_and_sys_module(tmp_path: Path) -> None:
         {"kind": "binfmt", "key": "rh"},
     ]
     running = kernel_settings.running(rows, str(proc_sys), str(sys_module), binfmt_dir=None)
-    assert [r["running"] for r in running] == ["0", "32768 60999", "1", "varies: 1, 2", "2", None,
-                                               "loaded", "not loaded", None]  # fmt: skip
+    assert [r["running"] for r in running] == [
+        "0",
+        "32768 60999",
+        "1",
+        "varies: 1, 2",
+        "2",
+        None,
+        "loaded",
+        "not loaded",
+        None,
+    ]
     (tmp_path / "binfmt").mkdir()
     (tmp_path / "binfmt" / "rh").write_text("enabled\n")
     assert kernel_settings.running(rows[-1:], binfmt_dir=str(tmp_path / "binfmt"))[0]["running"] == "registered"
@@ -179,17 +217,29 @@ def test_running_values_from_proc_sys_and_sys_module(tmp_path: Path) -> None:
 
 def test_binfmt_misc_is_looked_at_only_where_it_is_mounted(tmp_path: Path) -> None:
     mountinfo = tmp_path / "mountinfo"
-    mountinfo.write_text("25 30 0:22 / /proc rw,nosuid - proc proc rw\n"
-                         "48 25 0:41 / /proc/sys/fs/binfmt_misc rw,relatime - autofs systemd-1 rw,fd=30\n")  # fmt: skip
+    mountinfo.write_text(
+        "25 30 0:22 / /proc rw,nosuid - proc proc rw\n"
+        "48 25 0:41 / /proc/sys/fs/binfmt_misc rw,relatime - autofs systemd-1 rw,fd=30\n"
+    )
     assert not kernel_settings.binfmt_mounted(str(mountinfo))  # an automount point: a look would mount it
     with mountinfo.open("a") as handle:
-        handle.write("95 48 0:45 / /proc/sys/fs/binfmt_misc rw,nosuid,nodev,noexec,relatime - binfmt_misc binfmt_misc rw\n")
+        handle.write(
+            "95 48 0:45 / /proc/sys/fs/binfmt_misc rw,nosuid,nodev,noexec,relatime - binfmt_misc binfmt_misc rw\n"
+        )
     assert kernel_settings.binfmt_mounted(str(mountinfo))
 
 
 def _row(**fields: object) -> dict:
-    row = {"kind": "sysctl", "key": "vm.overcommit_memory", "value": "1", "was": None, "running": "0",
-           "file": "/usr/lib/sysctl.d/30-redis.conf", "was_file": None, "ignore_errors": False}  # fmt: skip
+    row = {
+        "kind": "sysctl",
+        "key": "vm.overcommit_memory",
+        "value": "1",
+        "was": None,
+        "running": "0",
+        "file": "/usr/lib/sysctl.d/30-redis.conf",
+        "was_file": None,
+        "ignore_errors": False,
+    }
     row.update(fields)
     return row
 
@@ -200,13 +250,32 @@ def test_findings_name_key_value_running_file_and_package_and_only_inform() -> N
         _row(key="kernel.pid_max", value="4194304", running="4194304", file="/etc/sysctl.d/x.conf"),
         _row(key="vm.swappiness", value="1", was="10", running=None),
         _row(key="vm.max_map_count", value=None, was="262144", running="262144", file="/usr/lib/sysctl.d/40-old.conf"),
-        {"kind": "modules", "key": "br_netfilter", "value": "load", "was": None, "running": "not loaded",
-         "file": "/usr/lib/modules-load.d/rh.conf", "was_file": None},
-        {"kind": "binfmt", "key": "rh", "value": ":rh:E::rh::/usr/bin/rh-run:", "was": None, "running": None,
-         "file": "/usr/lib/binfmt.d/rh.conf", "was_file": None, "interpreter": "/usr/bin/rh-run"},
-    ]  # fmt: skip
-    owners = {"/usr/lib/sysctl.d/30-redis.conf": "redis-server", "/usr/lib/sysctl.d/40-old.conf": "rh-old",
-              "/usr/lib/modules-load.d/rh.conf": "rh-net", "/usr/lib/binfmt.d/rh.conf": "rh-run"}  # fmt: skip
+        {
+            "kind": "modules",
+            "key": "br_netfilter",
+            "value": "load",
+            "was": None,
+            "running": "not loaded",
+            "file": "/usr/lib/modules-load.d/rh.conf",
+            "was_file": None,
+        },
+        {
+            "kind": "binfmt",
+            "key": "rh",
+            "value": ":rh:E::rh::/usr/bin/rh-run:",
+            "was": None,
+            "running": None,
+            "file": "/usr/lib/binfmt.d/rh.conf",
+            "was_file": None,
+            "interpreter": "/usr/bin/rh-run",
+        },
+    ]
+    owners = {
+        "/usr/lib/sysctl.d/30-redis.conf": "redis-server",
+        "/usr/lib/sysctl.d/40-old.conf": "rh-old",
+        "/usr/lib/modules-load.d/rh.conf": "rh-net",
+        "/usr/lib/binfmt.d/rh.conf": "rh-run",
+    }
     findings = hazard_checks.kernel_findings(rows, owners)
     assert [f.message for f in findings] == [
         "the upgrade sets vm.overcommit_memory = 1 (now 0) through /usr/lib/sysctl.d/30-redis.conf, from "
@@ -221,12 +290,16 @@ def test_findings_name_key_value_running_file_and_package_and_only_inform() -> N
         "from rh-net, at the next boot or restart of systemd-modules-load",
         "the upgrade registers the binary format rh for /usr/bin/rh-run (binfmt_misc is not mounted now) through "
         "/usr/lib/binfmt.d/rh.conf, from rh-run, at the next boot or restart of systemd-binfmt",
-    ]  # fmt: skip
+    ]
     first = findings[0]
     assert (first.check, first.kinds, first.subject) == ("kernel", ["Kernel-Settings"], "vm.overcommit_memory")
     assert {k: first.details[k] for k in ("key", "value", "running", "file", "package")} == {
-        "key": "vm.overcommit_memory", "value": "1", "running": "0", "file": "/usr/lib/sysctl.d/30-redis.conf",
-        "package": "redis-server"}  # fmt: skip
+        "key": "vm.overcommit_memory",
+        "value": "1",
+        "running": "0",
+        "file": "/usr/lib/sysctl.d/30-redis.conf",
+        "package": "redis-server",
+    }
     apply_policy(findings, lambda _key, default: default)
     assert {f.severity for f in findings} == {"info"} and verdict(findings) == "pass"
     apply_policy(findings, lambda key, default: "block" if key == "APT::Rehearse::Policy::Kernel-Settings" else default)

@@ -55,6 +55,10 @@ def test_the_inside_room_is_loaded_before_the_sandbox_forks() -> None:
     """After pivot_root only modules already imported can run: replay.py,
     imported by rehearse.py before any fork, imports the whole room."""
     replay = set(_imports(SRC / "inside" / "replay.py"))
-    room = {f"inside.{p.stem}" for p in (SRC / "inside").glob("*.py")} - {"inside.__init__", "inside.replay", "inside.observe"}
+    room = {f"inside.{p.stem}" for p in (SRC / "inside").glob("*.py")} - {
+        "inside.__init__",
+        "inside.replay",
+        "inside.observe",
+    }
     assert room <= replay, room - replay
     assert "inside.replay" in _imports(SRC / "rehearse.py") and "inside.observe" in _imports(SRC / "rehearse.py")

@@ -60,7 +60,9 @@ def test_units_runs_systemctl_and_reads_every_unit() -> None:
 
 def test_units_of_a_system_without_systemctl_is_nothing() -> None:
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(observe, "run_command", lambda argv, timeout=600: (127, "systemctl: not found in the rehearsed system"))
+        patch.setattr(
+            observe, "run_command", lambda argv, timeout=600: (127, "systemctl: not found in the rehearsed system")
+        )
         assert observe.units() == {}
 
 
@@ -109,10 +111,10 @@ def booted_proc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
             os.symlink(link, proc / pid / "fd" / number)
 
     def inside(path: str) -> str:
-        return str(proc) + path[len("/proc"):] if path == "/proc" or path.startswith("/proc/") else path
+        return str(proc) + path[len("/proc") :] if path == "/proc" or path.startswith("/proc/") else path
 
     def outside(path: str) -> str:
-        return "/proc" + path[len(str(proc)):]
+        return "/proc" + path[len(str(proc)) :]
 
     class OsInTheCapture:
         def __getattr__(self, name: str) -> Any:
@@ -126,9 +128,12 @@ def booted_proc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         def readlink(path: str) -> str:
             return os.readlink(inside(path))
 
-    monkeypatch.setattr(observe, "open", lambda path, *args, **kwargs: builtins.open(inside(path), *args, **kwargs),
-                        raising=False)  # fmt: skip
-    monkeypatch.setattr(observe, "glob", SimpleNamespace(glob=lambda pattern: [outside(p) for p in glob.glob(inside(pattern))]))
+    monkeypatch.setattr(
+        observe, "open", lambda path, *args, **kwargs: builtins.open(inside(path), *args, **kwargs), raising=False
+    )
+    monkeypatch.setattr(
+        observe, "glob", SimpleNamespace(glob=lambda pattern: [outside(p) for p in glob.glob(inside(pattern))])
+    )
     monkeypatch.setattr(observe, "os", OsInTheCapture())
     return proc
 
@@ -170,8 +175,13 @@ def test_sockets_without_a_proc_net_file_are_the_others(booted_proc: Path) -> No
     (booted_proc / "net" / "udp6").unlink()  # a kernel without IPv6
     (booted_proc / "net" / "tcp6").unlink()
     found = observe.sockets()
-    assert [(s["proto"], s["port"]) for s in found] == [("tcp", 22), ("tcp", 25), ("tcp", 3306), ("tcp", 8099),
-                                                        ("udp", 5399)]  # fmt: skip
+    assert [(s["proto"], s["port"]) for s in found] == [
+        ("tcp", 22),
+        ("tcp", 25),
+        ("tcp", 3306),
+        ("tcp", 8099),
+        ("udp", 5399),
+    ]
     assert {s["family"] for s in found} == {4}
 
 
@@ -202,7 +212,9 @@ def test_settle_that_times_out_names_the_state_the_boot_is_in() -> None:
     calls: list[list[str]] = []
     job = "42 apache2.service start running"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(observe, "run_command", _scripted([(124, "\n(timed out)"), (1, "starting\n"), (0, job + "\n")], calls))
+        patch.setattr(
+            observe, "run_command", _scripted([(124, "\n(timed out)"), (1, "starting\n"), (0, job + "\n")], calls)
+        )
         settled = observe.settle(5)
     assert settled["state"] == "starting" and settled["jobs"] == [job]
     assert calls[1] == ["systemctl", "is-system-running"]

@@ -44,36 +44,50 @@ def test_state_submounts_of_a_directory_root() -> None:
 
 def test_plan_describes_every_step_and_never_binds_devices() -> None:
     entries = mountinfo.parse_mountinfo(MOUNTINFO)
-    plan = plan_sandbox(SandboxSpec(root="/", read_only_binds={"/var/cache/apt-rehearse/archives": "/run/apt-rehearse/debs/0"}),
-                        entries)  # fmt: skip
+    plan = plan_sandbox(
+        SandboxSpec(root="/", read_only_binds={"/var/cache/apt-rehearse/archives": "/run/apt-rehearse/debs/0"}), entries
+    )
     text = "\n".join(plan.describe())
     assert "overlay on /run/root: lower /" in text
     assert "overlay on /run/root/boot/efi" in text
     assert "mknod" in text and "pivot_root" in text
     assert "bind /dev" not in text and "bind /run " not in text
-    assert [layer.mountpoint for layer in plan.layers] == ["/", "/boot", "/boot/efi", "/srv/my data", "/srv/tree", "/srv/tree/var"]
+    assert [layer.mountpoint for layer in plan.layers] == [
+        "/",
+        "/boot",
+        "/boot/efi",
+        "/srv/my data",
+        "/srv/tree",
+        "/srv/tree/var",
+    ]
 
 
 @pytest.mark.parametrize(
     ("line", "expected"),
     [
         ("deb http://deb.debian.org/debian bookworm main\n", "deb http://deb.debian.org/debian trixie main\n"),
-        ("deb [signed-by=/k.gpg arch=amd64] http://x/debian bookworm-updates main contrib\n",
-         "deb [signed-by=/k.gpg arch=amd64] http://x/debian trixie-updates main contrib\n"),
-        ("deb http://security.debian.org/debian-security bookworm-security main\n",
-         "deb http://security.debian.org/debian-security trixie-security main\n"),
+        (
+            "deb [signed-by=/k.gpg arch=amd64] http://x/debian bookworm-updates main contrib\n",
+            "deb [signed-by=/k.gpg arch=amd64] http://x/debian trixie-updates main contrib\n",
+        ),
+        (
+            "deb http://security.debian.org/debian-security bookworm-security main\n",
+            "deb http://security.debian.org/debian-security trixie-security main\n",
+        ),
         ("# deb http://x bookworm main\n", "# deb http://x bookworm main\n"),
         ("deb http://x/ubuntu bookwormish main\n", "deb http://x/ubuntu bookwormish main\n"),
     ],
-)  # fmt: skip
+)
 def test_one_line_sources_rewrite(line: str, expected: str) -> None:
     assert release.rewrite_one_line(line, "bookworm", "trixie")[0] == expected
 
 
 def test_deb822_sources_rewrite() -> None:
-    text = ("Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm bookworm-updates\nComponents: main\n"
-            "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n"
-            "Types: deb\nURIs: http://example.org/other\nSuites: stable\nComponents: main\n")  # fmt: skip
+    text = (
+        "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm bookworm-updates\nComponents: main\n"
+        "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n"
+        "Types: deb\nURIs: http://example.org/other\nSuites: stable\nComponents: main\n"
+    )
     rewritten, count = release.rewrite_deb822(text, "bookworm", "trixie")
     assert count == 2
     assert "Suites: trixie trixie-updates" in rewritten
@@ -110,44 +124,106 @@ def _validator() -> Any:
 
 
 def _errors(validator: Any, document: dict) -> list[str]:
-    return [f"{'/'.join(map(str, error.absolute_path)) or '(top)'}: {error.message}" for error in validator.iter_errors(document)]
+    return [
+        f"{'/'.join(map(str, error.absolute_path)) or '(top)'}: {error.message}"
+        for error in validator.iter_errors(document)
+    ]
 
 
 def _observation(units: dict[str, tuple[str, str]], sockets: list[tuple[str, int, int]], http: dict[str, int]) -> dict:
     return {
         "units": {name: {"load": "loaded", "active": active, "sub": sub} for name, (active, sub) in units.items()},
-        "sockets": [{"proto": proto, "family": family, "address": "0.0.0.0" if family == 4 else "::", "port": port,
-                     "unit": "apache2.service"} for proto, port, family in sockets],
-        "http": {page: {"status": status, "content_type": "text/html", "sha256": "2" * 64, "length": 10,
-                        "snippet": "<html>", "php_source": False, "stable": True} for page, status in http.items()},
+        "sockets": [
+            {
+                "proto": proto,
+                "family": family,
+                "address": "0.0.0.0" if family == 4 else "::",
+                "port": port,
+                "unit": "apache2.service",
+            }
+            for proto, port, family in sockets
+        ],
+        "http": {
+            page: {
+                "status": status,
+                "content_type": "text/html",
+                "sha256": "2" * 64,
+                "length": 10,
+                "snippet": "<html>",
+                "php_source": False,
+                "stable": True,
+            }
+            for page, status in http.items()
+        },
         "config_tests": {"apache2ctl -t": {"exit_status": 0, "output": ["Syntax OK"]}},
         "probes": {},
         "journal": {name: ["failed to start"] for name, (active, _) in units.items() if active == "failed"},
         "seconds": 0.4,
-    }  # fmt: skip
+    }
 
 
 def test_json_report_follows_the_contract() -> None:
     validator = _validator()
     findings = [
-        Finding("conffile", ["Conffile-Prompt"], "apache2", "/etc/apache2/apache2.conf: changed", {"path": "/etc/apache2/apache2.conf"}, "warn"),
-        Finding("removal", ["Remove-Module"], "php8.2", "php8.2 would be REMOVED",
-                {"manual": True, "replacement": "php8.4"}, "block"),
-        Finding("release", ["Source-Missing"], "http://x", "http://x offers nothing for trixie", {"apt": "404"}, "info"),
-    ]  # fmt: skip
+        Finding(
+            "conffile",
+            ["Conffile-Prompt"],
+            "apache2",
+            "/etc/apache2/apache2.conf: changed",
+            {"path": "/etc/apache2/apache2.conf"},
+            "warn",
+        ),
+        Finding(
+            "removal",
+            ["Remove-Module"],
+            "php8.2",
+            "php8.2 would be REMOVED",
+            {"manual": True, "replacement": "php8.4"},
+            "block",
+        ),
+        Finding(
+            "release", ["Source-Missing"], "http://x", "http://x offers nothing for trixie", {"apt": "404"}, "info"
+        ),
+    ]
     rehearsal = _rehearsal(findings, "block")
     rehearsal.upper_bytes = {"/": 123456}
-    rehearsal.disk = [{"mount": "/", "host_path": "/", "upper_bytes": 123456, "growth_bytes": -20,
-                       "peak_extra_bytes": 4096, "free_bytes": 1 << 30, "size_bytes": 1 << 34}]  # fmt: skip
+    rehearsal.disk = [
+        {
+            "mount": "/",
+            "host_path": "/",
+            "upper_bytes": 123456,
+            "growth_bytes": -20,
+            "peak_extra_bytes": 4096,
+            "free_bytes": 1 << 30,
+            "size_bytes": 1 << 34,
+        }
+    ]
     rehearsal.notes = ["a note"]
-    before = _observation({"apache2.service": ("active", "running"), "mariadb.service": ("active", "running"),
-                           "dbus.socket": ("active", "running")}, [("tcp", 80, 6), ("tcp", 3306, 4), ("udp", 5353, 4)],
-                          {"80/": 200, "80/index.php": 200})  # fmt: skip
-    after = _observation({"apache2.service": ("active", "running"), "mariadb.service": ("failed", "failed"),
-                          "dbus.socket": ("active", "running")}, [("tcp", 80, 6), ("tcp", 80, 4)], {"80/": 200, "80/index.php": 200})  # fmt: skip
-    rehearsal.observations = {"cgroup": {"path": "/sys/fs/cgroup/x", "systemd_scope": False},
-                              "boot": {"state": "running", "seconds": 0.7, "jobs": []}, "baseline": before,
-                              "settle_after_upgrade": {"state": "degraded", "seconds": 1.2, "jobs": []}, "upgraded": after}  # fmt: skip
+    before = _observation(
+        {
+            "apache2.service": ("active", "running"),
+            "mariadb.service": ("active", "running"),
+            "dbus.socket": ("active", "running"),
+        },
+        [("tcp", 80, 6), ("tcp", 3306, 4), ("udp", 5353, 4)],
+        {"80/": 200, "80/index.php": 200},
+    )
+    after = _observation(
+        {
+            "apache2.service": ("active", "running"),
+            "mariadb.service": ("failed", "failed"),
+            "dbus.socket": ("active", "running"),
+        },
+        [("tcp", 80, 6), ("tcp", 80, 4)],
+        {"80/": 200, "80/index.php": 200},
+    )
+    rehearsal.observations = {
+        "cgroup": {"path": "/sys/fs/cgroup/x", "systemd_scope": False},
+        "boot": {"state": "running", "seconds": 0.7, "jobs": []},
+        "baseline": before,
+        "settle_after_upgrade": {"state": "degraded", "seconds": 1.2, "jobs": []},
+        "upgraded": after,
+    }
     with_services = report.build(rehearsal)
     without_services = report.build(_rehearsal([], "pass"))
     for document in (with_services, without_services):
@@ -159,11 +235,17 @@ def test_json_report_follows_the_contract() -> None:
     assert datetime.datetime.fromisoformat(document["started"]) == rehearsal.started
     assert [f["severity"] for f in document["findings"]] == ["block", "warn", "info"]  # the worst first
     assert [c["package"] for c in document["transaction"]["changes"]] == ["apache2", "libnew1", "php8.2"]
-    assert document["suggestion"] == {"also": ["php8.4"],
-                                      "command": "apt-rehearse dist-upgrade --release trixie --also php8.4"}  # fmt: skip
+    assert document["suggestion"] == {
+        "also": ["php8.4"],
+        "command": "apt-rehearse dist-upgrade --release trixie --also php8.4",
+    }
     services = document["services"]
-    assert services["baseline"] == {"active_services": 2, "failed": [], "listening": ["tcp/3306", "tcp/80", "udp/5353"],
-                                    "http": {"80/": 200, "80/index.php": 200}}  # fmt: skip
+    assert services["baseline"] == {
+        "active_services": 2,
+        "failed": [],
+        "listening": ["tcp/3306", "tcp/80", "udp/5353"],
+        "http": {"80/": 200, "80/index.php": 200},
+    }
     assert services["upgraded"]["active_services"] == 1 and services["upgraded"]["failed"] == ["mariadb.service"]
     assert services["upgraded"]["listening"] == ["tcp/80"]
     assert services["settle_after_upgrade"] == {"state": "degraded", "seconds": 1.2}
@@ -183,7 +265,7 @@ def test_json_report_follows_the_contract() -> None:
         (("findings", 0, "severity"), "fatal", "findings/0/severity"),
         (("phases", 0, "seconds"), "1.0", "phases/0/seconds"),
     ],
-)  # fmt: skip
+)
 def test_the_schema_refuses_a_report_that_breaks_the_contract(path: tuple, value: object, where: str) -> None:
     validator = _validator()
     finding = Finding("removal", ["Remove-Manual"], "php8.2", "php8.2 would be REMOVED", {"manual": True}, "block")
@@ -200,8 +282,10 @@ def test_the_schema_refuses_a_report_that_breaks_the_contract(path: tuple, value
     assert errors and all(error.startswith(where) for error in errors), errors
 
 
-@pytest.mark.parametrize("key", ["schema", "tool_version", "id", "root", "started", "duration_s", "verdict",
-                                 "transaction", "findings", "phases"])  # fmt: skip
+@pytest.mark.parametrize(
+    "key",
+    ["schema", "tool_version", "id", "root", "started", "duration_s", "verdict", "transaction", "findings", "phases"],
+)
 def test_the_schema_refuses_a_report_without_a_key_of_the_contract(key: str) -> None:
     validator = _validator()
     document = report.build(_rehearsal([], "pass"))
@@ -216,7 +300,9 @@ def test_saved_report_follows_the_contract(tmp_path: Path) -> None:
         pytest.skip("reports are saved root:adm: run as root to check the saved one")
     from apt_rehearse.model.config import Settings
 
-    rehearsal = _rehearsal([Finding("removal", ["Remove-Manual"], "php8.2", "php8.2 would be REMOVED", {}, "block")], "block")
+    rehearsal = _rehearsal(
+        [Finding("removal", ["Remove-Manual"], "php8.2", "php8.2 would be REMOVED", {}, "block")], "block"
+    )
     document = report.finish(rehearsal, Settings(log_dir=str(tmp_path / "log")), duration_s=12.3456)
     saved = json.loads(Path(document["report_path"]).read_text())
     assert saved == document and saved["duration_s"] == 12.346
@@ -225,7 +311,9 @@ def test_saved_report_follows_the_contract(tmp_path: Path) -> None:
 
 
 def test_text_report_is_apt_style() -> None:
-    finding = Finding("removal", ["Remove-Manual"], "php8.2", "php8.2 would be REMOVED (manually installed)", {}, "block")
+    finding = Finding(
+        "removal", ["Remove-Manual"], "php8.2", "php8.2 would be REMOVED (manually installed)", {}, "block"
+    )
     text = report.render_text(report.build(_rehearsal([finding], "block")))
     lines = text.splitlines()
     assert lines[lines.index("The following packages will be REMOVED:") + 1] == "  php8.2"
@@ -244,36 +332,51 @@ def test_colour_only_when_asked() -> None:
 
 def test_text_report_says_what_the_hazard_checks_covered_and_json_has_the_figures() -> None:
     rehearsal = _rehearsal([], "pass")
-    rehearsal.hazards = {"libraries": {"checked": True, "objects": 76, "per_object": []},
-                         "boot": {"kernels": {"6.1.0-40-amd64": {"initrd_bytes": 30 << 20}}, "references": []}}
+    rehearsal.hazards = {
+        "libraries": {"checked": True, "objects": 76, "per_object": []},
+        "boot": {"kernels": {"6.1.0-40-amd64": {"initrd_bytes": 30 << 20}}, "references": []},
+    }
     rehearsal.disk = [{"mount": "/"}, {"mount": "/boot"}]
     document = report.build(rehearsal)
-    assert document["libraries"]["objects"] == 76 and document["boot"]["kernels"]["6.1.0-40-amd64"]["initrd_bytes"] == 30 << 20
+    assert (
+        document["libraries"]["objects"] == 76
+        and document["boot"]["kernels"]["6.1.0-40-amd64"]["initrd_bytes"] == 30 << 20
+    )
     lines = report.render_text(document).splitlines()
-    assert ("N: also checked the libraries of 76 program(s) and module(s); 1 kernel(s) and their initramfs; "
-            "the free space of /, /boot") in lines
+    assert (
+        "N: also checked the libraries of 76 program(s) and module(s); 1 kernel(s) and their initramfs; "
+        "the free space of /, /boot"
+    ) in lines
 
 
 def test_missing_suites_are_told_from_network_errors() -> None:
     missing_suites = release.missing_suites
     # As python-apt joins apt's errors (seen on this machine, apt 2.6).
-    file_repo = ("E:Failed to fetch file:/srv/repo/dists/trixie/main/binary-amd64/Packages  File not found - "
-                 "/srv/repo/dists/trixie/main/binary-amd64/Packages (2: No such file or directory), "
-                 "E:Some index files failed to download. They have been ignored, or old ones used instead.")  # fmt: skip
+    file_repo = (
+        "E:Failed to fetch file:/srv/repo/dists/trixie/main/binary-amd64/Packages  File not found - "
+        "/srv/repo/dists/trixie/main/binary-amd64/Packages (2: No such file or directory), "
+        "E:Some index files failed to download. They have been ignored, or old ones used instead."
+    )
     assert list(missing_suites(file_repo)) == ["file:/srv/repo trixie"]
     # apt 3.0 (trixie) puts a warning first.
-    trixie = ("W:Repositories should provide a clear-signed InRelease file, but none found at "
-              "file:/srv/repo/dists/trixie/InRelease., " + file_repo)  # fmt: skip
+    trixie = (
+        "W:Repositories should provide a clear-signed InRelease file, but none found at "
+        "file:/srv/repo/dists/trixie/InRelease., " + file_repo
+    )
     assert list(missing_suites(trixie)) == ["file:/srv/repo trixie"]
-    http_repo = ("E:The repository 'https://download.docker.com/linux/debian trixie Release' does not have a Release "
-                 "file., W:Updating from such a repository can't be done securely, and is therefore disabled by "
-                 "default., E:Failed to fetch https://download.docker.com/linux/debian/dists/trixie/InRelease  404  "
-                 "Not Found [IP: 192.0.2.1 443]")  # fmt: skip
+    http_repo = (
+        "E:The repository 'https://download.docker.com/linux/debian trixie Release' does not have a Release "
+        "file., W:Updating from such a repository can't be done securely, and is therefore disabled by "
+        "default., E:Failed to fetch https://download.docker.com/linux/debian/dists/trixie/InRelease  404  "
+        "Not Found [IP: 192.0.2.1 443]"
+    )
     assert list(missing_suites(http_repo)) == ["https://download.docker.com/linux/debian trixie"]
     # A network error is worth another try, even beside a missing suite.
-    offline = ("E:Failed to fetch http://deb.debian.org/debian/dists/trixie/InRelease  Temporary failure resolving "
-               "'deb.debian.org', E:Some index files failed to download. They have been ignored, or old ones used "
-               "instead.")  # fmt: skip
+    offline = (
+        "E:Failed to fetch http://deb.debian.org/debian/dists/trixie/InRelease  Temporary failure resolving "
+        "'deb.debian.org', E:Some index files failed to download. They have been ignored, or old ones used "
+        "instead."
+    )
     assert missing_suites(offline) is None
     assert missing_suites(http_repo + ", " + offline) is None
     assert missing_suites("") is None
@@ -282,9 +385,14 @@ def test_missing_suites_are_told_from_network_errors() -> None:
 def test_an_unsigned_source_is_told_from_apt_updates_refusal() -> None:
     # apt 2.6's words, as python-apt joins them: no signature at all, and a key apt does not have.
     unsigned = "E:The repository 'file:/srv/repo trixie Release' is not signed."
-    no_key = ("W:GPG error: http://repo.example/debian trixie InRelease: The following signatures couldn't be verified "
-              "because the public key is not available: NO_PUBKEY 0123456789ABCDEF, E:The repository "
-              "'http://repo.example/debian trixie InRelease' is not signed.")  # fmt: skip
+    no_key = (
+        "W:GPG error: http://repo.example/debian trixie InRelease: The following signatures couldn't be verified "
+        "because the public key is not available: NO_PUBKEY 0123456789ABCDEF, E:The repository "
+        "'http://repo.example/debian trixie InRelease' is not signed."
+    )
     assert release.NOT_SIGNED.search(unsigned).group(1) == "file:/srv/repo trixie"
     assert release.NOT_SIGNED.search(no_key).group(1) == "http://repo.example/debian trixie"
-    assert release.NOT_SIGNED.search("E:The repository 'file:/srv/repo trixie Release' does not have a Release file.") is None
+    assert (
+        release.NOT_SIGNED.search("E:The repository 'file:/srv/repo trixie Release' does not have a Release file.")
+        is None
+    )

@@ -15,17 +15,35 @@ BASE = {
         "setup.service": {"load": "loaded", "active": "active", "sub": "exited"},
         "broken.service": {"load": "loaded", "active": "failed", "sub": "failed"},
     },
-    "sockets": [{"proto": "tcp", "family": 4, "address": "0.0.0.0", "port": 80, "unit": "apache2.service"},
-                {"proto": "tcp", "family": 4, "address": "0.0.0.0", "port": 22, "unit": "ssh.service"}],
-    "http": {"80/": {"status": 200, "content_type": "text/html", "sha256": "a", "snippet": "<h1>ok</h1>",
-                     "php_source": False, "stable": True},
-             "80/index.php": {"status": 200, "content_type": "text/html", "sha256": "b", "snippet": "ok",
-                              "php_source": False, "stable": True}},
-    "config_tests": {"apache2ctl -M": {"exit_status": 0, "modules": ["core_module", "php_module"]},
-                     "sshd -t": {"exit_status": 0, "output": []}},
+    "sockets": [
+        {"proto": "tcp", "family": 4, "address": "0.0.0.0", "port": 80, "unit": "apache2.service"},
+        {"proto": "tcp", "family": 4, "address": "0.0.0.0", "port": 22, "unit": "ssh.service"},
+    ],
+    "http": {
+        "80/": {
+            "status": 200,
+            "content_type": "text/html",
+            "sha256": "a",
+            "snippet": "<h1>ok</h1>",
+            "php_source": False,
+            "stable": True,
+        },
+        "80/index.php": {
+            "status": 200,
+            "content_type": "text/html",
+            "sha256": "b",
+            "snippet": "ok",
+            "php_source": False,
+            "stable": True,
+        },
+    },
+    "config_tests": {
+        "apache2ctl -M": {"exit_status": 0, "modules": ["core_module", "php_module"]},
+        "sshd -t": {"exit_status": 0, "output": []},
+    },
     "probes": {"rrd": {"ok": True, "detail": "exit 0"}},
     "journal": {},
-}  # fmt: skip
+}
 
 
 def after(**changes: object) -> dict:
@@ -53,17 +71,29 @@ def test_identical_observations_have_no_findings() -> None:
 
 def test_everything_that_breaks_is_found() -> None:
     broken = after(
-        units={**BASE["units"], "apache2.service": {"load": "loaded", "active": "failed", "sub": "failed"},
-               "broken.service": {"load": "loaded", "active": "failed", "sub": "failed"}},
+        units={
+            **BASE["units"],
+            "apache2.service": {"load": "loaded", "active": "failed", "sub": "failed"},
+            "broken.service": {"load": "loaded", "active": "failed", "sub": "failed"},
+        },
         sockets=[{"proto": "tcp", "family": 4, "address": "0.0.0.0", "port": 2222, "unit": "ssh.service"}],
-        http={"80/": {**BASE["http"]["80/"]},
-              "80/index.php": {"status": 200, "content_type": "application/x-httpd-php", "sha256": "c",
-                               "snippet": "<?php echo 1; ?>", "php_source": True}},
-        config_tests={"apache2ctl -M": {"exit_status": 0, "modules": ["core_module"]},
-                      "sshd -t": {"exit_status": 255, "output": ["/etc/ssh/sshd_config line 3: Bad option"]}},
+        http={
+            "80/": {**BASE["http"]["80/"]},
+            "80/index.php": {
+                "status": 200,
+                "content_type": "application/x-httpd-php",
+                "sha256": "c",
+                "snippet": "<?php echo 1; ?>",
+                "php_source": True,
+            },
+        },
+        config_tests={
+            "apache2ctl -M": {"exit_status": 0, "modules": ["core_module"]},
+            "sshd -t": {"exit_status": 255, "output": ["/etc/ssh/sshd_config line 3: Bad option"]},
+        },
         probes={"rrd": {"ok": False, "detail": "exit 1: ERROR: This RRD was created on another architecture"}},
         journal={"apache2.service": ["AH00526: Syntax error"]},
-    )  # fmt: skip
+    )
     found = checks_of(service_findings(BASE, broken, None))
     assert [f.subject for f in found["service"]] == ["apache2.service"]  # broken.service was failed already
     assert found["service"][0].details["journal"] == ["AH00526: Syntax error"]

@@ -9,8 +9,15 @@ apt_pkg.init_system()
 
 
 def change(**overrides: object) -> Change:
-    fields = dict(package="foo", arch="amd64", from_version="1.0", to_version="2.0", action="upgrade",
-                  deb="/x/foo_2.0_amd64.deb", sha256="a" * 64)  # fmt: skip
+    fields = dict(
+        package="foo",
+        arch="amd64",
+        from_version="1.0",
+        to_version="2.0",
+        action="upgrade",
+        deb="/x/foo_2.0_amd64.deb",
+        sha256="a" * 64,
+    )
     fields.update(overrides)
     return Change(**fields)  # type: ignore[arg-type]
 
@@ -28,7 +35,9 @@ def test_identity_ignores_order_and_informational_fields() -> None:
         Transaction([change(sha256="b" * 64)], dpkg_status_sha256="s1"),
         Transaction([change(action="downgrade")], dpkg_status_sha256="s1"),
         Transaction([change()], dpkg_status_sha256="s2"),
-        Transaction([change(), change(package="baz", action="remove", to_version=None, deb=None)], dpkg_status_sha256="s1"),
+        Transaction(
+            [change(), change(package="baz", action="remove", to_version=None, deb=None)], dpkg_status_sha256="s1"
+        ),
     ],
 )
 def test_identity_changes_with_what_matters(other: Transaction) -> None:
@@ -42,9 +51,15 @@ def test_unknown_action_is_refused() -> None:
 
 @pytest.mark.parametrize(
     ("old", "new", "action"),
-    [(None, "1.0", "install"), ("1.0", None, "remove"), ("1.0", "1.0", "reinstall"),
-     ("1.0", "1:0.9", "upgrade"), ("2.0~rc1", "1.9", "downgrade"), ("1.0", "1.0+deb12u1", "upgrade")],
-)  # fmt: skip
+    [
+        (None, "1.0", "install"),
+        ("1.0", None, "remove"),
+        ("1.0", "1.0", "reinstall"),
+        ("1.0", "1:0.9", "upgrade"),
+        ("2.0~rc1", "1.9", "downgrade"),
+        ("1.0", "1.0+deb12u1", "upgrade"),
+    ],
+)
 def test_classify_uses_debian_version_order(old: str | None, new: str | None, action: str) -> None:
     assert classify(old, new, apt_pkg.version_compare) == action
 
@@ -58,6 +73,11 @@ def test_json_round_trip() -> None:
 
 
 def test_by_action_sorts_and_filters() -> None:
-    tx = Transaction([change(package="zz", action="remove", to_version=None), change(package="aa", action="remove", to_version=None),
-                      change(package="mm")])  # fmt: skip
+    tx = Transaction(
+        [
+            change(package="zz", action="remove", to_version=None),
+            change(package="aa", action="remove", to_version=None),
+            change(package="mm"),
+        ]
+    )
     assert [c.package for c in tx.by_action("remove")] == ["aa", "zz"]

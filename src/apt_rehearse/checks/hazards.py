@@ -16,7 +16,9 @@ from apt_rehearse.model.transaction import INSTALLING_ACTIONS, REMOVING_ACTIONS,
 LIST_LIMIT = 12
 
 
-def lost_library_findings(transaction: Transaction, losses: list[dict[str, Any]], owners: dict[str, str]) -> list[Finding]:
+def lost_library_findings(
+    transaction: Transaction, losses: list[dict[str, Any]], owners: dict[str, str]
+) -> list[Finding]:
     """A program or module that finds a library before the run and not after it
     (``losses`` from libraries.lost_libraries; ``owners``: library file -> package)."""
     findings = []
@@ -33,9 +35,15 @@ def lost_library_findings(transaction: Transaction, losses: list[dict[str, Any]]
         else:
             came = f"; it was {loss['was']}"
         via = "" if loss["needed_by"] == loss["object"] else f" (needed by {loss['needed_by']})"
-        findings.append(Finding("library", ["Lost-Library"], loss["object"],
-                                f"{loss['object']}: {loss['soname']} not found after the upgrade{via}{came}",
-                                {**loss, "package": owner, "package_removed": owner in removed}))  # fmt: skip
+        findings.append(
+            Finding(
+                "library",
+                ["Lost-Library"],
+                loss["object"],
+                f"{loss['object']}: {loss['soname']} not found after the upgrade{via}{came}",
+                {**loss, "package": owner, "package_removed": owner in removed},
+            )
+        )
     return findings
 
 
@@ -44,10 +52,17 @@ def boot_findings(transaction: Transaction, hazards: HazardFacts) -> list[Findin
     findings = []
     for call in hazards.recorded_commands:
         origin = " ".join(w for w in (call["package"], call["script"]) if w)
-        findings.append(Finding("boot", ["Boot-Command"], call["command"].split()[0],
-                                f"would run {call['command']}" + (f" (from {origin})" if origin else "")
-                                + "; recorded in the rehearsal, not run against this machine's disks or firmware",
-                                dict(call)))  # fmt: skip
+        findings.append(
+            Finding(
+                "boot",
+                ["Boot-Command"],
+                call["command"].split()[0],
+                f"would run {call['command']}"
+                + (f" (from {origin})" if origin else "")
+                + "; recorded in the rehearsal, not run against this machine's disks or firmware",
+                dict(call),
+            )
+        )
     if after.generator:
         for version, kernel in sorted(after.kernels.items()):
             then = before.kernels.get(version)
@@ -58,21 +73,41 @@ def boot_findings(transaction: Transaction, hazards: HazardFacts) -> list[Findin
             what = "was removed" if then is not None else "was not built"
             if kernel["initrd"] and not kernel["initrd_bytes"]:
                 what = "is empty"
-            findings.append(Finding("boot", ["Boot-Chain"], f"/boot/initrd.img-{version}",
-                                    f"kernel {version}: its initramfs /boot/initrd.img-{version} {what} "
-                                    f"({after.generator}); the machine may not boot it",
-                                    {"version": version, "kernel": kernel, "generator": after.generator}))  # fmt: skip
+            findings.append(
+                Finding(
+                    "boot",
+                    ["Boot-Chain"],
+                    f"/boot/initrd.img-{version}",
+                    f"kernel {version}: its initramfs /boot/initrd.img-{version} {what} "
+                    f"({after.generator}); the machine may not boot it",
+                    {"version": version, "kernel": kernel, "generator": after.generator},
+                )
+            )
     broken_before = {(r["config"], r["path"]) for r in before.references if not r["exists"]}
     for reference in after.references:
         if reference["exists"] or (reference["config"], reference["path"]) in broken_before:
             continue
-        findings.append(Finding("boot", ["Boot-Chain"], reference["config"],
-                                f"{reference['config']} names the {reference['kind']} {reference['path']}, "
-                                "which would not exist after the upgrade", dict(reference)))  # fmt: skip
+        findings.append(
+            Finding(
+                "boot",
+                ["Boot-Chain"],
+                reference["config"],
+                f"{reference['config']} names the {reference['kind']} {reference['path']}, "
+                "which would not exist after the upgrade",
+                dict(reference),
+            )
+        )
     for link, state in sorted(after.links.items()):
         if not state["exists"] and before.links.get(link, {}).get("exists", True):
-            findings.append(Finding("boot", ["Boot-Chain"], link,
-                                    f"{link} would point to {state['target']}, which does not exist", {"link": link, **state}))  # fmt: skip
+            findings.append(
+                Finding(
+                    "boot",
+                    ["Boot-Chain"],
+                    link,
+                    f"{link} would point to {state['target']}, which does not exist",
+                    {"link": link, **state},
+                )
+            )
     return findings
 
 
@@ -80,11 +115,13 @@ def boot_summary(hazards: HazardFacts) -> dict[str, Any]:
     after = hazards.after.boot
     return {
         "generator": after.generator,
-        "kernels": {v: {"initrd_bytes": k["initrd_bytes"], "kernel_bytes": k["kernel_bytes"]} for v, k in after.kernels.items()},
+        "kernels": {
+            v: {"initrd_bytes": k["initrd_bytes"], "kernel_bytes": k["kernel_bytes"]} for v, k in after.kernels.items()
+        },
         "references": after.references,
         "recorded_commands": hazards.recorded_commands,
         "recorder_refused": hazards.recorder_refused,
-    }  # fmt: skip
+    }
 
 
 def conffile_detail_findings(leftovers: list[dict[str, Any]], findings: list[Finding]) -> list[Finding]:
@@ -106,13 +143,26 @@ def conffile_detail_findings(leftovers: list[dict[str, Any]], findings: list[Fin
             package = row.get("ucf_package") or "?"
             # ucf asks through debconf: an unattended run takes its default and
             # does not hang, so this stays a warning even then.
-            new.append(Finding("conffile", ["Conffile-Prompt"], package,
-                               f"{row['path']}: changed locally and by the new {package}; ucf will ask which to keep"
-                               + _leaves(row), {"path": row["path"], "package": package, **summary}))  # fmt: skip
+            new.append(
+                Finding(
+                    "conffile",
+                    ["Conffile-Prompt"],
+                    package,
+                    f"{row['path']}: changed locally and by the new {package}; ucf will ask which to keep"
+                    + _leaves(row),
+                    {"path": row["path"], "package": package, **summary},
+                )
+            )
         else:
-            new.append(Finding("conffile", ["Conffile-Left"], row["path"],
-                               f"{row['path']}: the run leaves {row['leftover']}" + _counts(row),
-                               {"path": row["path"], **summary}))  # fmt: skip
+            new.append(
+                Finding(
+                    "conffile",
+                    ["Conffile-Left"],
+                    row["path"],
+                    f"{row['path']}: the run leaves {row['leftover']}" + _counts(row),
+                    {"path": row["path"], **summary},
+                )
+            )
     return new
 
 
@@ -132,15 +182,28 @@ def release_findings(hazards: HazardFacts) -> list[Finding]:
     findings = []
     obsolete = hazards.obsolete
     if obsolete:
-        findings.append(Finding("release", ["Obsolete"], "obsolete",
-                                f"{len(obsolete)} package(s) stay installed that no source offers any more: "
-                                + _short(obsolete), {"packages": obsolete}))  # fmt: skip
+        findings.append(
+            Finding(
+                "release",
+                ["Obsolete"],
+                "obsolete",
+                f"{len(obsolete)} package(s) stay installed that no source offers any more: " + _short(obsolete),
+                {"packages": obsolete},
+            )
+        )
     before = set(hazards.before.autoremovable or [])
     became = sorted(set(hazards.after.autoremovable or []) - before)
     if became:
-        findings.append(Finding("release", ["Auto-Removable"], "autoremove",
-                                f"{len(became)} package(s) become auto-removable ('apt autoremove' would remove them): "
-                                + _short(became), {"packages": became}))  # fmt: skip
+        findings.append(
+            Finding(
+                "release",
+                ["Auto-Removable"],
+                "autoremove",
+                f"{len(became)} package(s) become auto-removable ('apt autoremove' would remove them): "
+                + _short(became),
+                {"packages": became},
+            )
+        )
     return findings
 
 
@@ -163,8 +226,10 @@ def kernel_findings(rows: list[dict[str, Any]], owners: dict[str, str]) -> list[
         when = f"at the next boot or restart of {KERNEL_APPLIERS[kind]}"
         if kind == "sysctl":
             if value is None:
-                message = (f"the upgrade no longer sets {key} ({_now(now)}), which {source} set to {row['was']}: "
-                           "from the next boot on, the kernel's default applies")  # fmt: skip
+                message = (
+                    f"the upgrade no longer sets {key} ({_now(now)}), which {source} set to {row['was']}: "
+                    "from the next boot on, the kernel's default applies"
+                )
             else:
                 state = "as now" if now is not None and now == value else _now(now)
                 if row["was"] is not None:
@@ -172,23 +237,26 @@ def kernel_findings(rows: list[dict[str, Any]], owners: dict[str, str]) -> list[
                 message = f"the upgrade sets {key} = {value} ({state}) through {source} {when}"
         elif kind == "modules":
             if value is None:
-                message = (f"the upgrade no longer loads the kernel module {key} at boot ({now} now), "
-                           f"which {source} listed")
+                message = (
+                    f"the upgrade no longer loads the kernel module {key} at boot ({now} now), "
+                    f"which {source} listed"
+                )
             else:
                 message = f"the upgrade loads the kernel module {key} ({now} now) through {source} {when}"
         else:
             state = f"{now} now" if now else "binfmt_misc is not mounted now"
             if value is None:
-                message = (f"the upgrade no longer registers the binary format {key} at boot ({state}), "
-                           f"which {source} did")
+                message = (
+                    f"the upgrade no longer registers the binary format {key} at boot ({state}), " f"which {source} did"
+                )
             else:
                 if row["was"] is not None:
                     state += "; another rule until now"
                 interpreter = f" for {row['interpreter']}" if row.get("interpreter") else ""
-                message = (f"the upgrade registers the binary format {key}{interpreter} ({state}) "
-                           f"through {source} {when}")
-        findings.append(Finding("kernel", ["Kernel-Settings"], key, message,
-                                {**row, "package": package}))  # fmt: skip
+                message = (
+                    f"the upgrade registers the binary format {key}{interpreter} ({state}) " f"through {source} {when}"
+                )
+        findings.append(Finding("kernel", ["Kernel-Settings"], key, message, {**row, "package": package}))
     return findings
 
 

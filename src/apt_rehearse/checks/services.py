@@ -24,11 +24,24 @@ def _units_lost(before: Observation, after: Observation, when: str) -> list[Find
             continue
         if state["sub"] == "exited" and (now is None or now["active"] != "failed"):
             continue  # a oneshot that ran at boot: only its failure means something
-        what = "gone" if now is None or now["load"] == "not-found" else now["active"] + (f" ({now['sub']})" if now else "")
-        findings.append(Finding("service", ["Service-Failed"], name, f"{name} was active before and is {what} {when}",
-                                {"before": state, "after": now, "when": when,
-                                 "journal": after.journal.get(name, [])[-15:],
-                                 "output_tail": after.journal.get(name, [])[-5:]}))  # fmt: skip
+        what = (
+            "gone" if now is None or now["load"] == "not-found" else now["active"] + (f" ({now['sub']})" if now else "")
+        )
+        findings.append(
+            Finding(
+                "service",
+                ["Service-Failed"],
+                name,
+                f"{name} was active before and is {what} {when}",
+                {
+                    "before": state,
+                    "after": now,
+                    "when": when,
+                    "journal": after.journal.get(name, [])[-15:],
+                    "output_tail": after.journal.get(name, [])[-5:],
+                },
+            )
+        )
     return findings
 
 
@@ -44,9 +57,15 @@ def _sockets_lost(before: Observation, after: Observation, when: str) -> list[Fi
         unit = sock.get("unit") or "a process"
         new_ports = sorted({s["port"] for s in after.sockets if s.get("unit") == sock.get("unit") and sock.get("unit")})
         elsewhere = f"; {unit} now listens on {', '.join(map(str, new_ports))}" if new_ports else ""
-        findings.append(Finding("socket", ["Lost-Socket"], unit,
-                                f"{sock['proto'].upper()} port {sock['port']} ({unit}) no longer listens {when}{elsewhere}",
-                                {"before": sock, "now_listening": new_ports, "when": when}))  # fmt: skip
+        findings.append(
+            Finding(
+                "socket",
+                ["Lost-Socket"],
+                unit,
+                f"{sock['proto'].upper()} port {sock['port']} ({unit}) no longer listens {when}{elsewhere}",
+                {"before": sock, "now_listening": new_ports, "when": when},
+            )
+        )
     return findings
 
 
@@ -57,9 +76,15 @@ def _http_changed(before: Observation, after: Observation, when: str) -> list[Fi
         port = key.split("/", 1)[0]
         subject = f"http://localhost:{key}"
         if new is None:
-            findings.append(Finding("http", ["Http-Changed"], subject,
-                                    f"{subject} answered HTTP {page['status']} before and does not answer {when}",
-                                    {"before": page, "after": None, "when": when}))  # fmt: skip
+            findings.append(
+                Finding(
+                    "http",
+                    ["Http-Changed"],
+                    subject,
+                    f"{subject} answered HTTP {page['status']} before and does not answer {when}",
+                    {"before": page, "after": None, "when": when},
+                )
+            )
             continue
         if new.get("php_source") and not page.get("php_source"):
             message = f"{subject} now serves PHP source instead of its page ({new['content_type'] or 'no type'}) {when}"
@@ -68,14 +93,27 @@ def _http_changed(before: Observation, after: Observation, when: str) -> list[Fi
         elif new["content_type"] != page["content_type"]:
             message = f"{subject} changed content type from {page['content_type']} to {new['content_type']} {when}"
         elif page.get("stable") and new["sha256"] != page["sha256"]:
-            findings.append(Finding("http", ["Http-Body-Changed"], subject,
-                                    f"{subject} serves a different page {when} (same status {new['status']})",
-                                    {"before": page, "after": new, "when": when, "port": int(port)}))  # fmt: skip
+            findings.append(
+                Finding(
+                    "http",
+                    ["Http-Body-Changed"],
+                    subject,
+                    f"{subject} serves a different page {when} (same status {new['status']})",
+                    {"before": page, "after": new, "when": when, "port": int(port)},
+                )
+            )
             continue
         else:
             continue
-        findings.append(Finding("http", ["Http-Changed"], subject, message,
-                                {"before": page, "after": new, "when": when, "port": int(port)}))  # fmt: skip
+        findings.append(
+            Finding(
+                "http",
+                ["Http-Changed"],
+                subject,
+                message,
+                {"before": page, "after": new, "when": when, "port": int(port)},
+            )
+        )
     return findings
 
 
@@ -89,16 +127,28 @@ def _config_tests(before: Observation, after: Observation, when: str) -> list[Fi
             lost = sorted(set(result["modules"]) - set(new.get("modules", [])))
             if lost:
                 owner = "apache" if name.startswith("apache") else "php"
-                findings.append(Finding("module", ["Module-Lost"], owner,
-                                        f"{owner} loses module(s) {', '.join(lost)} {when} ({name})",
-                                        {"lost": lost, "test": name, "when": when}))  # fmt: skip
+                findings.append(
+                    Finding(
+                        "module",
+                        ["Module-Lost"],
+                        owner,
+                        f"{owner} loses module(s) {', '.join(lost)} {when} ({name})",
+                        {"lost": lost, "test": name, "when": when},
+                    )
+                )
             continue
         if result["exit_status"] != 0 or new is None or new["exit_status"] == 0:
             continue
         kinds = ["Config-Test"] + (["Sshd-Config"] if name.startswith("sshd") else [])
-        findings.append(Finding("config-test", kinds, name.split()[0],
-                                f"'{name}' passed before and fails {when} (exit status {new['exit_status']})",
-                                {"test": name, "output_tail": new.get("output", []), "when": when}))  # fmt: skip
+        findings.append(
+            Finding(
+                "config-test",
+                kinds,
+                name.split()[0],
+                f"'{name}' passed before and fails {when} (exit status {new['exit_status']})",
+                {"test": name, "output_tail": new.get("output", []), "when": when},
+            )
+        )
     return findings
 
 
@@ -108,8 +158,15 @@ def _probes(before: Observation, after: Observation, when: str) -> list[Finding]
         new = after.probes.get(name)
         if not result["ok"] or new is None or new["ok"]:
             continue
-        findings.append(Finding("probe", ["Probe-Failed"], name, f"probe {name} passed before and fails {when}: {new['detail']}",
-                                {"before": result["detail"], "after": new["detail"], "when": when}))  # fmt: skip
+        findings.append(
+            Finding(
+                "probe",
+                ["Probe-Failed"],
+                name,
+                f"probe {name} passed before and fails {when}: {new['detail']}",
+                {"before": result["detail"], "after": new["detail"], "when": when},
+            )
+        )
     return findings
 
 
@@ -120,7 +177,9 @@ def compare(before: Observation, after: Observation, when: str) -> list[Finding]
     return findings
 
 
-def service_findings(baseline: Observation, upgraded: Observation | None, rebooted: Observation | None) -> list[Finding]:
+def service_findings(
+    baseline: Observation, upgraded: Observation | None, rebooted: Observation | None
+) -> list[Finding]:
     """Findings after the upgrade; those that show only after a reboot say so."""
     findings = compare(baseline, upgraded, "after the upgrade") if upgraded else []
     seen = {(f.check, f.subject) for f in findings}

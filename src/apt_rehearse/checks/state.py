@@ -41,11 +41,20 @@ NO_SPACE_MARKERS = ("No space left on device", "ENOSPC")
 # What a program says when the network it reaches for is not there: the
 # sandbox has only loopback, the real run has the machine's network.
 NETWORK_MARKERS = (
-    "Temporary failure in name resolution", "Temporary failure resolving", "Could not resolve host",
-    "Could not resolve", "unable to resolve host address", "Name or service not known", "Network is unreachable",
-    "No route to host", "Failed to establish a new connection", "getaddrinfo", "keyserver receive failed",
-    "Connection timed out", "Failed to connect to",
-)  # fmt: skip
+    "Temporary failure in name resolution",
+    "Temporary failure resolving",
+    "Could not resolve host",
+    "Could not resolve",
+    "unable to resolve host address",
+    "Name or service not known",
+    "Network is unreachable",
+    "No route to host",
+    "Failed to establish a new connection",
+    "getaddrinfo",
+    "keyserver receive failed",
+    "Connection timed out",
+    "Failed to connect to",
+)
 # What the sandbox's confinement refuses (confine.py): the host kernel's
 # settings, modules, clock, swap, devices. The real run has them.
 KERNEL_MARKERS = re.compile(
@@ -144,8 +153,10 @@ def removal_findings(transaction: Transaction, facts: dict[str, RemovalFacts]) -
                 # sysadmin's "manual" does not pass to the new name, though.
                 kinds.append("Remove-Renamed")
                 automatic = any(c.package == successor and not c.manual for c in transaction.changes)
-                marks.append(f"manually installed; renamed: {successor} provides it"
-                             + (" and is marked automatic" if automatic else ""))  # fmt: skip
+                marks.append(
+                    f"manually installed; renamed: {successor} provides it"
+                    + (" and is marked automatic" if automatic else "")
+                )
             elif successor:
                 marks.append(f"renamed: {successor} provides it")
             elif change.manual:
@@ -161,13 +172,28 @@ def removal_findings(transaction: Transaction, facts: dict[str, RemovalFacts]) -
         replacement = transaction.replacements.get(change.package)
         if replacement and len(kinds) > 1 and not successor:
             marks.append(f"likely replaced by {replacement}")
-        message = f"{change.package} {change.from_version} would be {verb}" + (f" ({'; '.join(marks)})" if marks else "")
-        findings.append(Finding("removal", kinds, change.package, message, {
-            "arch": change.arch, "version": change.from_version, "manual": change.manual,
-            "requested": change.requested, "enabled_services": fact.enabled_services,
-            "web_modules": fact.web_modules, "action": change.action, "replacement": replacement,
-            "successor": successor,
-        }))  # fmt: skip
+        message = f"{change.package} {change.from_version} would be {verb}" + (
+            f" ({'; '.join(marks)})" if marks else ""
+        )
+        findings.append(
+            Finding(
+                "removal",
+                kinds,
+                change.package,
+                message,
+                {
+                    "arch": change.arch,
+                    "version": change.from_version,
+                    "manual": change.manual,
+                    "requested": change.requested,
+                    "enabled_services": fact.enabled_services,
+                    "web_modules": fact.web_modules,
+                    "action": change.action,
+                    "replacement": replacement,
+                    "successor": successor,
+                },
+            )
+        )
     return findings
 
 
@@ -211,32 +237,65 @@ def state_findings(transaction: Transaction, replay: ReplayResult, timeout: floa
     for failure in failures:
         script = failure.get("script", "dpkg")
         status = failure.get("exit_status")
-        how = f"exit status {status}" if status is not None else f"signal {failure.get('signal', '?')}" if "signal" in failure else failure["message"]
+        how = (
+            f"exit status {status}"
+            if status is not None
+            else f"signal {failure.get('signal', '?')}"
+            if "signal" in failure
+            else failure["message"]
+        )
         network = offline.get(failure["package"])
         if failure["package"] in consequences:
             kind = "Needs-Network" if "Needs-Network" in limited.values() else "Needs-Kernel"
             why = "without the network" if kind == "Needs-Network" else "inside the sandbox's confinement"
-            findings.append(Finding("script-failure", [kind], failure["package"],
-                                    f"{failure['package']}: left unconfigured ({how}) because "
-                                    f"{', '.join(sorted(limited))} could not be rehearsed {why}", failure))  # fmt: skip
+            findings.append(
+                Finding(
+                    "script-failure",
+                    [kind],
+                    failure["package"],
+                    f"{failure['package']}: left unconfigured ({how}) because "
+                    f"{', '.join(sorted(limited))} could not be rehearsed {why}",
+                    failure,
+                )
+            )
             continue
         reason = confined.get(failure["package"]) or network
         if reason:
             # Not a verdict on the package: the rehearsal could not give it what it reached for.
             kind = "Needs-Kernel" if failure["package"] in confined else "Needs-Network"
             doing, real_run = SANDBOX_LIMITS[kind]
-            findings.append(Finding("script-failure", [kind], failure["package"],
-                                    f"{failure['package']}: {script} failed ({how}) during {failure['dpkg_action']} "
-                                    f"{doing} (\"{reason}\"); {real_run}: this step could not be rehearsed", failure))  # fmt: skip
+            findings.append(
+                Finding(
+                    "script-failure",
+                    [kind],
+                    failure["package"],
+                    f"{failure['package']}: {script} failed ({how}) during {failure['dpkg_action']} "
+                    f'{doing} ("{reason}"); {real_run}: this step could not be rehearsed',
+                    failure,
+                )
+            )
             continue
-        findings.append(Finding("script-failure", ["Script-Failure"], failure["package"],
-                                f"{failure['package']}: {script} failed ({how}) during {failure['dpkg_action']}", failure))  # fmt: skip
+        findings.append(
+            Finding(
+                "script-failure",
+                ["Script-Failure"],
+                failure["package"],
+                f"{failure['package']}: {script} failed ({how}) during {failure['dpkg_action']}",
+                failure,
+            )
+        )
 
     if apt.timed_out:
-        findings.append(Finding("timeout", ["Timeout"], "apt",
-                                f"the replay did not finish within {int(timeout) or 'the'} seconds; "
-                                "a maintainer script may hang (the rehearsal was stopped)",
-                                {"output_tail": output.splitlines()[-TAIL_LINES:]}))  # fmt: skip
+        findings.append(
+            Finding(
+                "timeout",
+                ["Timeout"],
+                "apt",
+                f"the replay did not finish within {int(timeout) or 'the'} seconds; "
+                "a maintainer script may hang (the rehearsal was stopped)",
+                {"output_tail": output.splitlines()[-TAIL_LINES:]},
+            )
+        )
 
     after = replay.after
     for name, state in sorted(after.items()):
@@ -244,11 +303,22 @@ def state_findings(transaction: Transaction, replay: ReplayResult, timeout: floa
         if _bare(name) in limited or _bare(name) in consequences:
             continue  # said above: the sandbox's limit, not the package's state
         if len(status) >= 2 and (status[1] in "UFHWt" or status[2:3] == "R"):
-            meaning = {"U": "unpacked but not configured", "F": "half-configured", "H": "half-installed",
-                       "W": "awaiting triggers", "t": "with triggers pending"}.get(status[1], "needing reinstallation")  # fmt: skip
-            findings.append(Finding("package-state", ["Broken-State"], _bare(name),
-                                    f"{name} is left {meaning} (dpkg status '{status.strip()}')",
-                                    {"status": status.strip(), "version": state.get("version")}))  # fmt: skip
+            meaning = {
+                "U": "unpacked but not configured",
+                "F": "half-configured",
+                "H": "half-installed",
+                "W": "awaiting triggers",
+                "t": "with triggers pending",
+            }.get(status[1], "needing reinstallation")
+            findings.append(
+                Finding(
+                    "package-state",
+                    ["Broken-State"],
+                    _bare(name),
+                    f"{name} is left {meaning} (dpkg status '{status.strip()}')",
+                    {"status": status.strip(), "version": state.get("version")},
+                )
+            )
 
     if not apt.timed_out:
         expected = expected_versions(transaction, replay.before)
@@ -259,28 +329,55 @@ def state_findings(transaction: Transaction, replay: ReplayResult, timeout: floa
             if want != got and _bare(name) not in failed_packages:
                 differences.append({"package": name, "expected": want, "actual": got})
         if differences and apt.exit_status == 0:
-            summary = ", ".join(f"{d['package']} {d['expected'] or 'absent'} -> {d['actual'] or 'absent'}" for d in differences[:5])
+            summary = ", ".join(
+                f"{d['package']} {d['expected'] or 'absent'} -> {d['actual'] or 'absent'}" for d in differences[:5]
+            )
             more = f" and {len(differences) - 5} more" if len(differences) > 5 else ""
-            findings.append(Finding("replay-mismatch", ["Mismatch"], "transaction",
-                                    f"apt did not do exactly what the transaction said: {summary}{more}",
-                                    {"differences": differences}))  # fmt: skip
+            findings.append(
+                Finding(
+                    "replay-mismatch",
+                    ["Mismatch"],
+                    "transaction",
+                    f"apt did not do exactly what the transaction said: {summary}{more}",
+                    {"differences": differences},
+                )
+            )
 
     if apt.exit_status != 0 and not failures and not apt.timed_out:
         tail = [line for line in output.splitlines() if line.startswith(("E:", "W:", "dpkg:"))][-TAIL_LINES:]
-        findings.append(Finding("apt", ["Apt-Failure"], "apt",
-                                f"apt failed to apply the transaction (exit status {apt.exit_status})"
-                                + (f": {tail[-1]}" if tail else ""),
-                                {"output_tail": tail or output.splitlines()[-TAIL_LINES:]}))  # fmt: skip
+        findings.append(
+            Finding(
+                "apt",
+                ["Apt-Failure"],
+                "apt",
+                f"apt failed to apply the transaction (exit status {apt.exit_status})"
+                + (f": {tail[-1]}" if tail else ""),
+                {"output_tail": tail or output.splitlines()[-TAIL_LINES:]},
+            )
+        )
 
     audit = replay.audit.output.strip()
     if audit and not any(f.check in ("package-state", "script-failure") for f in findings):
-        findings.append(Finding("dpkg-audit", ["Broken-State"], "dpkg", "dpkg --audit reports problems after the run",
-                                {"output": audit.splitlines()[:40]}))  # fmt: skip
+        findings.append(
+            Finding(
+                "dpkg-audit",
+                ["Broken-State"],
+                "dpkg",
+                "dpkg --audit reports problems after the run",
+                {"output": audit.splitlines()[:40]},
+            )
+        )
     check = replay.check
     if check.exit_status != 0 and not apt.timed_out:
-        findings.append(Finding("apt-check", ["Dependency-Check"], "apt",
-                                "apt-get check finds broken dependencies after the run",
-                                {"output": check.output.strip().splitlines()[-TAIL_LINES:]}))  # fmt: skip
+        findings.append(
+            Finding(
+                "apt-check",
+                ["Dependency-Check"],
+                "apt",
+                "apt-get check finds broken dependencies after the run",
+                {"output": check.output.strip().splitlines()[-TAIL_LINES:]},
+            )
+        )
     return findings
 
 
@@ -300,9 +397,15 @@ def conffile_findings(predicted: list[ConffilePrompt], output: str, nobody_answe
     findings = []
     for path, package in sorted(seen.items()):
         kinds = ["Conffile-Prompt", "Conffile-Prompt-Unattended"] if nobody_answers else ["Conffile-Prompt"]
-        findings.append(Finding("conffile", kinds, package,
-                                f"{path}: changed locally and by the new {package}; dpkg will ask which to keep",
-                                {"path": path, "package": package, "seen_in_replay": path in confirmed}))  # fmt: skip
+        findings.append(
+            Finding(
+                "conffile",
+                kinds,
+                package,
+                f"{path}: changed locally and by the new {package}; dpkg will ask which to keep",
+                {"path": path, "package": package, "seen_in_replay": path in confirmed},
+            )
+        )
     return findings
 
 
@@ -329,11 +432,23 @@ def disk_findings(rows: list[dict[str, Any]]) -> list[Finding]:
         left = row["free_bytes"] - needed
         where = row["mount"]
         if left < 0:
-            findings.append(Finding("disk", ["Disk-Space"], where,
-                                    f"{where} needs {_megabytes(needed)} more, has {_megabytes(row['free_bytes'])} free",
-                                    dict(row)))  # fmt: skip
+            findings.append(
+                Finding(
+                    "disk",
+                    ["Disk-Space"],
+                    where,
+                    f"{where} needs {_megabytes(needed)} more, has {_megabytes(row['free_bytes'])} free",
+                    dict(row),
+                )
+            )
         elif left < max(row["size_bytes"] * 0.05, 0):
-            findings.append(Finding("disk", ["Disk-Margin"], where,
-                                    f"{where} keeps only {_megabytes(left)} free after the run (needs {_megabytes(needed)})",
-                                    dict(row)))  # fmt: skip
+            findings.append(
+                Finding(
+                    "disk",
+                    ["Disk-Margin"],
+                    where,
+                    f"{where} keeps only {_megabytes(left)} free after the run (needs {_megabytes(needed)})",
+                    dict(row),
+                )
+            )
     return findings

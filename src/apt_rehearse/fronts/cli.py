@@ -19,8 +19,16 @@ from typing import Any, Callable
 import click
 
 from apt_rehearse import __version__
-from apt_rehearse.model.errors import (EXIT_BLOCKED, EXIT_FAILED, EXIT_GO, EXIT_UNSUPPORTED, EXIT_USAGE, RehearsalError,
-                                 UsageError, one_line)
+from apt_rehearse.model.errors import (
+    EXIT_BLOCKED,
+    EXIT_FAILED,
+    EXIT_GO,
+    EXIT_UNSUPPORTED,
+    EXIT_USAGE,
+    RehearsalError,
+    UsageError,
+    one_line,
+)
 
 
 @dataclasses.dataclass
@@ -55,28 +63,72 @@ def _callback(name: str) -> Callable[[click.Context, click.Parameter, Any], None
 def common_options(function: Callable[..., Any]) -> Callable[..., Any]:
     """The options every command takes, before or after the command name."""
     decorators = [
-        click.option("--root", metavar="DIR", expose_value=False, callback=_callback("root"),
-                     help="Rehearse the system tree in DIR instead of /."),
-        click.option("--release", metavar="CODENAME", expose_value=False, callback=_callback("release"),
-                     help="Rehearse against that release's sources (e.g. trixie)."),
-        click.option("--json", "json_output", is_flag=True, default=None, expose_value=False,
-                     callback=_callback("json_output"), help="Write only the JSON report to stdout."),
-        click.option("-o", "--option", "apt_options", multiple=True, metavar="KEY=VALUE", expose_value=False,
-                     callback=_callback("apt_options"), help="Set an apt configuration option, as apt-get -o."),
-        click.option("--no-services", "no_services", is_flag=True, default=None, expose_value=False,
-                     callback=_callback("no_services"),
-                     help="Do not boot the system's services: a quick, dpkg-only rehearsal."),
-        click.option("--debug", is_flag=True, default=None, expose_value=False, callback=_callback("debug"),
-                     help="Print the sandbox plan, and tracebacks on errors."),
-    ]  # fmt: skip
+        click.option(
+            "--root",
+            metavar="DIR",
+            expose_value=False,
+            callback=_callback("root"),
+            help="Rehearse the system tree in DIR instead of /.",
+        ),
+        click.option(
+            "--release",
+            metavar="CODENAME",
+            expose_value=False,
+            callback=_callback("release"),
+            help="Rehearse against that release's sources (e.g. trixie).",
+        ),
+        click.option(
+            "--json",
+            "json_output",
+            is_flag=True,
+            default=None,
+            expose_value=False,
+            callback=_callback("json_output"),
+            help="Write only the JSON report to stdout.",
+        ),
+        click.option(
+            "-o",
+            "--option",
+            "apt_options",
+            multiple=True,
+            metavar="KEY=VALUE",
+            expose_value=False,
+            callback=_callback("apt_options"),
+            help="Set an apt configuration option, as apt-get -o.",
+        ),
+        click.option(
+            "--no-services",
+            "no_services",
+            is_flag=True,
+            default=None,
+            expose_value=False,
+            callback=_callback("no_services"),
+            help="Do not boot the system's services: a quick, dpkg-only rehearsal.",
+        ),
+        click.option(
+            "--debug",
+            is_flag=True,
+            default=None,
+            expose_value=False,
+            callback=_callback("debug"),
+            help="Print the sandbox plan, and tracebacks on errors.",
+        ),
+    ]
     for decorator in reversed(decorators):
         function = decorator(function)
     return function
 
 
 def also_option(function: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--also", "also", multiple=True, metavar="PKG", expose_value=False, callback=_callback("also"),
-                        help="Install PKG on top of the upgrade (e.g. a replacement the rehearsal suggested).")(function)
+    return click.option(
+        "--also",
+        "also",
+        multiple=True,
+        metavar="PKG",
+        expose_value=False,
+        callback=_callback("also"),
+        help="Install PKG on top of the upgrade (e.g. a replacement the rehearsal suggested).",
+    )(function)
 
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
@@ -116,8 +168,10 @@ def _run_request(command: str, packages: tuple[str, ...]) -> None:
             traceback.print_exc()
         where = f" {error.filename}" if error.filename else ""
         if error.errno == errno.EROFS:
-            _error(f"cannot write{where}: the filesystem is read-only; point APT::Rehearse::Cache-Dir and "
-                   "APT::Rehearse::Log-Dir at a writable place (e.g. under /run)")
+            _error(
+                f"cannot write{where}: the filesystem is read-only; point APT::Rehearse::Cache-Dir and "
+                "APT::Rehearse::Log-Dir at a writable place (e.g. under /run)"
+            )
             code = EXIT_UNSUPPORTED
         else:
             _error(f"cannot use{where}: {error.strerror or error}")
@@ -152,7 +206,9 @@ def _rehearse_request(command: str, packages: list[str], options: Options) -> in
         raise UsageError(f"target root {options.root} does not exist or is not a directory")
     if not os.path.isfile(os.path.join(root, "var/lib/dpkg/status")):
         raise UsageError(f"{options.root} is not a Debian system (no var/lib/dpkg/status)")
-    config.init_apt_config(root, options.apt_options + (["APT::Rehearse::Services=false"] if options.no_services else []))
+    config.init_apt_config(
+        root, options.apt_options + (["APT::Rehearse::Services=false"] if options.no_services else [])
+    )
     settings = config.read_settings()
     interactive = not options.json_output and sys.stdout.isatty()
     progress = for_stream(sys.stdout, quiet=not interactive)
@@ -177,8 +233,9 @@ def _rehearse_request(command: str, packages: list[str], options: Options) -> in
             # On the core the planner leaves idle.
             source_cache_call = ForkedCall(release.build_source_cache, state, root)
         try:
-            transaction = planner.plan_transaction(request, archive_dir, interactive,
-                                                   state.directory if state else None, known_debs.sha256)  # fmt: skip
+            transaction = planner.plan_transaction(
+                request, archive_dir, interactive, state.directory if state else None, known_debs.sha256
+            )
             source_cache = _finished(source_cache_call)
         finally:
             if source_cache_call:
@@ -206,10 +263,16 @@ def _rehearse_request(command: str, packages: list[str], options: Options) -> in
     # The real run of this very transaction finds the verdict (a --release
     # rehearsal is no transaction apt will run as such).
     record = not transaction.is_empty and not options.release
-    document = conclude(rehearsal, settings, began, record_in=settings.cache_dir if record else None,
-                        approval=command == "gate", known_debs=known_debs,
-                        used_debs=[c.deb for c in transaction.changes if c.deb],
-                        release_state=state.directory if state else None)  # fmt: skip
+    document = conclude(
+        rehearsal,
+        settings,
+        began,
+        record_in=settings.cache_dir if record else None,
+        approval=command == "gate",
+        known_debs=known_debs,
+        used_debs=[c.deb for c in transaction.changes if c.deb],
+        release_state=state.directory if state else None,
+    )
     if options.json_output:
         click.echo(json.dumps(document, indent=2))
     else:
@@ -244,7 +307,9 @@ def gate_command() -> None:
 @main.command("shell")
 @common_options
 @also_option
-@click.argument("request", nargs=-1, metavar="[upgrade|dist-upgrade|full-upgrade|install PKG...|remove PKG...|purge PKG...]")
+@click.argument(
+    "request", nargs=-1, metavar="[upgrade|dist-upgrade|full-upgrade|install PKG...|remove PKG...|purge PKG...]"
+)
 def shell_command(request: tuple[str, ...]) -> None:
     """Open a shell in the rehearsed system, after the upgrade, services running.
 

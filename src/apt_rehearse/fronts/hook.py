@@ -92,8 +92,11 @@ def _paragraphs(path: str) -> Iterator[dict[str, str]]:
 def _auto_flags(root: str) -> dict[tuple[str, str], bool]:
     """apt's extended_states: which packages are automatically installed."""
     try:
-        return {(fields["package"], fields.get("architecture", "")): fields.get("auto-installed") == "1"
-                for fields in _paragraphs(os.path.join(root, "var/lib/apt/extended_states")) if "package" in fields}
+        return {
+            (fields["package"], fields.get("architecture", "")): fields.get("auto-installed") == "1"
+            for fields in _paragraphs(os.path.join(root, "var/lib/apt/extended_states"))
+            if "package" in fields
+        }
     except OSError:  # none yet, or unreadable: nothing is marked automatic
         return {}
 
@@ -135,8 +138,13 @@ def main() -> int:
         cache_dir = hook.get("APT::Rehearse::Cache-Dir", DEFAULT_CACHE_DIR)
 
         hashes = DebHashes(cache_dir)
-        transaction = to_transaction(hook, root, status_sha, lambda path: _file_sha256(path, hashes),
-                                     lambda package, arch: flags.get((package, arch), flags.get((package, ""), False)))  # fmt: skip
+        transaction = to_transaction(
+            hook,
+            root,
+            status_sha,
+            lambda path: _file_sha256(path, hashes),
+            lambda package, arch: flags.get((package, arch), flags.get((package, ""), False)),
+        )
         if transaction.is_empty:
             return EXIT_GO
         from apt_rehearse.model.defaults import DEFAULT_MAX_AGE as default_age
@@ -178,7 +186,11 @@ def _successors(transaction: Transaction) -> dict[str, str]:
 def _cached_verdict(entry: dict, identity: str, seconds: float) -> int:
     verdict = entry.get("verdict", "block")
     where = f"; report {entry['report']}" if entry.get("report") else ""
-    kind = "the unattended set approved by 'apt-rehearse gate'" if entry.get("kind") == "approval" else "an earlier rehearsal"
+    kind = (
+        "the unattended set approved by 'apt-rehearse gate'"
+        if entry.get("kind") == "approval"
+        else "an earlier rehearsal"
+    )
     _say(f"transaction {identity[:12]} already rehearsed ({kind}): {verdict.upper()}{where}")
     if verdict == "block":
         _say("stopping apt before dpkg runs, as the policy says (APT_REHEARSE=0 lets an emergency fix through)")
@@ -190,11 +202,15 @@ def _failed(reason: str, code: int, hook: HookInput | None, unattended: bool) ->
     policy = on_error_policy(hook, unattended)
     mode = "unattended" if unattended else "interactive"
     if policy == "allow":
-        _say(f"WARNING: could not rehearse this transaction ({reason}); On-Error for {mode} runs is 'allow': "
-             "apt goes on UNREHEARSED")  # fmt: skip
+        _say(
+            f"WARNING: could not rehearse this transaction ({reason}); On-Error for {mode} runs is 'allow': "
+            "apt goes on UNREHEARSED"
+        )
         return EXIT_GO
-    _say(f"could not rehearse this transaction ({reason}); On-Error for {mode} runs is 'block': apt stops before "
-         "dpkg runs. To go on anyway: APT_REHEARSE=0 apt-get ...")  # fmt: skip
+    _say(
+        f"could not rehearse this transaction ({reason}); On-Error for {mode} runs is 'block': apt stops before "
+        "dpkg runs. To go on anyway: APT_REHEARSE=0 apt-get ..."
+    )
     return EXIT_BLOCKED
 
 
@@ -213,12 +229,19 @@ def _rehearse_now(hook: HookInput, transaction, unattended: bool, cache_dir: str
     progress = for_stream(sys.stderr, quiet=unattended)
     # The real run's Dpkg::Options, -o ones included, go to the replay too.
     dpkg_options = [f"DPkg::Options::={value}" for value in hook.values("DPkg::Options")]
-    rehearsal = rehearse(transaction, settings, progress, lookup=apt_pkg.config.find, extra_apt_options=dpkg_options,
-                         unattended=unattended)
+    rehearsal = rehearse(
+        transaction,
+        settings,
+        progress,
+        lookup=apt_pkg.config.find,
+        extra_apt_options=dpkg_options,
+        unattended=unattended,
+    )
     # apt's own archives are apt's: only our reports, verdicts and states are tidied.
     document = conclude(rehearsal, settings, began, record_in=cache_dir)
-    text = report.render_text(document, color=not unattended and not os.environ.get("NO_COLOR")
-                              and apt_pkg.config.find_b("APT::Color", True))  # fmt: skip
+    text = report.render_text(
+        document, color=not unattended and not os.environ.get("NO_COLOR") and apt_pkg.config.find_b("APT::Color", True)
+    )
     if unattended:
         # Only what matters ends up in apt's output and unattended-upgrades' log.
         for finding in document["findings"]:

@@ -49,10 +49,26 @@ GRUB_PROBE = "/usr/sbin/grub-probe"
 GRUB_PROBE_ANSWERS = f"{STATE_DIR}/grub-probe"
 GRUB_PROBE_PATHS = ("/", "/boot", "/boot/grub", "/boot/efi")
 GRUB_PROBE_TARGETS = (
-    "device", "fs", "fs_uuid", "fs_label", "partuuid", "partmap", "abstraction", "cryptodisk_uuid", "drive", "disk",
-    "compatibility_hint", "hints_string", "bios_hints", "efi_hints", "baremetal_hints", "arc_hints", "ieee1275_hints",
-    "msdos_parttype", "gpt_parttype",
-)  # fmt: skip
+    "device",
+    "fs",
+    "fs_uuid",
+    "fs_label",
+    "partuuid",
+    "partmap",
+    "abstraction",
+    "cryptodisk_uuid",
+    "drive",
+    "disk",
+    "compatibility_hint",
+    "hints_string",
+    "bios_hints",
+    "efi_hints",
+    "baremetal_hints",
+    "arc_hints",
+    "ieee1275_hints",
+    "msdos_parttype",
+    "gpt_parttype",
+)
 # Packages whose scripts run update-grub (kernels run it through /etc/kernel/postinst.d).
 BOOT_PACKAGE_PREFIXES = ("linux-image", "linux-signed", "grub", "shim", "os-prober", "memtest86")
 GRUB_PROBE_SHIM = f"""#!/bin/sh
@@ -70,8 +86,16 @@ PATH_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
 GRUB_CONFIGS = ("/boot/grub/grub.cfg", "/boot/grub2/grub.cfg")
 LOADER_ENTRY_DIRS = ("/boot/loader/entries", "/boot/efi/loader/entries", "/efi/loader/entries")
 EXTLINUX_CONFIGS = ("/boot/extlinux/extlinux.conf",)
-BOOT_LINKS = ("/vmlinuz", "/vmlinuz.old", "/initrd.img", "/initrd.img.old", "/boot/vmlinuz", "/boot/vmlinuz.old",
-              "/boot/initrd.img", "/boot/initrd.img.old")  # fmt: skip
+BOOT_LINKS = (
+    "/vmlinuz",
+    "/vmlinuz.old",
+    "/initrd.img",
+    "/initrd.img.old",
+    "/boot/vmlinuz",
+    "/boot/vmlinuz.old",
+    "/boot/initrd.img",
+    "/boot/initrd.img.old",
+)
 GRUB_LINE_RE = re.compile(r"^\s*(?P<kind>linux|linux16|linuxefi|initrd|initrd16|initrdefi)\s+(?P<args>.+)$")
 KEYWORD_LINE_RE = re.compile(r"^\s*(?P<kind>linux|kernel|initrd)\s+(?P<args>.+)$", re.IGNORECASE)
 
@@ -102,7 +126,9 @@ def grub_probe_key(args: list[str]) -> str:
     return hashlib.sha256("".join(a + "\n" for a in sorted(args)).encode()).hexdigest()
 
 
-def capture_grub_probe(grub_probe: str = GRUB_PROBE, paths: tuple[str, ...] = GRUB_PROBE_PATHS) -> dict[str, tuple[int, str]]:
+def capture_grub_probe(
+    grub_probe: str = GRUB_PROBE, paths: tuple[str, ...] = GRUB_PROBE_PATHS
+) -> dict[str, tuple[int, str]]:
     """On the host, before the rehearsal: what grub-probe says about this
     machine's boot file systems and their devices, for update-grub inside.
 
@@ -111,8 +137,15 @@ def capture_grub_probe(grub_probe: str = GRUB_PROBE, paths: tuple[str, ...] = GR
 
     def ask(args: list[str]) -> tuple[int, str]:
         try:
-            proc = subprocess.run([grub_probe, *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                  stderr=subprocess.DEVNULL, env=PATH_ENV, timeout=30, check=False)  # fmt: skip
+            proc = subprocess.run(
+                [grub_probe, *args],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                env=PATH_ENV,
+                timeout=30,
+                check=False,
+            )
             result = (proc.returncode, proc.stdout.decode("utf-8", "replace"))
         except (OSError, subprocess.TimeoutExpired):
             result = (1, "")
@@ -143,10 +176,19 @@ def needs_grub_probe(package_names: list[str]) -> bool:
 
 def _divert(path: str, rename: bool) -> dict[str, str] | None:
     """A local diversion of ``path`` to ``path.apt-rehearse``; why dpkg refused it, or None."""
-    argv = ["dpkg-divert", "--quiet", "--local", "--rename" if rename else "--no-rename",
-            "--divert", path + DIVERTED_SUFFIX, "--add", path]  # fmt: skip
-    proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          env=PATH_ENV, check=False)  # fmt: skip
+    argv = [
+        "dpkg-divert",
+        "--quiet",
+        "--local",
+        "--rename" if rename else "--no-rename",
+        "--divert",
+        path + DIVERTED_SUFFIX,
+        "--add",
+        path,
+    ]
+    proc = subprocess.run(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=PATH_ENV, check=False
+    )
     if proc.returncode != 0:
         return {"path": path, "why": proc.stdout.decode("utf-8", "replace").strip()[-200:]}
     return None
@@ -235,8 +277,14 @@ def bootloader_references() -> list[dict[str, Any]]:
     references = []
 
     def add(config: str, kind: str, path: str, bases: tuple[str, ...]) -> None:
-        references.append({"config": config, "kind": "initrd" if kind.lower().startswith("initrd") else "kernel",
-                           "path": path, "exists": _exists_on_boot(path, bases)})  # fmt: skip
+        references.append(
+            {
+                "config": config,
+                "kind": "initrd" if kind.lower().startswith("initrd") else "kernel",
+                "path": path,
+                "exists": _exists_on_boot(path, bases),
+            }
+        )
 
     for config in GRUB_CONFIGS:
         for line in _read_lines(config):
@@ -290,7 +338,7 @@ def boot_state() -> dict[str, Any]:
     for name in names:
         for prefix in ("vmlinuz-", "vmlinux-"):
             if name.startswith(prefix):
-                version = name[len(prefix):]
+                version = name[len(prefix) :]
                 initrd = f"/boot/initrd.img-{version}"
                 kernels[version] = {
                     "kernel": f"/boot/{name}",
@@ -299,9 +347,17 @@ def boot_state() -> dict[str, Any]:
                     "initrd_bytes": _size(initrd),
                     "initrd_mtime_ns": _mtime(initrd),
                 }
-    links = {link: {"target": os.readlink(link), "exists": os.path.exists(link)}
-             for link in BOOT_LINKS if os.path.islink(link)}  # fmt: skip
-    return {"kernels": kernels, "generator": initramfs_generator(), "references": bootloader_references(), "links": links}
+    links = {
+        link: {"target": os.readlink(link), "exists": os.path.exists(link)}
+        for link in BOOT_LINKS
+        if os.path.islink(link)
+    }
+    return {
+        "kernels": kernels,
+        "generator": initramfs_generator(),
+        "references": bootloader_references(),
+        "links": links,
+    }
 
 
 def _size(path: str) -> int | None:

@@ -27,8 +27,9 @@ def sandbox_env() -> dict[str, str]:
 def start_command(argv: list[str]) -> subprocess.Popen[bytes] | None:
     """Start a command of the target system; finish it with finish_command."""
     try:
-        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                env=sandbox_env())  # fmt: skip
+        return subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=sandbox_env()
+        )
     except FileNotFoundError:
         return None
 

@@ -62,8 +62,9 @@ def diff_summary(local_path: str, new_path: str) -> dict[str, Any]:
     local, new = _text(local_path), _text(new_path)
     if local is None or new is None:
         return {"diff": None, "added": None, "removed": None}
-    lines = list(difflib.unified_diff(local, new, fromfile=f"{local_path} (yours)", tofile=f"{new_path} (new)",
-                                      lineterm="", n=1))  # fmt: skip
+    lines = list(
+        difflib.unified_diff(local, new, fromfile=f"{local_path} (yours)", tofile=f"{new_path} (new)", lineterm="", n=1)
+    )
     added = sum(1 for ln in lines if ln.startswith("+") and not ln.startswith("+++"))
     removed = sum(1 for ln in lines if ln.startswith("-") and not ln.startswith("---"))
     if not _world_readable(local_path):
@@ -88,8 +89,13 @@ def new_leftovers(before: list[str], after: list[str]) -> list[dict[str, Any]]:
         suffix = next(s for s in SUFFIXES if path.endswith(s))
         base = path[: -len(suffix)]
         tool = "ucf" if suffix.startswith(".ucf") else "dpkg"
-        row: dict[str, Any] = {"path": base, "leftover": path, "tool": tool, "suffix": suffix,
-                               "ucf_package": owners.get(base) if tool == "ucf" else None}  # fmt: skip
+        row: dict[str, Any] = {
+            "path": base,
+            "leftover": path,
+            "tool": tool,
+            "suffix": suffix,
+            "ucf_package": owners.get(base) if tool == "ucf" else None,
+        }
         if suffix.endswith("-dist"):  # the new version beside the sysadmin's
             row.update(diff_summary(base, path))
         elif suffix.endswith("-old"):  # the sysadmin's version beside the new

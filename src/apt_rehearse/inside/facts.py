@@ -128,7 +128,9 @@ def deb_conffiles(deb: str) -> dict[str, str]:
         return {}
 
 
-def predict_prompts(root: str, package: str, arch: str, deb: str, installed: dict[str, dict[str, str]]) -> list[ConffilePrompt]:
+def predict_prompts(
+    root: str, package: str, arch: str, deb: str, installed: dict[str, dict[str, str]]
+) -> list[ConffilePrompt]:
     """Conffiles dpkg will ask about: changed locally AND changed by the package.
 
     dpkg's rule (as unattended-upgrades applies it): prompt when the file on
@@ -165,7 +167,7 @@ def owners_of(root: str, paths: list[str]) -> dict[str, str]:
         # ldconfig makes some soname links itself: the file they point to is listed.
         real = os.path.realpath(os.path.join(real_root, path.lstrip("/")))
         if real_root != "/" and real.startswith(real_root + "/"):
-            real = real[len(real_root):]
+            real = real[len(real_root) :]
         wanted.setdefault(_canonical(root, real), path)
     owners: dict[str, str] = {}
     info = os.path.join(root, "var/lib/dpkg/info")

@@ -215,9 +215,13 @@ def changes(before: dict[str, Any], after: dict[str, Any]) -> list[dict[str, Any
             entry = new if new is not None else old
             assert entry is not None
             row: dict[str, Any] = {
-                "kind": kind, "key": entry.get("module", key), "value": value, "was": was,
-                "file": entry["file"], "was_file": old["file"] if old else None,
-            }  # fmt: skip
+                "kind": kind,
+                "key": entry.get("module", key),
+                "value": value,
+                "was": was,
+                "file": entry["file"],
+                "was_file": old["file"] if old else None,
+            }
             if kind == "sysctl":
                 row["ignore_errors"] = entry["ignore_errors"]
             if kind == "binfmt":
@@ -256,8 +260,12 @@ def binfmt_mounted(mountinfo: str = "/proc/self/mountinfo") -> bool:
         return False
 
 
-def running(rows: list[dict[str, Any]], proc_sys: str = "/proc/sys", sys_module: str = "/sys/module",
-            binfmt_dir: str | None = None) -> list[dict[str, Any]]:  # fmt: skip
+def running(
+    rows: list[dict[str, Any]],
+    proc_sys: str = "/proc/sys",
+    sys_module: str = "/sys/module",
+    binfmt_dir: str | None = None,
+) -> list[dict[str, Any]]:
     """The rows of changes() with what the kernel runs with now ("running"):
     a sysctl value, "loaded" or "not loaded", "registered" or "not registered";
     None when it cannot be read. ``binfmt_dir``: binfmt_misc, where it is mounted."""

@@ -65,8 +65,9 @@ class ElfInfo:
         if not row:
             return None
         elfclass, machine, needed, rpath, runpath = row
-        return cls(int(elfclass), str(machine), [str(n) for n in needed], [str(p) for p in rpath],
-                   [str(p) for p in runpath])  # fmt: skip
+        return cls(
+            int(elfclass), str(machine), [str(n) for n in needed], [str(p) for p in rpath], [str(p) for p in runpath]
+        )
 
 
 def elf_key(path: str, info: os.stat_result) -> str:
@@ -129,8 +130,13 @@ def expand_origin(entry: str, origin: str, lib: str) -> str:
 class Resolver:
     """ld.so's search order, over one file system as it is right now."""
 
-    def __init__(self, cache: dict[str, list[str]], system_dirs: list[str], lib_token: str,
-                 known: dict[str, list[Any]] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        cache: dict[str, list[str]],
+        system_dirs: list[str],
+        lib_token: str,
+        known: dict[str, list[Any]] | None = None,
+    ) -> None:
         self.cache, self.system_dirs, self.lib_token = cache, system_dirs, lib_token
         self.known = known or {}  # ELF facts of earlier rehearsals, by elf_key
         self.seen: dict[str, list[Any]] = {}  # this scan's, to be remembered
@@ -158,7 +164,9 @@ class Resolver:
         info = self.info(candidate)
         return info is not None and info.elfclass == wanted.elfclass and info.machine == wanted.machine
 
-    def find(self, soname: str, requester: str, info: ElfInfo, loader_rpaths: list[tuple[str, list[str]]]) -> str | None:
+    def find(
+        self, soname: str, requester: str, info: ElfInfo, loader_rpaths: list[tuple[str, list[str]]]
+    ) -> str | None:
         if "/" in soname:
             return soname if self._usable(soname, info) else None
         origin = os.path.dirname(requester)
@@ -214,15 +222,28 @@ def multiarch_triplet(cache: dict[str, list[str]]) -> str:
         if parent.count("-") >= 2:
             return parent
     machine = os.uname().machine
-    return {"x86_64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu", "i686": "i386-linux-gnu",
-            "armv7l": "arm-linux-gnueabihf", "ppc64le": "powerpc64le-linux-gnu", "s390x": "s390x-linux-gnu",
-            "riscv64": "riscv64-linux-gnu"}.get(machine, f"{machine}-linux-gnu")  # fmt: skip
+    return {
+        "x86_64": "x86_64-linux-gnu",
+        "aarch64": "aarch64-linux-gnu",
+        "i686": "i386-linux-gnu",
+        "armv7l": "arm-linux-gnueabihf",
+        "ppc64le": "powerpc64le-linux-gnu",
+        "s390x": "s390x-linux-gnu",
+        "riscv64": "riscv64-linux-gnu",
+    }.get(machine, f"{machine}-linux-gnu")
 
 
 def _run(argv: list[str]) -> tuple[int, str]:
     try:
-        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                              timeout=60, check=False, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"})  # fmt: skip
+        proc = subprocess.run(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            timeout=60,
+            check=False,
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"},
+        )
     except (OSError, subprocess.TimeoutExpired):
         return 127, ""
     return proc.returncode, proc.stdout.decode("utf-8", "replace")
@@ -283,7 +304,9 @@ def candidate_files(extra_dirs: list[str], triplet: str) -> tuple[list[str], boo
     return files, False
 
 
-def scan(extra_dirs: list[str], files: list[str] | None = None, known: dict[str, list[Any]] | None = None) -> dict[str, Any]:
+def scan(
+    extra_dirs: list[str], files: list[str] | None = None, known: dict[str, list[Any]] | None = None
+) -> dict[str, Any]:
     """Resolve the libraries of every candidate file, as the system is now
     (``known``: ELF facts remembered from earlier rehearsals, by elf_key)."""
     if not HAVE_ELFTOOLS:
@@ -299,8 +322,14 @@ def scan(extra_dirs: list[str], files: list[str] | None = None, known: dict[str,
         closure = resolver.closure(path)
         if closure is not None:
             objects[path] = closure
-    return {"available": True, "triplet": triplet, "capped": capped, "objects": objects,
-            "fingerprints": fingerprints(relied_on(objects)), "elf_seen": resolver.seen}  # fmt: skip
+    return {
+        "available": True,
+        "triplet": triplet,
+        "capped": capped,
+        "objects": objects,
+        "fingerprints": fingerprints(relied_on(objects)),
+        "elf_seen": resolver.seen,
+    }
 
 
 LD_CACHE = "/etc/ld.so.cache"
@@ -337,7 +366,9 @@ def rescan(before: dict[str, Any], extra_dirs: list[str], known: dict[str, list[
     previous = before.get("fingerprints")
     if before.get("available") and previous and fingerprints(set(previous)) == previous:
         return {**before, "reused": True, "elf_seen": {}}
-    return scan(extra_dirs, files=list(before.get("objects", {})), known={**(known or {}), **before.get("elf_seen", {})})
+    return scan(
+        extra_dirs, files=list(before.get("objects", {})), known={**(known or {}), **before.get("elf_seen", {})}
+    )
 
 
 def lost_libraries(before: dict[str, Any], after: dict[str, Any]) -> list[dict[str, Any]]:
@@ -353,9 +384,11 @@ def lost_libraries(before: dict[str, Any], after: dict[str, Any]) -> list[dict[s
         now = after["objects"].get(path)
         if now is None:
             continue
-        missing = [(soname, then["libraries"][soname], now["needed_by"].get(soname, then["needed_by"].get(soname)))
-                   for soname, was in then["libraries"].items()
-                   if was is not None and soname in now["libraries"] and now["libraries"][soname] is None]  # fmt: skip
+        missing = [
+            (soname, then["libraries"][soname], now["needed_by"].get(soname, then["needed_by"].get(soname)))
+            for soname, was in then["libraries"].items()
+            if was is not None and soname in now["libraries"] and now["libraries"][soname] is None
+        ]
         # A library the object no longer needs at all (its needer went away
         # with it) is not lost either; only what is asked for and not found.
         for soname, was, needed_by in missing:
@@ -370,11 +403,13 @@ def summary(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     rows = []
     for path, then in sorted(before["objects"].items()):
         now = after.get("objects", {}).get(path)
-        rows.append({
-            "object": path,
-            "needs": len(then["libraries"]),
-            "resolved_before": sum(1 for v in then["libraries"].values() if v),
-            "resolved_after": None if now is None else sum(1 for v in now["libraries"].values() if v),
-            "missing_after": None if now is None else sorted(k for k, v in now["libraries"].items() if v is None),
-        })  # fmt: skip
+        rows.append(
+            {
+                "object": path,
+                "needs": len(then["libraries"]),
+                "resolved_before": sum(1 for v in then["libraries"].values() if v),
+                "resolved_after": None if now is None else sum(1 for v in now["libraries"].values() if v),
+                "missing_after": None if now is None else sorted(k for k, v in now["libraries"].items() if v is None),
+            }
+        )
     return {"checked": True, "objects": len(rows), "capped": before.get("capped", False), "per_object": rows}

@@ -69,8 +69,11 @@ def settle(timeout: float) -> dict[str, Any]:
         _, output = run_command(["systemctl", "is-system-running"], timeout=10)
         state = output.strip().splitlines()[-1] if output.strip() else state
     _, jobs = run_command(["systemctl", "list-jobs", "--no-legend", "--no-pager"], timeout=10)
-    return {"state": state or "unknown", "seconds": round(time.monotonic() - started, 3),
-            "jobs": [line for line in jobs.splitlines() if line.strip()][:20]}  # fmt: skip
+    return {
+        "state": state or "unknown",
+        "seconds": round(time.monotonic() - started, 3),
+        "jobs": [line for line in jobs.splitlines() if line.strip()][:20],
+    }
 
 
 def units() -> dict[str, dict[str, str]]:
@@ -84,7 +87,11 @@ def units() -> dict[str, dict[str, str]]:
     for block in output.split("\n\n"):
         fields = dict(line.partition("=")[::2] for line in block.splitlines() if "=" in line)
         if fields.get("Id") and all(fields.get(key) for key in UNIT_PROPERTIES):
-            result[fields["Id"]] = {"load": fields["LoadState"], "active": fields["ActiveState"], "sub": fields["SubState"]}
+            result[fields["Id"]] = {
+                "load": fields["LoadState"],
+                "active": fields["ActiveState"],
+                "sub": fields["SubState"],
+            }
     return result
 
 
@@ -143,8 +150,15 @@ def sockets() -> list[dict[str, Any]]:
             if proto.startswith("udp") and state != "07":
                 continue
             host, port = _parse_address(fields[1], proto.endswith("6"))
-            found.append({"proto": proto.rstrip("6"), "family": 6 if proto.endswith("6") else 4, "address": host,
-                          "port": port, "unit": owners.get(fields[9], "")})  # fmt: skip
+            found.append(
+                {
+                    "proto": proto.rstrip("6"),
+                    "family": 6 if proto.endswith("6") else 4,
+                    "address": host,
+                    "port": port,
+                    "unit": owners.get(fields[9], ""),
+                }
+            )
     unique = {(s["proto"], s["family"], s["address"], s["port"]): s for s in found}
     return sorted(unique.values(), key=lambda s: (s["proto"], s["port"], s["family"], s["address"]))
 
@@ -189,7 +203,9 @@ def site_index_paths() -> list[str]:
                     text = handle.read()
             except OSError:
                 continue
-            roots.update(m.group(1).strip('"') for m in re.finditer(r"^\s*(?:DocumentRoot|root)\s+([^;\s]+)", text, re.M))
+            roots.update(
+                m.group(1).strip('"') for m in re.finditer(r"^\s*(?:DocumentRoot|root)\s+([^;\s]+)", text, re.M)
+            )
     found = []
     for root in sorted(roots):
         for name in INDEX_NAMES:
@@ -242,7 +258,9 @@ def config_tests() -> dict[str, dict[str, Any]]:
             entry["modules"] = sorted(m.group(1) for m in re.finditer(r"^\s*(\w+_module)\b", output, re.M))
             entry.pop("output")
         if name == "php -m":
-            entry["modules"] = sorted(line.strip() for line in output.splitlines() if line.strip() and not line.startswith("["))
+            entry["modules"] = sorted(
+                line.strip() for line in output.splitlines() if line.strip() and not line.startswith("[")
+            )
             entry.pop("output")
         results[name] = entry
     return results
@@ -258,8 +276,10 @@ def read_probes(directory: str = PROBES_DIR) -> list[dict[str, str]]:
         with open(path, encoding="utf-8") as handle:
             stanzas = list(Deb822.iter_paragraphs(handle))
         for index, stanza in enumerate(stanzas):
-            fields = {key.lower(): "\n".join(line.strip() for line in value.splitlines()).strip()
-                      for key, value in stanza.items()}  # fmt: skip
+            fields = {
+                key.lower(): "\n".join(line.strip() for line in value.splitlines()).strip()
+                for key, value in stanza.items()
+            }
             if fields:
                 fields.setdefault("name", f"{os.path.basename(path)}#{index + 1}")
                 probes.append(fields)

@@ -96,22 +96,35 @@ def apt_command(plan: ReplayPlan, status_fd: int = 3) -> list[str]:
     nothing else to do, and any difference is reported.
     """
     argv = [
-        "apt-get", "install", "--yes", "--allow-downgrades", "--allow-remove-essential",
+        "apt-get",
+        "install",
+        "--yes",
+        "--allow-downgrades",
+        "--allow-remove-essential",
         "--allow-change-held-packages",
-        "-o", f"APT::Status-Fd={status_fd}",
-        "-o", "Dpkg::Use-Pty=0",
-        "-o", "APT::Get::AutomaticRemove=false",
-        "-o", "APT::Install-Recommends=false",
-        "-o", "APT::Install-Suggests=false",
-        "-o", "APT::Rehearse::Enable=false",
-        "-o", "APT::Color=false",
+        "-o",
+        f"APT::Status-Fd={status_fd}",
+        "-o",
+        "Dpkg::Use-Pty=0",
+        "-o",
+        "APT::Get::AutomaticRemove=false",
+        "-o",
+        "APT::Install-Recommends=false",
+        "-o",
+        "APT::Install-Suggests=false",
+        "-o",
+        "APT::Rehearse::Enable=false",
+        "-o",
+        "APT::Color=false",
         # apt sees only the installed packages and the transaction's own .debs:
         # it cannot reach for anything else, so what it does is the transaction
         # or a difference we report (and it never tries the network).
-        "-o", "Dir::Etc::sourcelist=/dev/null",
-        "-o", f"Dir::Etc::sourceparts={EMPTY_DIR}",
+        "-o",
+        "Dir::Etc::sourcelist=/dev/null",
+        "-o",
+        f"Dir::Etc::sourceparts={EMPTY_DIR}",
         *NO_CACHE_FILES,
-    ]  # fmt: skip
+    ]
     for option in plan.apt_options:
         argv += ["-o", option]
     changes = plan.transaction.changes
@@ -134,9 +147,14 @@ def _run_apt(plan: ReplayPlan, channel: Channel, timeout: float) -> dict[str, An
     status_lines: list[str] = []
     started = time.monotonic()
     proc = subprocess.Popen(
-        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=sandbox_env(),
-        pass_fds=(status_write,), start_new_session=True,
-    )  # fmt: skip
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=sandbox_env(),
+        pass_fds=(status_write,),
+        start_new_session=True,
+    )
     os.close(status_write)
     selector = selectors.DefaultSelector()
     assert proc.stdout is not None
@@ -251,8 +269,17 @@ def _cache_identity() -> tuple[int, int] | None:
     return info.st_ino, info.st_mtime_ns
 
 
-APT_QUIET_OPTIONS = ["-o", "Dir::Etc::sourcelist=/dev/null", "-o", f"Dir::Etc::sourceparts={EMPTY_DIR}",
-                     "-o", "APT::Color=false", "-o", "APT::Rehearse::Enable=false", *NO_CACHE_FILES]  # fmt: skip
+APT_QUIET_OPTIONS = [
+    "-o",
+    "Dir::Etc::sourcelist=/dev/null",
+    "-o",
+    f"Dir::Etc::sourceparts={EMPTY_DIR}",
+    "-o",
+    "APT::Color=false",
+    "-o",
+    "APT::Rehearse::Enable=false",
+    *NO_CACHE_FILES,
+]
 
 
 AUTOREMOVE_ARGV = ["apt-get", "--simulate", "autoremove", *APT_QUIET_OPTIONS]
@@ -262,7 +289,9 @@ OBSOLETE_ARGV = ["apt", "list", "-o", "APT::Color=false", "?and(?installed,?obso
 def parse_autoremovable(code: int, output: str) -> list[str]:
     if code != 0:
         return []
-    return sorted({line.split()[1] for line in output.splitlines() if line.startswith("Remv ") and len(line.split()) > 1})
+    return sorted(
+        {line.split()[1] for line in output.splitlines() if line.startswith("Remv ") and len(line.split()) > 1}
+    )
 
 
 def parse_obsolete(code: int, output: str) -> list[str]:
@@ -286,8 +315,9 @@ def _before_apt(plan: ReplayPlan) -> dict[str, Any]:
     return state
 
 
-def _after_apt(plan: ReplayPlan, before: dict[str, Any], recorders: dict[str, Any],
-               obsolete_run: subprocess.Popen[bytes] | None) -> dict[str, Any]:  # fmt: skip
+def _after_apt(
+    plan: ReplayPlan, before: dict[str, Any], recorders: dict[str, Any], obsolete_run: subprocess.Popen[bytes] | None
+) -> dict[str, Any]:
     # The two apt queries run beside the file scans (the second core is idle).
     autoremove_run = start_command(AUTOREMOVE_ARGV) if plan.release_upgrade else None
     after: dict[str, Any] = {
@@ -355,9 +385,12 @@ def replay_inside(plan: ReplayPlan, session: SandboxSession | None, channel: Cha
         after = package_states()
     with parts("hazards after"):
         hazards = _after_apt(plan, hazards_before, recorders, obsolete_run)
-    hazards["before"] = {"libraries": hazards_before["libraries"], "boot": hazards_before["boot"],
-                         "autoremovable": hazards_before.get("autoremovable"),
-                         "kernel": hazards_before["kernel"]}  # fmt: skip
+    hazards["before"] = {
+        "libraries": hazards_before["libraries"],
+        "boot": hazards_before["boot"],
+        "autoremovable": hazards_before.get("autoremovable"),
+        "kernel": hazards_before["kernel"],
+    }
     with parts("audit"):
         audit_status, audit_output = run_command(["dpkg", "--audit"])
         check_status, check_output = run_command(["apt-get", "check", *APT_QUIET_OPTIONS])
@@ -379,5 +412,3 @@ def replay_inside(plan: ReplayPlan, session: SandboxSession | None, channel: Cha
         # every list again): for --debug and the tests.
         "source_cache": None if placed_cache is None else ("reused" if cache_after_apt == placed_cache else "rebuilt"),
     }
-
-

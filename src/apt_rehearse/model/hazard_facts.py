@@ -28,8 +28,12 @@ class BootState:
     @classmethod
     def from_json(cls, data: dict[str, Any] | None) -> "BootState":
         data = data or {}
-        return cls(dict(data.get("kernels") or {}), data.get("generator"), list(data.get("references") or []),
-                   dict(data.get("links") or {}))  # fmt: skip
+        return cls(
+            dict(data.get("kernels") or {}),
+            data.get("generator"),
+            list(data.get("references") or []),
+            dict(data.get("links") or {}),
+        )
 
 
 @dataclasses.dataclass
@@ -44,8 +48,12 @@ class HazardSnapshot:
     @classmethod
     def from_json(cls, data: dict[str, Any] | None) -> "HazardSnapshot":
         data = data or {}
-        return cls(data.get("libraries") or {}, BootState.from_json(data.get("boot")), data.get("kernel") or {},
-                   data.get("autoremovable"))  # fmt: skip
+        return cls(
+            data.get("libraries") or {},
+            BootState.from_json(data.get("boot")),
+            data.get("kernel") or {},
+            data.get("autoremovable"),
+        )
 
 
 @dataclasses.dataclass

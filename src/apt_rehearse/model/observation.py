@@ -21,6 +21,12 @@ class Observation:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Observation":
-        return cls(data.get("units") or {}, data.get("sockets") or [], data.get("http") or {},
-                   data.get("config_tests") or {}, data.get("probes") or {}, data.get("journal") or {},
-                   float(data.get("seconds") or 0.0))  # fmt: skip
+        return cls(
+            data.get("units") or {},
+            data.get("sockets") or [],
+            data.get("http") or {},
+            data.get("config_tests") or {},
+            data.get("probes") or {},
+            data.get("journal") or {},
+            float(data.get("seconds") or 0.0),
+        )

@@ -16,14 +16,20 @@ DEFAULTS: dict[str, tuple[str, str]] = {
     "Remove": ("info", "a package is removed as a side effect (a library replaced, ...)"),
     "Remove-Requested": ("info", "a package you asked to remove is removed"),
     "Remove-Manual": ("block", "a manually installed package is removed"),
-    "Remove-Renamed": ("warn", "a manually installed package is replaced by one that provides its name (libfoo1 -> "
-                       "libfoo1t64); the new name is not marked manual"),
+    "Remove-Renamed": (
+        "warn",
+        "a manually installed package is replaced by one that provides its name (libfoo1 -> "
+        "libfoo1t64); the new name is not marked manual",
+    ),
     "Remove-Service": ("block", "a removed package ships a service the system starts"),
     "Remove-Module": ("block", "a removed package ships an Apache/Nginx module or a PHP extension"),
     "Script-Failure": ("block", "a maintainer script fails"),
     "Needs-Network": ("warn", "a maintainer script failed reaching for the network, which the sandbox does not have"),
-    "Needs-Kernel": ("warn", "a maintainer script failed changing the host kernel's state (a sysctl, a module, the "
-                     "clock, swap, a device), which the sandbox's confinement refuses"),
+    "Needs-Kernel": (
+        "warn",
+        "a maintainer script failed changing the host kernel's state (a sysctl, a module, the "
+        "clock, swap, a device), which the sandbox's confinement refuses",
+    ),
     "Broken-State": ("block", "a package is left unpacked, half-installed or half-configured"),
     "Apt-Failure": ("block", "apt itself fails to apply the transaction"),
     "Dependency-Check": ("block", "'apt-get check' finds broken dependencies afterwards"),
@@ -36,11 +42,17 @@ DEFAULTS: dict[str, tuple[str, str]] = {
     "Lost-Library": ("block", "a program or module outside dpkg's knowledge no longer finds a library it needs"),
     "Boot-Chain": ("block", "a kernel's initramfs is not built, or a bootloader config names a missing kernel/initrd"),
     "Boot-Command": ("info", "a command that writes to disks or firmware (grub-install, ...) would run; recorded"),
-    "Kernel-Settings": ("info", "the upgrade changes a sysctl.d value, a modules-load.d or binfmt.d entry: the kernel "
-                        "takes it at the next boot (reported, never applied in the sandbox)"),
+    "Kernel-Settings": (
+        "info",
+        "the upgrade changes a sysctl.d value, a modules-load.d or binfmt.d entry: the kernel "
+        "takes it at the next boot (reported, never applied in the sandbox)",
+    ),
     "Conffile-Left": ("info", "the run leaves a .dpkg-dist/.dpkg-old/.ucf-* file beside a conffile"),
-    "Source-Missing": ("warn", "a source offers nothing for the target release (a repository that has not published "
-                       "it yet): what came from it is neither upgraded nor rehearsed"),
+    "Source-Missing": (
+        "warn",
+        "a source offers nothing for the target release (a repository that has not published "
+        "it yet): what came from it is neither upgraded nor rehearsed",
+    ),
     "Obsolete": ("info", "after a release upgrade, installed packages no source offers any more"),
     "Auto-Removable": ("info", "packages that become auto-removable"),
     "Service-Failed": ("block", "a service active before the upgrade is failed or gone after it (or after a reboot)"),

@@ -40,9 +40,15 @@ class AptRun:
     @classmethod
     def from_json(cls, data: dict[str, Any] | None) -> "AptRun":
         data = data or {}
-        return cls(int(data.get("exit_status") or 0), data.get("output") or "", bool(data.get("timed_out")),
-                   data.get("stopped_for_room"), list(data.get("argv") or []), list(data.get("status_lines") or []),
-                   float(data.get("seconds") or 0.0))  # fmt: skip
+        return cls(
+            int(data.get("exit_status") or 0),
+            data.get("output") or "",
+            bool(data.get("timed_out")),
+            data.get("stopped_for_room"),
+            list(data.get("argv") or []),
+            list(data.get("status_lines") or []),
+            float(data.get("seconds") or 0.0),
+        )
 
 
 @dataclasses.dataclass

@@ -23,7 +23,9 @@ UNATTENDED_UPGRADE = "/usr/bin/unattended-upgrade"
 
 def load_unattended_upgrade(path: str = UNATTENDED_UPGRADE) -> ModuleType:
     if not os.path.exists(path):
-        raise UsageError("unattended-upgrades is not installed: there is nothing to gate (apt-get install unattended-upgrades)")
+        raise UsageError(
+            "unattended-upgrades is not installed: there is nothing to gate (apt-get install unattended-upgrades)"
+        )
     loader = importlib.machinery.SourceFileLoader("apt_rehearse_unattended_upgrade", path)
     spec = importlib.util.spec_from_loader(loader.name, loader)
     if spec is None:
@@ -35,7 +37,9 @@ def load_unattended_upgrade(path: str = UNATTENDED_UPGRADE) -> ModuleType:
         raise RehearsalError(f"cannot load unattended-upgrades' code from {path}: {error}") from error
     for name in ("UnattendedUpgradesCache", "calculate_upgradable_pkgs", "mark_pkgs_to_upgrade", "Options"):
         if not hasattr(module, name):
-            raise RehearsalError(f"this unattended-upgrades has no {name}(); apt-rehearse gate cannot ask it what it would install")
+            raise RehearsalError(
+                f"this unattended-upgrades has no {name}(); apt-rehearse gate cannot ask it what it would install"
+            )
     return module
 
 

@@ -74,19 +74,23 @@ def _dash(value: str) -> str | None:
 def parse(text: str) -> HookInput:
     """Parse a whole hook stream; one clear HookInputError for anything off."""
     if not text:
-        raise HookInputError("apt sent no hook input (is the hook registered with Version \"3\" and InfoFD?)")
+        raise HookInputError('apt sent no hook input (is the hook registered with Version "3" and InfoFD?)')
     lines = text.split("\n")
     header = lines[0].strip()
     if not header.startswith("VERSION "):
-        raise HookInputError(f"hook input does not start with 'VERSION 3' (got {header[:40]!r}); "
-                             "register the hook with DPkg::Tools::Options::<hook>::Version \"3\"")  # fmt: skip
+        raise HookInputError(
+            f"hook input does not start with 'VERSION 3' (got {header[:40]!r}); "
+            'register the hook with DPkg::Tools::Options::<hook>::Version "3"'
+        )
     try:
         version = int(header.split()[1])
     except (IndexError, ValueError):
         raise HookInputError(f"hook input has a bad version line {header[:40]!r}") from None
     if version != SUPPORTED_VERSION:
-        raise HookInputError(f"hook protocol version {version} is not supported; set "
-                             "DPkg::Tools::Options::/usr/lib/apt-rehearse/apt-hook::Version \"3\"")  # fmt: skip
+        raise HookInputError(
+            f"hook protocol version {version} is not supported; set "
+            'DPkg::Tools::Options::/usr/lib/apt-rehearse/apt-hook::Version "3"'
+        )
     if "\n\n" not in text:
         raise HookInputError("hook input ends inside the configuration dump (truncated stream)")
     config: dict[str, list[str]] = {}
@@ -118,14 +122,30 @@ def parse(text: str) -> HookInput:
             raise HookInputError(f"hook input line has an unknown action {action[:60]!r}")
         if not name or any(c in name for c in "/\\\0"):
             raise HookInputError(f"hook input line has a bad package name {name[:60]!r}")
-        packages.append(PackageLine(name, _dash(old_version), _dash(old_arch), direction,
-                                    _dash(new_version), _dash(new_arch), action))  # fmt: skip
+        packages.append(
+            PackageLine(
+                name, _dash(old_version), _dash(old_arch), direction, _dash(new_version), _dash(new_arch), action
+            )
+        )
     return HookInput(version, config, packages)
 
 
 # apt-get's and apt's options whose value is the next word (apt-get(8)).
-OPTIONS_WITH_VALUE = frozenset({"-o", "--option", "-c", "--config-file", "-t", "--target-release",
-                                "--default-release", "-a", "--host-architecture", "-P", "--build-profiles"})  # fmt: skip
+OPTIONS_WITH_VALUE = frozenset(
+    {
+        "-o",
+        "--option",
+        "-c",
+        "--config-file",
+        "-t",
+        "--target-release",
+        "--default-release",
+        "-a",
+        "--host-architecture",
+        "-P",
+        "--build-profiles",
+    }
+)
 
 
 def requested_packages(command_line: str) -> set[str]:
@@ -172,8 +192,15 @@ def to_transaction(
         if line.action == REMOVE:
             arch = line.old_arch or line.new_arch or "all"
             key = (line.package, arch)
-            changes[key] = Change(line.package, arch, line.old_version, None, "purge" if purge else "remove",
-                                  manual=not is_auto(line.package, arch), requested=line.package in requested)  # fmt: skip
+            changes[key] = Change(
+                line.package,
+                arch,
+                line.old_version,
+                None,
+                "purge" if purge else "remove",
+                manual=not is_auto(line.package, arch),
+                requested=line.package in requested,
+            )
             continue
         arch = line.new_arch or "all"
         if line.old_version is None:
@@ -181,10 +208,16 @@ def to_transaction(
         else:
             action = {"<": "upgrade", ">": "downgrade", "=": "reinstall"}[line.direction]
         changes[(line.package, arch)] = Change(
-            line.package, arch, line.old_version, line.new_version, action,
-            manual=not is_auto(line.package, arch), deb=line.action, sha256=sha256_of(line.action),
+            line.package,
+            arch,
+            line.old_version,
+            line.new_version,
+            action,
+            manual=not is_auto(line.package, arch),
+            deb=line.action,
+            sha256=sha256_of(line.action),
             requested=line.package in requested,
-        )  # fmt: skip
+        )
     command = hook.get("CommandLine::AsString")
     return Transaction(
         changes=list(changes.values()),

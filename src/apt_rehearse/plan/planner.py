@@ -23,7 +23,15 @@ import apt_pkg
 
 from apt_rehearse.model.config import apt_download_dir
 from apt_rehearse.model.errors import RehearsalError, UsageError
-from apt_rehearse.model.transaction import INSTALLING_ACTIONS, REMOVING_ACTIONS, Change, Transaction, classify, find_successors, sha256_file
+from apt_rehearse.model.transaction import (
+    INSTALLING_ACTIONS,
+    REMOVING_ACTIONS,
+    Change,
+    Transaction,
+    classify,
+    find_successors,
+    sha256_file,
+)
 
 COMMANDS = ("upgrade", "dist-upgrade", "full-upgrade", "install", "remove", "purge", "gate")
 
@@ -55,7 +63,9 @@ def open_cache(progress: bool) -> apt.Cache:
         return apt.Cache(op_progress, memonly=True)
     except (SystemError, apt_pkg.Error) as error:
         message = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown error"
-        raise RehearsalError(f"apt cannot read the package lists ({message}); fix the sources and run apt update") from error
+        raise RehearsalError(
+            f"apt cannot read the package lists ({message}); fix the sources and run apt update"
+        ) from error
 
 
 def _split_spec(spec: str) -> tuple[str, str | None, str | None]:
@@ -201,8 +211,12 @@ def suggest_replacements(cache: apt.Cache, removed: list[str]) -> dict[str, str]
                     if eligible(pkg):
                         for provided_name in set(pkg.candidate.provides):
                             providers.setdefault(provided_name, []).append(pkg)
-            found = {pkg.name: pkg for provided_name in set(cache[name].installed.provides)
-                     for pkg in providers.get(provided_name, ()) if pkg.name != name}  # fmt: skip
+            found = {
+                pkg.name: pkg
+                for provided_name in set(cache[name].installed.provides)
+                for pkg in providers.get(provided_name, ())
+                if pkg.name != name
+            }
             candidates = list(found.values())
         if candidates:
             # The newest version in the name wins (php8.4 over php8.3).
@@ -241,8 +255,17 @@ def changes_from_cache(cache: apt.Cache, request: Request, requested: set[str]) 
         if pkg.marked_delete:
             from_version = pkg.installed.version if pkg.installed else None
             action = "purge" if purge_all else "remove"
-            changes.append(Change(pkg.name, arch, from_version, None, action,
-                                  manual=not pkg.is_auto_installed, requested=pkg.name in requested))  # fmt: skip
+            changes.append(
+                Change(
+                    pkg.name,
+                    arch,
+                    from_version,
+                    None,
+                    action,
+                    manual=not pkg.is_auto_installed,
+                    requested=pkg.name in requested,
+                )
+            )
             continue
         candidate = pkg.candidate
         if candidate is None:
@@ -250,8 +273,17 @@ def changes_from_cache(cache: apt.Cache, request: Request, requested: set[str]) 
         from_version = pkg.installed.version if pkg.installed else None
         action = classify(from_version, candidate.version, apt_pkg.version_compare)
         manual = not depcache.is_auto_installed(pkg._pkg)
-        changes.append(Change(pkg.name, candidate.architecture, from_version, candidate.version, action,
-                              manual=manual, requested=pkg.name in requested))  # fmt: skip
+        changes.append(
+            Change(
+                pkg.name,
+                candidate.architecture,
+                from_version,
+                candidate.version,
+                action,
+                manual=manual,
+                requested=pkg.name in requested,
+            )
+        )
     return changes
 
 
@@ -259,14 +291,21 @@ def kept_back(cache: apt.Cache, request: Request) -> list[str]:
     if request.command not in ("upgrade", "dist-upgrade", "full-upgrade"):
         return []
     return sorted(
-        pkg.name for pkg in cache if pkg.is_installed and pkg.is_upgradable and not pkg.marked_upgrade
-        and not pkg.marked_delete and not pkg.marked_downgrade
-    )  # fmt: skip
+        pkg.name
+        for pkg in cache
+        if pkg.is_installed
+        and pkg.is_upgradable
+        and not pkg.marked_upgrade
+        and not pkg.marked_delete
+        and not pkg.marked_downgrade
+    )
 
 
 ALLOW_UNAUTHENTICATED = "APT::Get::AllowUnauthenticated"
-UNAUTHENTICATED_FIX = ("fix the source's key, or allow it as apt does with [trusted=yes] on the source "
-                       f"or -o {ALLOW_UNAUTHENTICATED}=true")  # fmt: skip
+UNAUTHENTICATED_FIX = (
+    "fix the source's key, or allow it as apt does with [trusted=yes] on the source "
+    f"or -o {ALLOW_UNAUTHENTICATED}=true"
+)
 
 
 def unauthenticated(cache: apt.Cache, changes: list[Change]) -> dict[str, list[str]]:
@@ -291,8 +330,11 @@ def unauthenticated(cache: apt.Cache, changes: list[Change]) -> dict[str, list[s
     if found:
         # An index's own description names its list file too: name the
         # source as apt does ("URI SUITE").
-        sources = {index.describe: f"{meta.uri.rstrip('/')} {meta.dist}"
-                   for meta in cache._list.list for index in meta.index_files}  # fmt: skip
+        sources = {
+            index.describe: f"{meta.uri.rstrip('/')} {meta.dist}"
+            for meta in cache._list.list
+            for index in meta.index_files
+        }
         found = {name: sorted({sources.get(d, d) for d in described}) for name, described in found.items()}
     return found
 
@@ -334,7 +376,9 @@ def fetch_debs(cache: apt.Cache, archive_dir: str, progress: bool) -> dict[str, 
     """
     apt_download_dir(archive_dir)
     apt_pkg.config.set("Dir::Cache::Archives", archive_dir)
-    acquire_progress = apt.progress.text.AcquireProgress(sys.stdout) if progress else apt.progress.base.AcquireProgress()
+    acquire_progress = (
+        apt.progress.text.AcquireProgress(sys.stdout) if progress else apt.progress.base.AcquireProgress()
+    )
     errors: list[str] = []
     for _ in range(3):  # a flaky mirror gets two more chances
         fetcher = apt_pkg.Acquire(acquire_progress)
@@ -349,15 +393,25 @@ def fetch_debs(cache: apt.Cache, archive_dir: str, progress: bool) -> dict[str, 
         if untrusted and not apt_pkg.config.find_b(ALLOW_UNAUTHENTICATED, False):
             raise UsageError(f"{untrusted[0]} cannot be authenticated; {UNAUTHENTICATED_FIX}")
         fetcher.run()
-        errors = [f"{item.desc_uri}: {item.error_text}" for item in fetcher.items
-                  if item.status != item.STAT_DONE or not item.complete]  # fmt: skip
+        errors = [
+            f"{item.desc_uri}: {item.error_text}"
+            for item in fetcher.items
+            if item.status != item.STAT_DONE or not item.complete
+        ]
         if not errors:
             return {os.path.basename(item.destfile): item.destfile for item in fetcher.items}
-    raise RehearsalError(f"could not download the packages to rehearse ({errors[0]}); check the network and the sources")
+    raise RehearsalError(
+        f"could not download the packages to rehearse ({errors[0]}); check the network and the sources"
+    )
 
 
-def attach_debs(changes: list[Change], cache: apt.Cache, archive_dir: str, fetched: dict[str, str],
-                sha256_of: Callable[[str], str] = sha256_file) -> list[Change]:  # fmt: skip
+def attach_debs(
+    changes: list[Change],
+    cache: apt.Cache,
+    archive_dir: str,
+    fetched: dict[str, str],
+    sha256_of: Callable[[str], str] = sha256_file,
+) -> list[Change]:
     attached = []
     for change in changes:
         if change.action in INSTALLING_ACTIONS and change.to_version:
@@ -379,8 +433,13 @@ def attach_debs(changes: list[Change], cache: apt.Cache, archive_dir: str, fetch
     return attached
 
 
-def plan_transaction(request: Request, archive_dir: str, progress: bool, private_apt_dir: str | None = None,
-                     sha256_of: Callable[[str], str] = sha256_file) -> Transaction:  # fmt: skip
+def plan_transaction(
+    request: Request,
+    archive_dir: str,
+    progress: bool,
+    private_apt_dir: str | None = None,
+    sha256_of: Callable[[str], str] = sha256_file,
+) -> Transaction:
     """Resolve the request with apt's resolver and fetch what it needs."""
     if request.command == "gate":
         # unattended-upgrades' own code decides what it would install.

@@ -185,7 +185,11 @@ def prepare(root: str, release: str, cache_dir: str) -> ReleaseState:
         total += count
         relative = "/" + os.path.relpath(path, real_root)
         sources[relative] = new_text
-        target = main_path if path.endswith("sources.list") and "sources.list.d" not in path else os.path.join(parts_dir, os.path.basename(path))
+        target = (
+            main_path
+            if path.endswith("sources.list") and "sources.list.d" not in path
+            else os.path.join(parts_dir, os.path.basename(path))
+        )
         with open(target, "w", encoding="utf-8") as handle:
             handle.write(new_text)
     if total == 0:
@@ -218,16 +222,20 @@ def use(state: ReleaseState, progress: bool) -> None:
         except apt.cache.FetchFailedException as error:
             last_error = error
             if unsigned := NOT_SIGNED.search(str(error)):
-                raise UsageError(f"the repository {unsigned.group(1)} has no valid signature, so apt update refuses it "
-                                 "(as it would in the real release upgrade); fix the source's key, or allow it as apt "
-                                 "does with [trusted=yes] on the source") from error  # fmt: skip
+                raise UsageError(
+                    f"the repository {unsigned.group(1)} has no valid signature, so apt update refuses it "
+                    "(as it would in the real release upgrade); fix the source's key, or allow it as apt "
+                    "does with [trusted=yes] on the source"
+                ) from error
             missing = missing_suites(str(error))
             if missing is not None:
                 # What apt does too: the other sources' lists are in place.
                 # The sysadmin's upgrade goes ahead without that repository.
                 if not _has_lists_of(state):
-                    raise UsageError(f"no apt source offers '{state.release}' ({next(iter(missing.values()))}); "
-                                     "is it a Debian release codename?") from error  # fmt: skip
+                    raise UsageError(
+                        f"no apt source offers '{state.release}' ({next(iter(missing.values()))}); "
+                        "is it a Debian release codename?"
+                    ) from error
                 state.unavailable = missing
                 return
         except apt.cache.LockFailedException as error:
@@ -264,9 +272,18 @@ def build_source_cache(state: ReleaseState, root: str) -> str | None:
     syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
     syscalls.mount(state.lists_dir, lists, None, syscalls.MS_BIND)
     syscalls.mount(state.directory, apt_cache, None, syscalls.MS_BIND)
-    argv = ["apt-cache", "-o", "Dir::Etc::sourcelist=/var/cache/apt/sources.list",
-            "-o", "Dir::Etc::sourceparts=/var/cache/apt/sources.list.d", "-o", "Dir::Cache::pkgcache=",
-            "-o", "Dir::Cache::srcpkgcache=/var/cache/apt/cache/srcpkgcache.bin", "stats"]  # fmt: skip
+    argv = [
+        "apt-cache",
+        "-o",
+        "Dir::Etc::sourcelist=/var/cache/apt/sources.list",
+        "-o",
+        "Dir::Etc::sourceparts=/var/cache/apt/sources.list.d",
+        "-o",
+        "Dir::Cache::pkgcache=",
+        "-o",
+        "Dir::Cache::srcpkgcache=/var/cache/apt/cache/srcpkgcache.bin",
+        "stats",
+    ]
     if os.path.realpath(root) != "/":
         argv = ["chroot", root, *argv]
     environment = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}

@@ -40,17 +40,40 @@ POWEROFF = SIGRTMIN + 4  # systemd: "start poweroff.target"
 # (jobs, mail runs, backups, network set-up and waits, terminals). Every
 # *.timer is masked too.
 HELD_BACK = (
-    "cron.service", "anacron.service", "atd.service", "unattended-upgrades.service", "apt-daily.service",
-    "apt-daily-upgrade.service", "man-db.service", "logrotate.service", "e2scrub_reap.service", "fstrim.service",
-    "getty@.service", "serial-getty@.service", "console-getty.service", "container-getty@.service",
-    "systemd-networkd-wait-online.service", "NetworkManager-wait-online.service", "ifupdown-wait-online.service",
-    "networking.service", "NetworkManager.service", "systemd-networkd.service", "wpa_supplicant.service",
-    "ModemManager.service", "dhcpcd.service", "systemd-timesyncd.service", "chrony.service", "ntp.service",
-    "ntpsec.service", "rsync.service", "smartmontools.service", "systemd-firstboot.service",
+    "cron.service",
+    "anacron.service",
+    "atd.service",
+    "unattended-upgrades.service",
+    "apt-daily.service",
+    "apt-daily-upgrade.service",
+    "man-db.service",
+    "logrotate.service",
+    "e2scrub_reap.service",
+    "fstrim.service",
+    "getty@.service",
+    "serial-getty@.service",
+    "console-getty.service",
+    "container-getty@.service",
+    "systemd-networkd-wait-online.service",
+    "NetworkManager-wait-online.service",
+    "ifupdown-wait-online.service",
+    "networking.service",
+    "NetworkManager.service",
+    "systemd-networkd.service",
+    "wpa_supplicant.service",
+    "ModemManager.service",
+    "dhcpcd.service",
+    "systemd-timesyncd.service",
+    "chrony.service",
+    "ntp.service",
+    "ntpsec.service",
+    "rsync.service",
+    "smartmontools.service",
+    "systemd-firstboot.service",
     # The host's FUSE connections (fusectl can abort them): the confinement
     # refuses the mount, so the unit would fail in every boot of the copy.
     "sys-fs-fuse-connections.mount",
-)  # fmt: skip
+)
 UNIT_DIRS = ("etc/systemd/system", "lib/systemd/system", "usr/lib/systemd/system")
 
 
@@ -62,7 +85,11 @@ def find_init(root: str) -> str | None:
             if not os.path.islink(path):
                 break
             link = os.readlink(path)
-            path = os.path.join(root, link.lstrip("/")) if link.startswith("/") else os.path.join(os.path.dirname(path), link)
+            path = (
+                os.path.join(root, link.lstrip("/"))
+                if link.startswith("/")
+                else os.path.join(os.path.dirname(path), link)
+            )
         if os.path.isfile(path) and os.path.basename(path) == "systemd":
             return candidate
     return None
@@ -308,8 +335,15 @@ def keeper_main(spec: BootSpec, command_read: int, reply_write: int) -> None:  #
                     reply(clean=_poweroff(boot_child, pid1, command.get("timeout", 60)))
                     boot_child = pid1 = None
                 elif action == "measure":
-                    fds = {layer.mountpoint: os.open(layer.layer_dir, os.O_RDONLY | os.O_DIRECTORY) for layer in spec.plan.layers}
-                    lowers = {layer.mountpoint: ctx.pinned[layer.lower] for layer in spec.plan.layers if layer.lower in ctx.pinned}
+                    fds = {
+                        layer.mountpoint: os.open(layer.layer_dir, os.O_RDONLY | os.O_DIRECTORY)
+                        for layer in spec.plan.layers
+                    }
+                    lowers = {
+                        layer.mountpoint: ctx.pinned[layer.lower]
+                        for layer in spec.plan.layers
+                        if layer.lower in ctx.pinned
+                    }
                     try:
                         bytes_by_layer, growth = measure_layers(fds, lowers)
                     finally:
@@ -335,6 +369,7 @@ def keeper_main(spec: BootSpec, command_read: int, reply_write: int) -> None:  #
         _poweroff(boot_child, pid1, 5)
     os._exit(0)
 
+
 def _boot(spec: BootSpec, ctx: Context, cgroup_path: str) -> tuple[int, int]:  # pragma: no cover - in the keeper
     os.makedirs(cgroup_path, exist_ok=True)
     pid_read, pid_write = os.pipe()
@@ -351,8 +386,14 @@ def _boot(spec: BootSpec, ctx: Context, cgroup_path: str) -> tuple[int, int]:  #
             syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
             with open(os.path.join(cgroup_path, "cgroup.procs"), "w", encoding="ascii") as handle:
                 handle.write(str(os.getpid()))
-            syscalls.unshare(syscalls.CLONE_NEWNS | syscalls.CLONE_NEWPID | syscalls.CLONE_NEWNET
-                             | syscalls.CLONE_NEWIPC | syscalls.CLONE_NEWUTS | syscalls.CLONE_NEWCGROUP)  # fmt: skip
+            syscalls.unshare(
+                syscalls.CLONE_NEWNS
+                | syscalls.CLONE_NEWPID
+                | syscalls.CLONE_NEWNET
+                | syscalls.CLONE_NEWIPC
+                | syscalls.CLONE_NEWUTS
+                | syscalls.CLONE_NEWCGROUP
+            )
             pid1 = os.fork()
             if pid1 == 0:
                 _exec_init(spec, ctx, exec_write)
@@ -380,6 +421,7 @@ def _boot(spec: BootSpec, ctx: Context, cgroup_path: str) -> tuple[int, int]:  #
         raise RehearsalError(f"the sandbox could not start the system's init: {failure or 'unknown error'}")
     return child, pid1
 
+
 def _exec_init(spec: BootSpec, ctx: Context, exec_write: int) -> None:  # pragma: no cover - becomes the sandbox's PID 1
     try:
         syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -388,8 +430,12 @@ def _exec_init(spec: BootSpec, ctx: Context, exec_write: int) -> None:  # pragma
         for fd in ctx.pinned.values():
             os.close(fd)
         confine.confine(spec.syscall_filter)
-        env = {"container": "apt-rehearse", "TERM": "dumb", "LANG": "C.UTF-8",
-               "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}  # fmt: skip
+        env = {
+            "container": "apt-rehearse",
+            "TERM": "dumb",
+            "LANG": "C.UTF-8",
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        }
         null = os.open("/dev/null", os.O_RDWR)
         # The console of the booted system is /dev/null (its journal
         # keeps what matters); APT_REHEARSE_DEBUG shows it on stderr.
@@ -399,6 +445,7 @@ def _exec_init(spec: BootSpec, ctx: Context, exec_write: int) -> None:  # pragma
     except BaseException as error:  # noqa: BLE001
         os.write(exec_write, f"{error.__class__.__name__}: {error}".encode())
         os._exit(127)
+
 
 def _poweroff(child: int | None, pid1: int | None, timeout: float) -> bool:  # pragma: no cover - in the keeper
     if not child or not pid1:

@@ -82,10 +82,24 @@ class SandboxCgroup:
             properties += ["MemoryMax", "t", str(self.memory_max)]
             count += 1
         proc = subprocess.run(
-            ["busctl", "call", "org.freedesktop.systemd1", "/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager",
-             "StartTransientUnit", "ssa(sv)a(sa(sv))", unit, "fail", str(count), *properties, "0"],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
+            [
+                "busctl",
+                "call",
+                "org.freedesktop.systemd1",
+                "/org/freedesktop/systemd1",
+                "org.freedesktop.systemd1.Manager",
+                "StartTransientUnit",
+                "ssa(sv)a(sa(sv))",
+                unit,
+                "fail",
+                str(count),
+                *properties,
+                "0",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if proc.returncode != 0:
             raise UnsupportedSystem(f"systemd would not give the sandbox a delegated scope: {proc.stderr.strip()}")
         self.scope = True

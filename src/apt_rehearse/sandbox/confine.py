@@ -50,29 +50,83 @@ except ImportError:  # pragma: no cover - reported by check_available
 
 # capabilities(7) numbers.
 CAPABILITIES = {
-    "CAP_CHOWN": 0, "CAP_DAC_OVERRIDE": 1, "CAP_DAC_READ_SEARCH": 2, "CAP_FOWNER": 3, "CAP_FSETID": 4,
-    "CAP_KILL": 5, "CAP_SETGID": 6, "CAP_SETUID": 7, "CAP_SETPCAP": 8, "CAP_LINUX_IMMUTABLE": 9,
-    "CAP_NET_BIND_SERVICE": 10, "CAP_NET_BROADCAST": 11, "CAP_NET_ADMIN": 12, "CAP_NET_RAW": 13,
-    "CAP_IPC_LOCK": 14, "CAP_IPC_OWNER": 15, "CAP_SYS_MODULE": 16, "CAP_SYS_RAWIO": 17, "CAP_SYS_CHROOT": 18,
-    "CAP_SYS_PTRACE": 19, "CAP_SYS_PACCT": 20, "CAP_SYS_ADMIN": 21, "CAP_SYS_BOOT": 22, "CAP_SYS_NICE": 23,
-    "CAP_SYS_RESOURCE": 24, "CAP_SYS_TIME": 25, "CAP_SYS_TTY_CONFIG": 26, "CAP_MKNOD": 27, "CAP_LEASE": 28,
-    "CAP_AUDIT_WRITE": 29, "CAP_AUDIT_CONTROL": 30, "CAP_SETFCAP": 31, "CAP_MAC_OVERRIDE": 32,
-    "CAP_MAC_ADMIN": 33, "CAP_SYSLOG": 34, "CAP_WAKE_ALARM": 35, "CAP_BLOCK_SUSPEND": 36, "CAP_AUDIT_READ": 37,
-    "CAP_PERFMON": 38, "CAP_BPF": 39, "CAP_CHECKPOINT_RESTORE": 40,
-}  # fmt: skip
+    "CAP_CHOWN": 0,
+    "CAP_DAC_OVERRIDE": 1,
+    "CAP_DAC_READ_SEARCH": 2,
+    "CAP_FOWNER": 3,
+    "CAP_FSETID": 4,
+    "CAP_KILL": 5,
+    "CAP_SETGID": 6,
+    "CAP_SETUID": 7,
+    "CAP_SETPCAP": 8,
+    "CAP_LINUX_IMMUTABLE": 9,
+    "CAP_NET_BIND_SERVICE": 10,
+    "CAP_NET_BROADCAST": 11,
+    "CAP_NET_ADMIN": 12,
+    "CAP_NET_RAW": 13,
+    "CAP_IPC_LOCK": 14,
+    "CAP_IPC_OWNER": 15,
+    "CAP_SYS_MODULE": 16,
+    "CAP_SYS_RAWIO": 17,
+    "CAP_SYS_CHROOT": 18,
+    "CAP_SYS_PTRACE": 19,
+    "CAP_SYS_PACCT": 20,
+    "CAP_SYS_ADMIN": 21,
+    "CAP_SYS_BOOT": 22,
+    "CAP_SYS_NICE": 23,
+    "CAP_SYS_RESOURCE": 24,
+    "CAP_SYS_TIME": 25,
+    "CAP_SYS_TTY_CONFIG": 26,
+    "CAP_MKNOD": 27,
+    "CAP_LEASE": 28,
+    "CAP_AUDIT_WRITE": 29,
+    "CAP_AUDIT_CONTROL": 30,
+    "CAP_SETFCAP": 31,
+    "CAP_MAC_OVERRIDE": 32,
+    "CAP_MAC_ADMIN": 33,
+    "CAP_SYSLOG": 34,
+    "CAP_WAKE_ALARM": 35,
+    "CAP_BLOCK_SUSPEND": 36,
+    "CAP_AUDIT_READ": 37,
+    "CAP_PERFMON": 38,
+    "CAP_BPF": 39,
+    "CAP_CHECKPOINT_RESTORE": 40,
+}
 
 # systemd-nspawn's default set, plus CAP_NET_ADMIN (nspawn adds it with a
 # private network, which the sandbox always has), less CAP_MKNOD (no device
 # cgroup here: see the module's docstring) and CAP_AUDIT_CONTROL (the audit
 # rules are the host kernel's; nspawn keeps it only because audit is off in
 # its containers anyway).
-KEPT = frozenset({
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",
-    "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE",
-    "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_OWNER", "CAP_SYS_CHROOT", "CAP_SYS_PTRACE",
-    "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE", "CAP_SYS_RESOURCE", "CAP_SYS_TTY_CONFIG", "CAP_LEASE",
-    "CAP_AUDIT_WRITE", "CAP_SETFCAP",
-})  # fmt: skip
+KEPT = frozenset(
+    {
+        "CAP_CHOWN",
+        "CAP_DAC_OVERRIDE",
+        "CAP_DAC_READ_SEARCH",
+        "CAP_FOWNER",
+        "CAP_FSETID",
+        "CAP_KILL",
+        "CAP_SETGID",
+        "CAP_SETUID",
+        "CAP_SETPCAP",
+        "CAP_LINUX_IMMUTABLE",
+        "CAP_NET_BIND_SERVICE",
+        "CAP_NET_BROADCAST",
+        "CAP_NET_ADMIN",
+        "CAP_NET_RAW",
+        "CAP_IPC_OWNER",
+        "CAP_SYS_CHROOT",
+        "CAP_SYS_PTRACE",
+        "CAP_SYS_ADMIN",
+        "CAP_SYS_BOOT",
+        "CAP_SYS_NICE",
+        "CAP_SYS_RESOURCE",
+        "CAP_SYS_TTY_CONFIG",
+        "CAP_LEASE",
+        "CAP_AUDIT_WRITE",
+        "CAP_SETFCAP",
+    }
+)
 
 # What nspawn's allow list leaves out, as a deny list (the sandbox runs the
 # system's own software, which may use any other syscall): its groups
@@ -81,28 +135,83 @@ KEPT = frozenset({
 # mount, would allow several of them (swapon, bpf, perf, quotactl, fanotify).
 DENIED = (
     # @clock: the host's clock (date -s, hwclock, ntp daemons)
-    "adjtimex", "clock_adjtime", "clock_adjtime64", "clock_settime", "clock_settime64", "settimeofday", "stime",
+    "adjtimex",
+    "clock_adjtime",
+    "clock_adjtime64",
+    "clock_settime",
+    "clock_settime64",
+    "settimeofday",
+    "stime",
     # @module
-    "init_module", "finit_module", "delete_module", "create_module", "query_module", "get_kernel_syms",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "create_module",
+    "query_module",
+    "get_kernel_syms",
     # @raw-io
-    "ioperm", "iopl", "pciconfig_iobase", "pciconfig_read", "pciconfig_write", "s390_mmio_read", "s390_mmio_write",
+    "ioperm",
+    "iopl",
+    "pciconfig_iobase",
+    "pciconfig_read",
+    "pciconfig_write",
+    "s390_mmio_read",
+    "s390_mmio_write",
     # @swap
-    "swapon", "swapoff",
+    "swapon",
+    "swapoff",
     # @keyring: keyrings are not namespaced
-    "add_key", "keyctl", "request_key",
+    "add_key",
+    "keyctl",
+    "request_key",
     # @cpu-emulation
-    "modify_ldt", "subpage_prot", "switch_endian", "vm86", "vm86old",
+    "modify_ldt",
+    "subpage_prot",
+    "switch_endian",
+    "vm86",
+    "vm86old",
     # @obsolete
-    "_sysctl", "afs_syscall", "bdflush", "break", "ftime", "getpmsg", "gtty", "idle", "lock", "mpx", "prof",
-    "profil", "putpmsg", "security", "sgetmask", "ssetmask", "stty", "sysfs", "tuxcall", "ulimit", "uselib",
-    "ustat", "vserver",
+    "_sysctl",
+    "afs_syscall",
+    "bdflush",
+    "break",
+    "ftime",
+    "getpmsg",
+    "gtty",
+    "idle",
+    "lock",
+    "mpx",
+    "prof",
+    "profil",
+    "putpmsg",
+    "security",
+    "sgetmask",
+    "ssetmask",
+    "stty",
+    "sysfs",
+    "tuxcall",
+    "ulimit",
+    "uselib",
+    "ustat",
+    "vserver",
     # one by one: kexec, BPF (bpffs is not namespaced), perf, fanotify,
     # open_by_handle_at (reaches host files past the mount namespace),
     # quotactl, and the capability-gated ones nspawn drops with the
     # capability (acct, syslog: the host's kernel log).
-    "kexec_load", "kexec_file_load", "bpf", "perf_event_open", "fanotify_init", "fanotify_mark",
-    "open_by_handle_at", "lookup_dcookie", "nfsservctl", "quotactl", "quotactl_fd", "acct", "syslog",
-)  # fmt: skip
+    "kexec_load",
+    "kexec_file_load",
+    "bpf",
+    "perf_event_open",
+    "fanotify_init",
+    "fanotify_mark",
+    "open_by_handle_at",
+    "lookup_dcookie",
+    "nfsservctl",
+    "quotactl",
+    "quotactl_fd",
+    "acct",
+    "syslog",
+)
 
 # File systems whose instance is the host kernel's own, whatever namespace
 # mounts them: a registration in binfmt_misc, a write to debugfs, tracefs,
@@ -113,10 +222,24 @@ DENIED = (
 # calls go to a supervisor (MountSupervisor) that reads it and answers.
 # Bind, move, remount and propagation calls ignore the type: they never
 # leave the kernel.
-DENIED_FILESYSTEMS = frozenset({
-    "binfmt_misc", "debugfs", "tracefs", "securityfs", "efivarfs", "configfs", "pstore", "bpf", "fusectl",
-    "devtmpfs", "selinuxfs", "smackfs", "apparmorfs", "resctrl",
-})  # fmt: skip
+DENIED_FILESYSTEMS = frozenset(
+    {
+        "binfmt_misc",
+        "debugfs",
+        "tracefs",
+        "securityfs",
+        "efivarfs",
+        "configfs",
+        "pstore",
+        "bpf",
+        "fusectl",
+        "devtmpfs",
+        "selinuxfs",
+        "smackfs",
+        "apparmorfs",
+        "resctrl",
+    }
+)
 READ_ONLY_FILESYSTEMS = frozenset({"sysfs"})
 MS_RDONLY, MS_REMOUNT, MS_BIND, MS_MOVE = 1, 32, 4096, 8192
 MS_UNBINDABLE, MS_PRIVATE, MS_SLAVE, MS_SHARED = 1 << 17, 1 << 18, 1 << 19, 1 << 20
@@ -160,8 +283,10 @@ def _architectures() -> list[object]:
 
 def _need_seccomp() -> None:
     if seccomp is None:
-        raise UnsupportedSystem("python3-seccomp is not installed; apt-rehearse needs it to confine the sandbox "
-                                "(apt-get install python3-seccomp)")  # fmt: skip
+        raise UnsupportedSystem(
+            "python3-seccomp is not installed; apt-rehearse needs it to confine the sandbox "
+            "(apt-get install python3-seccomp)"
+        )
 
 
 def build_filter(supervised: bool = True) -> "seccomp.SyscallFilter":
@@ -194,8 +319,12 @@ def build_filter(supervised: bool = True) -> "seccomp.SyscallFilter":
             pass
     # Audit is the host kernel's: as nspawn does, creating an audit socket
     # fails the way it does on a kernel without audit.
-    syscall_filter.add_rule(seccomp.ERRNO(errno.EAFNOSUPPORT), "socket",
-                            seccomp.Arg(0, seccomp.EQ, AF_NETLINK), seccomp.Arg(2, seccomp.EQ, NETLINK_AUDIT))  # fmt: skip
+    syscall_filter.add_rule(
+        seccomp.ERRNO(errno.EAFNOSUPPORT),
+        "socket",
+        seccomp.Arg(0, seccomp.EQ, AF_NETLINK),
+        seccomp.Arg(2, seccomp.EQ, NETLINK_AUDIT),
+    )
     return syscall_filter
 
 
@@ -349,20 +478,26 @@ def check_available() -> None:
     except OSError:
         has_seccomp = False
     if not has_seccomp:
-        raise UnsupportedSystem("this kernel has no seccomp (CONFIG_SECCOMP_FILTER); apt-rehearse will not run "
-                                "a rehearsal it cannot confine to the sandbox")  # fmt: skip
+        raise UnsupportedSystem(
+            "this kernel has no seccomp (CONFIG_SECCOMP_FILTER); apt-rehearse will not run "
+            "a rehearsal it cannot confine to the sandbox"
+        )
     try:
         effective = int(status_of().get("CapEff", "0"), 16)
     except (OSError, ValueError):
         effective = 0
     if not effective & (1 << CAPABILITIES["CAP_SETPCAP"]):
-        raise UnsupportedSystem("no CAP_SETPCAP here, so the sandbox's capabilities cannot be dropped; apt-rehearse "
-                                "will not run a rehearsal it cannot confine")  # fmt: skip
+        raise UnsupportedSystem(
+            "no CAP_SETPCAP here, so the sandbox's capabilities cannot be dropped; apt-rehearse "
+            "will not run a rehearsal it cannot confine"
+        )
     try:
         syscalls.prctl(PR_CAPBSET_READ, CAPABILITIES["CAP_SYS_MODULE"])
     except OSError as error:
-        raise UnsupportedSystem(f"cannot read the capability bounding set ({error.strerror}); apt-rehearse will "
-                                "not run a rehearsal it cannot confine to the sandbox") from error  # fmt: skip
+        raise UnsupportedSystem(
+            f"cannot read the capability bounding set ({error.strerror}); apt-rehearse will "
+            "not run a rehearsal it cannot confine to the sandbox"
+        ) from error
 
 
 def status_of(pid: int | str = "self") -> dict[str, str]:

@@ -16,10 +16,25 @@ import os
 # listed here is left out of the sandbox rather than risked.
 LOCAL_DISK_FSTYPES = frozenset(
     {
-        "ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "jfs", "reiserfs", "zfs",
-        "nilfs2", "bcachefs", "vfat", "exfat", "msdos", "overlay", "fuseblk", "ntfs3",
+        "ext2",
+        "ext3",
+        "ext4",
+        "xfs",
+        "btrfs",
+        "f2fs",
+        "jfs",
+        "reiserfs",
+        "zfs",
+        "nilfs2",
+        "bcachefs",
+        "vfat",
+        "exfat",
+        "msdos",
+        "overlay",
+        "fuseblk",
+        "ntfs3",
     }
-)  # fmt: skip
+)
 
 # Paths inside the target whose host content never enters the sandbox: the
 # sandbox gets fresh ones.

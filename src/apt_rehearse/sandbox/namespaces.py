@@ -227,15 +227,24 @@ class ProcMasks(Step):
     stash: str  # a directory of ours for the empty file bound over masked entries
 
     def describe(self) -> str:
-        return (f"confine {self.target}: read-only {', '.join(confine.PROC_READ_ONLY)} (but "
-                f"{', '.join(confine.PROC_WRITABLE)}), masked {', '.join(confine.PROC_INACCESSIBLE)}")  # fmt: skip
+        return (
+            f"confine {self.target}: read-only {', '.join(confine.PROC_READ_ONLY)} (but "
+            f"{', '.join(confine.PROC_WRITABLE)}), masked {', '.join(confine.PROC_INACCESSIBLE)}"
+        )
 
     def execute(self, ctx: Context) -> None:
         os.makedirs(self.stash, exist_ok=True)
         empty = f"{self.stash}/empty"
         if not os.path.exists(empty):
             os.close(os.open(empty, os.O_WRONLY | os.O_CREAT, 0o000))
-        read_only = syscalls.MS_BIND | syscalls.MS_REMOUNT | syscalls.MS_RDONLY | syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC
+        read_only = (
+            syscalls.MS_BIND
+            | syscalls.MS_REMOUNT
+            | syscalls.MS_RDONLY
+            | syscalls.MS_NOSUID
+            | syscalls.MS_NODEV
+            | syscalls.MS_NOEXEC
+        )
         for name in confine.PROC_INACCESSIBLE:
             path = f"{self.target}/{name}"
             if os.path.isfile(path):
@@ -326,15 +335,22 @@ class PrivateDev(Step):
         for name in ("pts", "shm"):
             os.mkdir(f"{self.target}/{name}", 0o755)
         syscalls.mount(
-            "devpts", f"{self.target}/pts", "devpts", syscalls.MS_NOSUID | syscalls.MS_NOEXEC,
+            "devpts",
+            f"{self.target}/pts",
+            "devpts",
+            syscalls.MS_NOSUID | syscalls.MS_NOEXEC,
             "newinstance,ptmxmode=0666,mode=0620,gid=5",
-        )  # fmt: skip
+        )
         os.symlink("pts/ptmx", f"{self.target}/ptmx")
         if self.console:
             _device_node(f"{self.target}/console", 0o600, 1, 3, "/dev/null")
         syscalls.mount("tmpfs", f"{self.target}/shm", "tmpfs", syscalls.MS_NOSUID | syscalls.MS_NODEV, "mode=1777")
-        for name, link in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
-                           ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):  # fmt: skip
+        for name, link in (
+            ("fd", "/proc/self/fd"),
+            ("stdin", "/proc/self/fd/0"),
+            ("stdout", "/proc/self/fd/1"),
+            ("stderr", "/proc/self/fd/2"),
+        ):
             os.symlink(link, f"{self.target}/{name}")
 
 
@@ -478,8 +494,10 @@ def plan_sandbox(spec: SandboxSpec, mounts: list[MountEntry] | None = None) -> S
     layers_base = f"{stage}/layers"
     steps: list[Step] = []
     submounts = state_submounts(root, mounts)
-    below = [("/" + os.path.relpath(host, root), spec.lowers.get(host, host))
-             for host in [entry.target for entry in submounts] + spec.live_layers]  # fmt: skip
+    below = [
+        ("/" + os.path.relpath(host, root), spec.lowers.get(host, host))
+        for host in [entry.target for entry in submounts] + spec.live_layers
+    ]
     # Parents before what is mounted inside them.
     layer_sources = [("/", spec.lowers.get(root, root)), *sorted(below, key=lambda pair: (pair[0].count("/"), pair[0]))]
     pins = [layer_sources[0][1], *spec.read_only_binds, *(lower for _inside, lower in layer_sources[1:])]
@@ -494,7 +512,9 @@ def plan_sandbox(spec: SandboxSpec, mounts: list[MountEntry] | None = None) -> S
     layers = [Layer(inside, host, f"{layers_base}/{index}") for index, (inside, host) in enumerate(layer_sources)]
     for layer in layers:
         target = new_root if layer.mountpoint == "/" else new_root + layer.mountpoint
-        steps.append(Overlay(layer.lower, layer.layer_dir, target, layer.mountpoint, volatile=spec.upper_dir is not None))
+        steps.append(
+            Overlay(layer.lower, layer.layer_dir, target, layer.mountpoint, volatile=spec.upper_dir is not None)
+        )
     # Host directories are bound into the staging area while their pinned
     # descriptors are still of this mount namespace; each boot (a copy of
     # it) binds them on from there.
@@ -504,7 +524,11 @@ def plan_sandbox(spec: SandboxSpec, mounts: list[MountEntry] | None = None) -> S
         steps.append(BindReadOnly(host_path, staged))
         staged_binds[staged] = inside
     first_boot_step = len(steps)
-    steps += [Proc(f"{new_root}/proc"), ProcMasks(f"{new_root}/proc", f"{stage}/masks"), SysfsReadOnly(f"{new_root}/sys")]
+    steps += [
+        Proc(f"{new_root}/proc"),
+        ProcMasks(f"{new_root}/proc", f"{stage}/masks"),
+        SysfsReadOnly(f"{new_root}/sys"),
+    ]
     if spec.boot:
         steps.append(Cgroup2(f"{new_root}/sys/fs/cgroup"))
     steps += [
@@ -625,8 +649,9 @@ class SandboxSession:
         return info.f_bavail * info.f_frsize
 
 
-def measure_layers(layer_fds: dict[str, int],
-                   lower_fds: dict[str, int]) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+def measure_layers(
+    layer_fds: dict[str, int], lower_fds: dict[str, int]
+) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
     """Per mount point: the bytes allocated in its layer's upper directory
     (what the rehearsal wrote), and its growth as the real run would see it
     (layer_growth). ``layer_fds`` are the layer directories, ``lower_fds``
@@ -663,8 +688,11 @@ def layer_growth(layer_fd: int, lower_fd: int | None) -> dict[str, int]:
             lower_bytes = 0
             if lower_fd is not None:
                 try:
-                    lower = os.stat(os.path.join(relative_dir, filename) if relative_dir else filename,
-                                    dir_fd=lower_fd, follow_symlinks=False)  # fmt: skip
+                    lower = os.stat(
+                        os.path.join(relative_dir, filename) if relative_dir else filename,
+                        dir_fd=lower_fd,
+                        follow_symlinks=False,
+                    )
                     lower_bytes = lower.st_blocks * 512
                 except OSError:
                     lower_bytes = 0
@@ -743,20 +771,33 @@ def _end_child(pid: int) -> None:
         pass
 
 
-def _child_main(plan: SandboxPlan, inside: InsideFunction, write_fd: int, syscall_filter: Any) -> int:  # pragma: no cover
+def _child_main(
+    plan: SandboxPlan, inside: InsideFunction, write_fd: int, syscall_filter: Any
+) -> int:  # pragma: no cover
     """The intermediate process: unshare, then fork the sandbox's PID 1."""
     channel = Channel(write_fd)
     syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() == 1:
         os._exit(1)
-    flags = (syscalls.CLONE_NEWNS | syscalls.CLONE_NEWPID | syscalls.CLONE_NEWNET | syscalls.CLONE_NEWIPC
-             | syscalls.CLONE_NEWUTS | syscalls.CLONE_NEWCGROUP)  # fmt: skip
+    flags = (
+        syscalls.CLONE_NEWNS
+        | syscalls.CLONE_NEWPID
+        | syscalls.CLONE_NEWNET
+        | syscalls.CLONE_NEWIPC
+        | syscalls.CLONE_NEWUTS
+        | syscalls.CLONE_NEWCGROUP
+    )
     try:
         syscalls.unshare(flags)
     except OSError as error:
-        channel.send("error", error="unsupported", message=(
-            f"cannot create private namespaces ({error.strerror}); apt-rehearse needs to run as real root, "
-            "not in an unprivileged container"))  # fmt: skip
+        channel.send(
+            "error",
+            error="unsupported",
+            message=(
+                f"cannot create private namespaces ({error.strerror}); apt-rehearse needs to run as real root, "
+                "not in an unprivileged container"
+            ),
+        )
         return 3
     init_pid = os.fork()
     if init_pid == 0:
@@ -772,7 +813,9 @@ def _child_main(plan: SandboxPlan, inside: InsideFunction, write_fd: int, syscal
     return os.waitstatus_to_exitcode(status)
 
 
-def _init_main(plan: SandboxPlan, inside: InsideFunction, channel: Channel, syscall_filter: Any) -> None:  # pragma: no cover
+def _init_main(
+    plan: SandboxPlan, inside: InsideFunction, channel: Channel, syscall_filter: Any
+) -> None:  # pragma: no cover
     """PID 1 of the sandbox: build the mounts, pivot, confine, run ``inside``."""
     code = 0
     try:
@@ -800,8 +843,9 @@ def _init_main(plan: SandboxPlan, inside: InsideFunction, channel: Channel, sysc
         try:
             confine.confine(syscall_filter)
         except OSError as error:
-            raise UnsupportedSystem(f"cannot confine the sandbox ({error}); apt-rehearse will not run a rehearsal "
-                                    "it cannot confine") from error  # fmt: skip
+            raise UnsupportedSystem(
+                f"cannot confine the sandbox ({error}); apt-rehearse will not run a rehearsal " "it cannot confine"
+            ) from error
         result = inside(session, channel)
         channel.send("result", result=result)
     except RehearsalLimit as error:

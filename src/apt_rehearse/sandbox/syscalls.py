@@ -71,8 +71,11 @@ def pivot_root(new_root: str, put_old: str) -> None:
 
 
 def prctl(option: int, arg: int) -> int:
-    return _check(_libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg), ctypes.c_ulong(0), ctypes.c_ulong(0),
-                              ctypes.c_ulong(0)), "prctl", f"{option}, {arg}")  # fmt: skip
+    return _check(
+        _libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0)),
+        "prctl",
+        f"{option}, {arg}",
+    )
 
 
 # <linux/capability.h>: capget/capset, version 3 (64 bits in two halves)
@@ -91,8 +94,9 @@ def capget() -> tuple[int, int, int]:
     """This process's (effective, permitted, inheritable) capability sets."""
     header, data = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0), (_CapData * 2)()
     _check(_libc.capget(ctypes.byref(header), data), "capget")
-    return tuple(getattr(data[0], field) | getattr(data[1], field) << 32
-                 for field in ("effective", "permitted", "inheritable"))  # type: ignore[return-value]
+    return tuple(
+        getattr(data[0], field) | getattr(data[1], field) << 32 for field in ("effective", "permitted", "inheritable")
+    )  # type: ignore[return-value]
 
 
 def capset(effective: int, permitted: int, inheritable: int) -> None:

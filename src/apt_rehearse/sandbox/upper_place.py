@@ -64,8 +64,10 @@ def disk_room_problem(unpacked: int, free: int, size: int) -> str | None:
     reserve = host_reserve(size)
     if free - unpacked >= reserve:
         return None
-    return (f"about {unpacked / 1e6:.0f} MB unpacked would leave less than {reserve / 1e6:.0f} MB free "
-            f"of the {free / 1e6:.0f} MB there")  # fmt: skip
+    return (
+        f"about {unpacked / 1e6:.0f} MB unpacked would leave less than {reserve / 1e6:.0f} MB free "
+        f"of the {free / 1e6:.0f} MB there"
+    )
 
 
 def free_and_size(path: str) -> tuple[int, int]:

@@ -51,8 +51,11 @@ class DebHashes:
 
     def _load(self) -> dict[str, list[Any]]:
         files = load_table(self.directory, NAME, SCHEMA, 4 << 20)
-        return {path: row for path, row in files.items()
-                if isinstance(row, list) and len(row) == 2 and isinstance(row[1], str)}  # fmt: skip
+        return {
+            path: row
+            for path, row in files.items()
+            if isinstance(row, list) and len(row) == 2 and isinstance(row[1], str)
+        }
 
     def sha256(self, path: str) -> str:
         """The file's SHA-256: remembered when its fingerprint is unchanged, else read."""

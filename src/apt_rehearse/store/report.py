@@ -60,9 +60,18 @@ FIX_KINDS = ("Remove-Module", "Remove-Service", "Remove-Manual")
 def _suggestion(rehearsal: Rehearsal) -> dict[str, Any] | None:
     """The command that rehearses the same upgrade with the replacements added."""
     tx = rehearsal.transaction
-    also = sorted({f.details["replacement"] for f in rehearsal.findings
-                   if f.check == "removal" and f.details.get("replacement") and set(f.kinds) & set(FIX_KINDS)})  # fmt: skip
-    if not also or not tx.request.split()[:1] or tx.request.split()[0] not in ("upgrade", "dist-upgrade", "full-upgrade"):
+    also = sorted(
+        {
+            f.details["replacement"]
+            for f in rehearsal.findings
+            if f.check == "removal" and f.details.get("replacement") and set(f.kinds) & set(FIX_KINDS)
+        }
+    )
+    if (
+        not also
+        or not tx.request.split()[:1]
+        or tx.request.split()[0] not in ("upgrade", "dist-upgrade", "full-upgrade")
+    ):
         return None
     words = ["apt-rehearse"]
     if tx.root != "/":
@@ -86,7 +95,9 @@ def _services_summary(observations: dict[str, Any]) -> dict[str, Any] | None:
         if phase in observations:
             units = observations[phase]["units"]
             summary[phase] = {
-                "active_services": sum(1 for n, u in units.items() if n.endswith(".service") and u["active"] == "active"),
+                "active_services": sum(
+                    1 for n, u in units.items() if n.endswith(".service") and u["active"] == "active"
+                ),
                 "failed": sorted(n for n, u in units.items() if u["active"] == "failed"),
                 "listening": sorted({f"{s['proto']}/{s['port']}" for s in observations[phase]["sockets"]}),
                 "http": {k: v["status"] for k, v in observations[phase]["http"].items()},
@@ -99,8 +110,14 @@ def _finding_order(finding: Any) -> tuple[int, str, str]:
 
 
 def _wrap(names: list[str], width: int) -> list[str]:
-    return textwrap.wrap(" ".join(names), width=width, initial_indent="  ", subsequent_indent="  ",
-                         break_on_hyphens=False, break_long_words=False)  # fmt: skip
+    return textwrap.wrap(
+        " ".join(names),
+        width=width,
+        initial_indent="  ",
+        subsequent_indent="  ",
+        break_on_hyphens=False,
+        break_long_words=False,
+    )
 
 
 def render_text(report: dict[str, Any], color: bool = False, width: int = 80) -> str:
@@ -112,8 +129,10 @@ def render_text(report: dict[str, Any], color: bool = False, width: int = 80) ->
     for change in changes:
         mark = "*" if change["action"] == "purge" else ""
         by_action.setdefault(change["action"], []).append(change["package"] + mark)
-    lines = [f"apt-rehearse {report['tool_version']}: {report['transaction']['request'] or 'transaction'} of {report['root']}"
-             f" (transaction {report['id'][:12]})"]  # fmt: skip
+    lines = [
+        f"apt-rehearse {report['tool_version']}: {report['transaction']['request'] or 'transaction'} of {report['root']}"
+        f" (transaction {report['id'][:12]})"
+    ]
     sections = (
         (("remove", "purge"), "The following packages will be REMOVED:", RED),
         (("install",), "The following NEW packages will be installed:", ""),
@@ -147,8 +166,10 @@ def render_text(report: dict[str, Any], color: bool = False, width: int = 80) ->
     elif changes:
         lines.append("Rehearsal findings: none")
     if report.get("suggestion"):
-        lines.append(f"N: the removed pieces have likely replacements: {', '.join(report['suggestion']['also'])}; "
-                     "rehearse the upgrade with them:")
+        lines.append(
+            f"N: the removed pieces have likely replacements: {', '.join(report['suggestion']['also'])}; "
+            "rehearse the upgrade with them:"
+        )
         lines.append(f"    {report['suggestion']['command']}")
     checked = _checked(report)
     if checked:
@@ -181,8 +202,10 @@ def _checked(report: dict[str, Any]) -> str:
         parts.append(f"{len(references)} bootloader reference(s)")
     kernel = report.get("kernel")
     if kernel:
-        parts.append(f"the kernel settings for the next boot ({kernel['sysctl']} sysctl key(s), {kernel['modules']} "
-                     f"module(s) to load, {kernel['binfmt']} binary format(s))")  # fmt: skip
+        parts.append(
+            f"the kernel settings for the next boot ({kernel['sysctl']} sysctl key(s), {kernel['modules']} "
+            f"module(s) to load, {kernel['binfmt']} binary format(s))"
+        )
     if report.get("disk"):
         parts.append("the free space of " + ", ".join(row["mount"] for row in report["disk"]))
     return "; ".join(parts)

@@ -69,19 +69,38 @@ def _write(cache_dir: str, name: str, data: dict[str, Any]) -> str:
 
 def record(cache_dir: str, transaction: Transaction, verdict: str, report_path: str | None) -> str:
     identity = transaction.identity
-    return _write(cache_dir, f"{identity}.json", {
-        "schema": SCHEMA, "kind": "exact", "id": identity, "verdict": verdict,
-        "report": report_path, "created": time.time(), "request": transaction.request,
-    })  # fmt: skip
+    return _write(
+        cache_dir,
+        f"{identity}.json",
+        {
+            "schema": SCHEMA,
+            "kind": "exact",
+            "id": identity,
+            "verdict": verdict,
+            "report": report_path,
+            "created": time.time(),
+            "request": transaction.request,
+        },
+    )
 
 
 def record_approval(cache_dir: str, transaction: Transaction, verdict: str, report_path: str | None) -> str:
     """The gate's whole set: any step inside it, on a state along its way, is covered."""
     changes = [[c.package, c.arch, c.from_version, c.to_version, c.action, c.sha256] for c in transaction.changes]
-    return _write(cache_dir, "approval.json", {
-        "schema": SCHEMA, "kind": "approval", "id": transaction.identity, "verdict": verdict,
-        "report": report_path, "created": time.time(), "changes": changes, "root": transaction.root,
-    })  # fmt: skip
+    return _write(
+        cache_dir,
+        "approval.json",
+        {
+            "schema": SCHEMA,
+            "kind": "approval",
+            "id": transaction.identity,
+            "verdict": verdict,
+            "report": report_path,
+            "created": time.time(),
+            "changes": changes,
+            "root": transaction.root,
+        },
+    )
 
 
 def lookup(
