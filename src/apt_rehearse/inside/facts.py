@@ -10,6 +10,8 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import os
+import shutil
+import subprocess
 
 import apt_pkg
 from debian.debfile import DebFile, DebError
@@ -17,6 +19,9 @@ from apt_rehearse.model.package_facts import ConffilePrompt, RemovalFacts
 
 UNIT_DIRS = ("/lib/systemd/system/", "/usr/lib/systemd/system/")
 UNIT_SUFFIXES = (".service", ".socket", ".timer", ".path")
+# systemctl is-enabled's words for a unit the system starts by itself
+ENABLED_STATES = ("enabled", "enabled-runtime")
+TOOL_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 WEB_MODULE_PATTERNS = (
     ("apache", "/usr/lib/apache2/modules/*.so"),
     ("apache", "/etc/apache2/mods-available/*.load"),
@@ -40,16 +45,8 @@ def package_files(root: str, package: str, arch: str) -> list[str]:
 
 def enabled_services(root: str, files: list[str]) -> list[str]:
     """Units and init scripts among ``files`` that the system starts."""
-    enabled = []
-    units = {os.path.basename(f) for f in files if f.startswith(UNIT_DIRS) and f.endswith(UNIT_SUFFIXES)}
-    wants_root = os.path.join(root, "etc/systemd/system")
-    if units and os.path.isdir(wants_root):
-        for directory in os.listdir(wants_root):
-            if not directory.endswith((".wants", ".requires")):
-                continue
-            for unit in sorted(units):
-                if os.path.lexists(os.path.join(wants_root, directory, unit)) and unit not in enabled:
-                    enabled.append(unit)
+    units = sorted({os.path.basename(f) for f in files if f.startswith(UNIT_DIRS) and f.endswith(UNIT_SUFFIXES)})
+    enabled = enabled_units(root, units)
     scripts = {os.path.basename(f) for f in files if f.startswith("/etc/init.d/")}
     for script in sorted(scripts):
         if f"{script}.service" in enabled:
@@ -60,6 +57,39 @@ def enabled_services(root: str, files: list[str]) -> list[str]:
                 enabled.append(f"/etc/init.d/{script}")
                 break
     return enabled
+
+
+def enabled_units(root: str, units: list[str]) -> list[str]:
+    """Which of ``units`` the system at ``root`` starts, as ``systemctl
+    --root`` says: it reads the unit files and their links offline, asks no
+    manager and changes nothing. Without systemctl (no systemd to start
+    units either), none."""
+    systemctl = shutil.which("systemctl", path=TOOL_PATH)
+    if not systemctl or not units:
+        return []
+    states = _unit_states(systemctl, root, units)
+    if states is None:
+        # systemctl stops at the first unit it cannot find (a unit file
+        # deleted by hand): then one by one.
+        states = [(_unit_states(systemctl, root, [unit]) or ["unknown"])[0] for unit in units]
+    return [unit for unit, state in zip(units, states) if state in ENABLED_STATES]
+
+
+def _unit_states(systemctl: str, root: str, units: list[str]) -> list[str] | None:
+    try:
+        proc = subprocess.run(
+            [systemctl, f"--root={root}", "is-enabled", "--", *units],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            env={"PATH": TOOL_PATH, "LC_ALL": "C"},
+            timeout=60,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    states = proc.stdout.split()
+    return states if len(states) == len(units) else None
 
 
 def web_modules(files: list[str]) -> list[str]:
