@@ -30,7 +30,14 @@ from apt_rehearse.sandbox import syscalls
 from apt_rehearse.sandbox.processes import kill_and_reap
 from apt_rehearse.sandbox.cgroups import SandboxCgroup
 from apt_rehearse.model.errors import ERROR_KINDS, RehearsalError, UnsupportedSystem, from_kind
-from apt_rehearse.sandbox.namespaces import Channel, Context, SandboxPlan, forked_events, measure_layers
+from apt_rehearse.sandbox.namespaces import (
+    SANDBOX_NAMESPACES,
+    Channel,
+    Context,
+    SandboxPlan,
+    forked_events,
+    measure_layers,
+)
 
 INIT_CANDIDATES = ("/sbin/init", "/lib/systemd/systemd", "/usr/lib/systemd/systemd")
 SIGRTMIN = 34
@@ -386,14 +393,7 @@ def _boot(spec: BootSpec, ctx: Context, cgroup_path: str) -> tuple[int, int]:  #
             syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
             with open(os.path.join(cgroup_path, "cgroup.procs"), "w", encoding="ascii") as handle:
                 handle.write(str(os.getpid()))
-            syscalls.unshare(
-                syscalls.CLONE_NEWNS
-                | syscalls.CLONE_NEWPID
-                | syscalls.CLONE_NEWNET
-                | syscalls.CLONE_NEWIPC
-                | syscalls.CLONE_NEWUTS
-                | syscalls.CLONE_NEWCGROUP
-            )
+            syscalls.unshare(SANDBOX_NAMESPACES)
             pid1 = os.fork()
             if pid1 == 0:
                 _exec_init(spec, ctx, exec_write)

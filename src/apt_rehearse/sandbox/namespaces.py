@@ -598,6 +598,20 @@ def read_events(read_fd: int) -> Iterator[dict[str, Any]]:
                     yield json.loads(line)
 
 
+# The namespaces a sandbox has of its own, packages-only or booted. No user
+# namespace: on this kernel an overlay mounted in one refuses the metacopy
+# and redirect_dir the layers need; the host's root is held back by
+# sandbox/confine.py instead.
+SANDBOX_NAMESPACES = (
+    syscalls.CLONE_NEWNS
+    | syscalls.CLONE_NEWPID
+    | syscalls.CLONE_NEWNET
+    | syscalls.CLONE_NEWIPC
+    | syscalls.CLONE_NEWUTS
+    | syscalls.CLONE_NEWCGROUP
+)
+
+
 def forked_events(child: Callable[[int], int], end: Callable[[int], None]) -> Iterator[dict[str, Any]]:
     """Fork a process that reports on a Channel, yield its events, end it.
 
@@ -779,16 +793,8 @@ def _child_main(
     syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() == 1:
         os._exit(1)
-    flags = (
-        syscalls.CLONE_NEWNS
-        | syscalls.CLONE_NEWPID
-        | syscalls.CLONE_NEWNET
-        | syscalls.CLONE_NEWIPC
-        | syscalls.CLONE_NEWUTS
-        | syscalls.CLONE_NEWCGROUP
-    )
     try:
-        syscalls.unshare(flags)
+        syscalls.unshare(SANDBOX_NAMESPACES)
     except OSError as error:
         channel.send(
             "error",
