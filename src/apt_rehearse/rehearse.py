@@ -14,6 +14,8 @@ from typing import Any, Callable
 
 from apt_rehearse.checks import state as checks
 from apt_rehearse.checks import hazards as hazard_checks
+from apt_rehearse.checks.problems import problems_of
+from apt_rehearse.checks.removals import judge_removals
 from apt_rehearse.checks.services import service_findings
 from apt_rehearse.fronts.progress import Progress
 from apt_rehearse.inside import bootchain
@@ -30,6 +32,7 @@ from apt_rehearse.model.observation import Observation
 from apt_rehearse.model.policy import Finding, apply_policy, verdict
 from apt_rehearse.model.rehearsal import Rehearsal
 from apt_rehearse.model.replay_result import ReplayResult
+from apt_rehearse.plan.fixes import add_library_fixes
 from apt_rehearse.model.transaction import INSTALLING_ACTIONS, REMOVING_ACTIONS, Transaction
 from apt_rehearse.sandbox import janitor
 from apt_rehearse.sandbox import snapshots
@@ -151,6 +154,7 @@ def rehearse(
             round(time.monotonic() - began, 3),
             clock.phases,
             notes=["nothing to rehearse: the transaction changes no package"],
+            problems=problems_of(source_findings, transaction),
         )
     check_supported()
     if not os.path.isdir(transaction.root):
@@ -242,9 +246,13 @@ def rehearse(
             notes,
         )
         apply_policy(findings, lookup)
+        baseline = Observation.from_json(observations["baseline"]) if observations.get("baseline") else None
+        problems = problems_of(findings, transaction, baseline)
+        add_library_fixes(problems, transaction, settings.cache_dir, notes)
     return Rehearsal(
         transaction=transaction,
         findings=findings,
+        problems=problems,
         verdict=verdict(findings),
         started=started,
         duration_s=round(time.monotonic() - began, 3),
@@ -390,6 +398,7 @@ def _analyse(
             for phase in ("baseline", "upgraded", "rebooted")
         }
         findings += service_findings(typed["baseline"], typed["upgraded"], typed["rebooted"])
+        judge_removals(transaction, findings, typed["baseline"], typed["upgraded"], typed["rebooted"])
     return findings, disk
 
 

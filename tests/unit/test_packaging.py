@@ -39,7 +39,7 @@ def test_every_policy_kind_is_documented_and_completed() -> None:
 
 def test_every_setting_is_completed() -> None:
     completion = (REPO / "data/apt-rehearse.bash-completion").read_text()
-    source = "".join(path.read_text() for path in (REPO / "src/apt_rehearse").glob("*.py"))
+    source = "".join(path.read_text() for path in (REPO / "src/apt_rehearse").rglob("*.py"))
     keys = set(re.findall(r"APT::Rehearse::([A-Z][A-Za-z-]*)", source)) - {"Policy"}
     for key in keys:
         assert f"APT::Rehearse::{key}" in completion, key

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from apt_rehearse.checks.problems import problems_of
 from apt_rehearse.sandbox import mountinfo
 from apt_rehearse.plan import release
 from apt_rehearse.store import report
@@ -186,6 +187,7 @@ def test_json_report_follows_the_contract() -> None:
         ),
     ]
     rehearsal = _rehearsal(findings, "block")
+    rehearsal.problems = problems_of(findings, rehearsal.transaction)
     rehearsal.upper_bytes = {"/": 123456}
     rehearsal.disk = [
         {
@@ -239,6 +241,14 @@ def test_json_report_follows_the_contract() -> None:
         "also": ["php8.4"],
         "command": "apt-rehearse dist-upgrade --release trixie --also php8.4",
     }
+    # The block and the warning are two problems, the site's first; the info finding makes none.
+    problems = document["problems"]
+    assert [(p["key"], p["severity"], p["area"]) for p in problems] == [
+        ("removal:php8.2", "block", "site"),
+        ("conffile:apache2", "warn", "site"),
+    ]
+    assert [document["findings"][place]["subject"] for place in problems[0]["findings"]] == ["php8.2"]
+    assert problems[0]["fix"]["packages"] == ["php8.4"] and problems[0]["verified"] is None
     services = document["services"]
     assert services["baseline"] == {
         "active_services": 2,

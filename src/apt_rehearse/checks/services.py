@@ -7,6 +7,8 @@ a unit already failed before the upgrade is not a finding.
 
 from __future__ import annotations
 
+import os
+import re
 
 from apt_rehearse.model.observation import Observation
 from apt_rehearse.model.policy import Finding
@@ -170,9 +172,61 @@ def _probes(before: Observation, after: Observation, when: str) -> list[Finding]
     return findings
 
 
+WEB_SERVER_UNITS = {
+    "/etc/nginx/": "nginx.service",
+    "/etc/apache2/": "apache2.service",
+    "/etc/lighttpd/": "lighttpd.service",
+    "/etc/haproxy/": "haproxy.service",
+}
+
+
+def _like(name: str) -> str:
+    return re.sub(r"\d+(?:\.\d+)*", "#", name)
+
+
+def _dangling_sockets(before: Observation, after: Observation, when: str) -> list[Finding]:
+    """A web server's configuration names a unix socket that was there before
+    the upgrade and is not after it (PHP-FPM's, renamed with its version)."""
+    existed = {(r["file"], r["path"]) for r in before.socket_references if r.get("exists")}
+    findings = []
+    for ref in after.socket_references:
+        if ref.get("exists") or (ref["file"], ref["path"]) not in existed:
+            continue
+        # A socket beside it now that was not there before, of the same shape: its new name.
+        before_beside = {p for r in before.socket_references for p in r.get("beside") or []}
+        instead = next(
+            (
+                p
+                for p in ref.get("beside") or []
+                if p not in before_beside and _like(os.path.basename(p)) == _like(os.path.basename(ref["path"]))
+            ),
+            None,
+        )
+        unit = next((u for prefix, u in WEB_SERVER_UNITS.items() if ref["file"].startswith(prefix)), "")
+        message = f"{ref['file']} line {ref['line']} points at {ref['path']}, which existed before and does not {when}"
+        details = {
+            "file": ref["file"],
+            "line": ref["line"],
+            "path": ref["path"],
+            "text": ref["text"],
+            "unit": unit,
+            "instead": instead,
+            "when": when,
+        }
+        if instead:
+            message += f" ({instead} does)"
+            new_text = ref["text"].replace(ref["path"], instead)
+            details["diff"] = (
+                f"--- {ref['file']}\n+++ {ref['file']}\n@@ -{ref['line']} +{ref['line']} @@\n"
+                f"-{ref['text']}\n+{new_text}\n"
+            )
+        findings.append(Finding("socket-reference", ["Dangling-Socket"], ref["file"], message, details))
+    return findings
+
+
 def compare(before: Observation, after: Observation, when: str) -> list[Finding]:
     findings = []
-    for rule in (_units_lost, _sockets_lost, _http_changed, _config_tests, _probes):
+    for rule in (_units_lost, _sockets_lost, _http_changed, _config_tests, _probes, _dangling_sockets):
         findings += rule(before, after, when)
     return findings
 

@@ -20,6 +20,7 @@ import re
 import shlex
 import socket
 import ssl
+import stat
 import subprocess
 import time
 from typing import Any
@@ -320,6 +321,63 @@ def run_probe(probe: dict[str, str]) -> dict[str, Any]:
     return {"ok": ok, "detail": f"exit {code}: {output.strip()[-200:]}"}
 
 
+# The web servers' configurations, whose unix: sockets (PHP-FPM's, an
+# application server's) are read: what is enabled only (not *-available).
+WEB_SERVER_CONFIGS = ("/etc/nginx", "/etc/apache2", "/etc/lighttpd", "/etc/haproxy")
+UNIX_SOCKET_REFERENCE = re.compile(r"unix:(/[^\s;|\"',)]+)")
+MAX_SOCKET_REFERENCES = 200
+
+
+def socket_references(tops: tuple[str, ...] = WEB_SERVER_CONFIGS) -> list[dict[str, Any]]:
+    """Every unix: socket the web servers' enabled configuration names, with
+    whether it exists now and the sockets beside it (what a renamed one is
+    called now: php8.2-fpm.sock -> php8.4-fpm.sock)."""
+    found: list[dict[str, Any]] = []
+    for top in tops:
+        for directory, subdirs, files in os.walk(top):
+            subdirs[:] = sorted(d for d in subdirs if not d.endswith("-available"))
+            for name in sorted(files):
+                path = os.path.join(directory, name)
+                try:
+                    with open(path, encoding="utf-8", errors="replace") as handle:
+                        lines = handle.read(1 << 20).splitlines()
+                except OSError:
+                    continue
+                for number, line in enumerate(lines, 1):
+                    if line.lstrip().startswith("#"):
+                        continue
+                    for match in UNIX_SOCKET_REFERENCE.finditer(line):
+                        target = match.group(1)
+                        found.append(
+                            {
+                                "file": path,
+                                "line": number,
+                                "text": line.strip()[:300],
+                                "path": target,
+                                "exists": os.path.exists(target),
+                                "beside": _sockets_in(os.path.dirname(target)),
+                            }
+                        )
+                        if len(found) >= MAX_SOCKET_REFERENCES:
+                            return found
+    return found
+
+
+def _sockets_in(directory: str) -> list[str]:
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:
+        return []
+    beside = []
+    for name in names[:100]:
+        try:
+            if stat.S_ISSOCK(os.stat(os.path.join(directory, name)).st_mode):
+                beside.append(os.path.join(directory, name))
+        except OSError:
+            continue
+    return beside
+
+
 def observe(extra_urls: list[str]) -> dict[str, Any]:
     started = time.monotonic()
     unit_states = units()
@@ -330,6 +388,7 @@ def observe(extra_urls: list[str]) -> dict[str, Any]:
         "http": http_pages(listening, extra_urls),
         "config_tests": config_tests(),
         "probes": {probe["name"]: {**run_probe(probe), "probe": probe} for probe in read_probes()},
+        "socket_references": socket_references(),
     }
     failed = [name for name, state in unit_states.items() if state["active"] == "failed"]
     observation["journal"] = {name: journal(name) for name in failed[:20]}

@@ -18,6 +18,8 @@ class Observation:
     probes: dict[str, dict[str, Any]]  # the sysadmin's probes: {ok, detail, probe}
     journal: dict[str, list[str]]  # failed unit -> its last journal lines
     seconds: float = 0.0
+    # unix: sockets the web servers' configuration names: {file, line, text, path, exists, beside}
+    socket_references: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Observation":
@@ -29,4 +31,5 @@ class Observation:
             data.get("probes") or {},
             data.get("journal") or {},
             float(data.get("seconds") or 0.0),
+            data.get("socket_references") or [],
         )

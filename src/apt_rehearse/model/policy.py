@@ -21,6 +21,11 @@ DEFAULTS: dict[str, tuple[str, str]] = {
         "a manually installed package is replaced by one that provides its name (libfoo1 -> "
         "libfoo1t64); the new name is not marked manual",
     ),
+    "Remove-Replaced": (
+        "warn",
+        "a removed package's replacement is in the same transaction and does what it did: its "
+        "modules load, its services run, the pages answer the same (seen in the booted rehearsal)",
+    ),
     "Remove-Service": ("block", "a removed package ships a service the system starts"),
     "Remove-Module": ("block", "a removed package ships an Apache/Nginx module or a PHP extension"),
     "Script-Failure": ("block", "a maintainer script fails"),
@@ -62,6 +67,11 @@ DEFAULTS: dict[str, tuple[str, str]] = {
     "Module-Lost": ("block", "apache2ctl -M or php -m loses a module"),
     "Config-Test": ("block", "a daemon's config test (apache2ctl -t, nginx -t, ...) passed before and fails after"),
     "Sshd-Config": ("block", "sshd -t fails after the upgrade: the next sshd restart loses the machine"),
+    "Dangling-Socket": (
+        "block",
+        "a web server's enabled configuration names a unix socket (PHP-FPM's, ...) that was there before the "
+        "upgrade and is not after it",
+    ),
     "Probe-Failed": ("block", "a probe of /etc/apt-rehearse/probes.d passed before and fails after"),
 }
 

@@ -7,6 +7,7 @@ import datetime
 from typing import Any
 
 from apt_rehearse.model.policy import Finding
+from apt_rehearse.model.problem import Problem
 from apt_rehearse.model.transaction import Transaction
 
 
@@ -29,3 +30,5 @@ class Rehearsal:
     hazards: dict[str, Any] = dataclasses.field(default_factory=dict)
     # Seconds of each part of the replay and inspection (apt, the hazard scans...).
     replay_parts: dict[str, float] = dataclasses.field(default_factory=dict)
+    # The findings grouped by cause, most costly first (checks/problems).
+    problems: list[Problem] = dataclasses.field(default_factory=list)

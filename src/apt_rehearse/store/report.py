@@ -15,6 +15,7 @@ from typing import Any
 from apt_rehearse import __version__
 from apt_rehearse.model.config import Settings
 from apt_rehearse.model.rehearsal import Rehearsal
+from apt_rehearse.model.transaction import INSTALLING_ACTIONS
 from apt_rehearse.store.files import write_atomically
 
 SCHEMA = "apt-rehearse/1"
@@ -25,6 +26,8 @@ RED, YELLOW, GREEN, BOLD, RESET = "\033[1;31m", "\033[1;33m", "\033[1;32m", "\03
 def build(rehearsal: Rehearsal) -> dict[str, Any]:
     transaction = rehearsal.transaction
     tx_json = transaction.to_json()
+    findings = sorted(rehearsal.findings, key=_finding_order)
+    index = {id(f): place for place, f in enumerate(findings)}
     return {
         "schema": SCHEMA,
         "tool_version": __version__,
@@ -41,7 +44,8 @@ def build(rehearsal: Rehearsal) -> dict[str, Any]:
             "kept_back": tx_json["kept_back"],
             "successors": tx_json["successors"],
         },
-        "findings": [f.to_json() for f in sorted(rehearsal.findings, key=_finding_order)],
+        "findings": [f.to_json() for f in findings],
+        "problems": [p.to_json(index) for p in rehearsal.problems],
         "phases": [{"name": name, "seconds": seconds} for name, seconds in rehearsal.phases],
         "replay_parts": rehearsal.replay_parts,
         "upper_bytes": rehearsal.upper_bytes,
@@ -54,19 +58,12 @@ def build(rehearsal: Rehearsal) -> dict[str, Any]:
     }
 
 
-FIX_KINDS = ("Remove-Module", "Remove-Service", "Remove-Manual")
-
-
 def _suggestion(rehearsal: Rehearsal) -> dict[str, Any] | None:
-    """The command that rehearses the same upgrade with the replacements added."""
+    """The command that rehearses the same upgrade with the problems' package
+    fixes added (never one the transaction installs already)."""
     tx = rehearsal.transaction
-    also = sorted(
-        {
-            f.details["replacement"]
-            for f in rehearsal.findings
-            if f.check == "removal" and f.details.get("replacement") and set(f.kinds) & set(FIX_KINDS)
-        }
-    )
+    installing = {c.package for c in tx.changes if c.action in INSTALLING_ACTIONS}
+    also = sorted({name for p in rehearsal.problems for name in p.fix.packages if name not in installing})
     if (
         not also
         or not tx.request.split()[:1]
@@ -156,19 +153,51 @@ def render_text(report: dict[str, Any], color: bool = False, width: int = 80) ->
     )
     lines.append("")
     findings = report["findings"]
-    if findings:
-        lines.append("Rehearsal findings:")
-        for finding in findings:
-            label = {"block": paint(RED, "BLOCK"), "warn": paint(YELLOW, "WARN "), "info": "info "}[finding["severity"]]
-            lines.append(f"  {label} {finding['message']}")
-            for tail in finding["details"].get("output_tail", [])[-5:]:
-                lines.append(f"          | {tail}")
-    elif changes:
+
+    def label(severity: str) -> str:
+        return {"block": paint(RED, "BLOCK"), "warn": paint(YELLOW, "WARN "), "info": "info "}[severity]
+
+    def finding_lines(finding: dict[str, Any], indent: str) -> list[str]:
+        shown = [f"{indent}{label(finding['severity'])} {finding['message']}"]
+        shown += [f"{indent}        | {tail}" for tail in finding["details"].get("output_tail", [])[-5:]]
+        return shown
+
+    problems = report.get("problems") or []
+    in_problems = {place for problem in problems for place in problem["findings"]}
+    if problems:
+        lines.append(f"Problems ({len(problems)}), the most costly first:")
+        for number, problem in enumerate(problems, 1):
+            lines.append(f"  {label(problem['severity'])} {number}. {problem['title']}")
+            lines.append(f"     cause: {problem['cause']['text']}")
+            for place in problem["findings"]:
+                lines += finding_lines(findings[place], "     - ")
+            fix = problem.get("fix") or {}
+            if fix.get("packages"):
+                lines.append(
+                    f"     fix: add {' '.join(fix['packages'])}" + (f" ({fix['why']})" if fix.get("why") else "")
+                )
+            for diff in fix.get("diffs") or []:
+                lines.append(f"     fix: change {diff['path']} (never done for you):")
+                lines += [f"       {row}" for row in diff["diff"].splitlines()]
+            if not fix.get("packages") and not fix.get("diffs") and fix.get("why"):
+                lines.append(f"     fix: none proposed: {fix['why']}")
+            if problem.get("verified") is not None:
+                state = paint(GREEN, "fixed") if problem["verified"] else paint(RED, "not fixed")
+                lines.append(
+                    f"     with the fix: {state}"
+                    + (f": {problem['verified_detail']}" if problem.get("verified_detail") else "")
+                )
+    others = [f for place, f in enumerate(findings) if place not in in_problems]
+    if others:
+        lines.append("Other findings:" if problems else "Rehearsal findings:")
+        for finding in others:
+            lines += finding_lines(finding, "  ")
+    elif changes and not findings:
         lines.append("Rehearsal findings: none")
     if report.get("suggestion"):
         lines.append(
-            f"N: the removed pieces have likely replacements: {', '.join(report['suggestion']['also'])}; "
-            "rehearse the upgrade with them:"
+            f"N: the fixes add {', '.join(report['suggestion']['also'])}; rehearse the upgrade with them "
+            "(or add --fix, which does it and says what each fixes):"
         )
         lines.append(f"    {report['suggestion']['command']}")
     checked = _checked(report)

@@ -1,0 +1,284 @@
+"""From findings to problems: the findings one cause explains, grouped.
+
+A removal, the module it took, the page that now serves PHP source and the
+service that no longer starts because of it are one problem; a daemon whose
+configuration no longer parses, the port it no longer listens on and the
+page behind it are another. Each problem names its cause as far as the
+rehearsal saw it (a file and a line when a daemon or a configuration says
+one) and carries the fix the rehearsal can propose; problems are ordered by
+what they cost the sysadmin (model/problem.AREAS).
+
+Pure functions: findings (severities applied) and the baseline observation
+in, problems out. Info findings make no problem.
+"""
+
+from __future__ import annotations
+
+import re
+
+from apt_rehearse.checks.removals import apache_modules, php_extensions
+from apt_rehearse.model.observation import Observation
+from apt_rehearse.model.policy import SEVERITIES, Finding
+from apt_rehearse.model.problem import AREAS, Cause, Fix, Problem
+from apt_rehearse.model.transaction import INSTALLING_ACTIONS, Transaction
+
+# A daemon's config test -> the unit that runs the daemon.
+TEST_UNITS = {
+    "apache2ctl": "apache2.service",
+    "nginx": "nginx.service",
+    "sshd": "ssh.service",
+    "/usr/sbin/sshd": "ssh.service",
+    "postfix": "postfix.service",
+    "named-checkconf": "named.service",
+}
+REMOTE_ACCESS = re.compile(
+    r"\b(ssh|sshd|openssh-server|dropbear|networking|systemd-networkd|NetworkManager|network-manager|ifupdown"
+    r"|netplan|wpasupplicant|wpa_supplicant|isc-dhcp-client|dhcpcd|systemd-resolved|wireguard|openvpn|tailscaled?)\b"
+)
+DATA = re.compile(
+    r"(mariadb|mysql|postgres|redis|mongo|memcache|elasticsearch|opensearch|influxdb|couchdb|cassandra|rabbitmq"
+    r"|etcd|zookeeper|clickhouse|minio|ceph|nfs-server|nfs-kernel-server|smbd|samba|slapd|dovecot|postfix|exim4)"
+)
+SITE = re.compile(r"(apache|nginx|php|httpd|lighttpd|haproxy|caddy|tomcat|varnish|uwsgi|gunicorn|http://|Http-)")
+# Where a daemon names the file and line it rejects.
+FILE_LINE = (
+    re.compile(r"on line (?P<line>\d+) of (?P<file>/[^\s:]+)"),  # apache2: AH00526: Syntax error on line 3 of /etc/...
+    re.compile(r"\bin (?P<file>/[^\s:]+):(?P<line>\d+)"),  # nginx: [emerg] ... in /etc/nginx/sites-enabled/x:12
+    re.compile(r"\[(?P<file>/[^\s:\]]+):(?P<line>\d+)\]"),  # php-fpm: ERROR: [/etc/php/8.4/fpm/pool.d/www.conf:12]
+    re.compile(r"(?P<file>/[^\s:]+): line (?P<line>\d+)"),  # sshd: /etc/ssh/sshd_config: line 12: Bad ...
+    re.compile(r"(?P<file>/etc/[^\s:]+):(?P<line>\d+)"),
+)
+
+
+def file_and_line(lines: list[str]) -> tuple[str | None, int | None, str]:
+    """The first file:line a daemon's output names, and that output line."""
+    for text in lines:
+        for pattern in FILE_LINE:
+            match = pattern.search(text)
+            if match:
+                return match.group("file").rstrip(".,;"), int(match.group("line")), text.strip()
+    return None, None, ""
+
+
+def area_of(problem: Problem) -> str:
+    words = [problem.key, problem.title] + [f.subject for f in problem.findings]
+    words += [kind for f in problem.findings for kind in f.kinds]
+    text = " ".join(words)
+    if "Sshd-Config" in text or REMOTE_ACCESS.search(text):
+        return "remote-access"
+    if DATA.search(text):
+        return "data"
+    if SITE.search(text):
+        return "site"
+    return "system"
+
+
+class _Grouping:
+    def __init__(self) -> None:
+        self.problems: dict[str, Problem] = {}
+
+    def open(self, key: str, title: str, cause: Cause, finding: Finding) -> Problem:
+        problem = self.problems.get(key)
+        if problem is None:
+            problem = self.problems[key] = Problem(key, title, "system", cause, [])
+        problem.findings.append(finding)
+        return problem
+
+    def attach(self, key: str, finding: Finding) -> bool:
+        problem = self.problems.get(key)
+        if problem is None:
+            return False
+        problem.findings.append(finding)
+        return True
+
+
+def problems_of(
+    findings: list[Finding], transaction: Transaction, baseline: Observation | None = None
+) -> list[Problem]:
+    """The problems of a rehearsal, most costly first."""
+    grouping = _Grouping()
+    installing = {c.package for c in transaction.by_action(*INSTALLING_ACTIONS)}
+    active = [f for f in findings if f.severity != "info"]
+    # What each removal took: its units, modules and extensions.
+    took: dict[str, dict[str, set[str]]] = {}
+    for finding in active:
+        if finding.check != "removal":
+            continue
+        package = finding.subject
+        modules = finding.details.get("web_modules") or []
+        took[package] = {
+            "units": set(finding.details.get("enabled_services") or []),
+            "modules": apache_modules(
+                transaction.root, [m.split(": ", 1)[-1] for m in modules if m.startswith("apache")]
+            )
+            | php_extensions([m.split(": ", 1)[-1] for m in modules if m.startswith("php")]),
+        }
+        replacement = finding.details.get("replacement")
+        fix = Fix()
+        if replacement and replacement not in installing:
+            fix = Fix([replacement], why=f"{replacement} is the target release's package in place of {package}")
+        elif replacement:
+            fix = Fix(why=f"{replacement} is in the transaction already")
+        problem = grouping.open(f"removal:{package}", f"{package} is removed", Cause(_removal_cause(finding)), finding)
+        problem.fix = fix
+    unit_of_port = {s["port"]: s.get("unit") or "" for s in (baseline.sockets if baseline else [])}
+
+    def removal_taking(kind: str, names: set[str]) -> str | None:
+        for package, what in took.items():
+            if what[kind] & names:
+                return f"removal:{package}"
+        return None
+
+    def unit_problem(unit: str) -> str | None:
+        if not unit:
+            return None
+        if f"service:{unit}" in grouping.problems:
+            return f"service:{unit}"
+        return removal_taking("units", {unit})
+
+    later: list[Finding] = []
+    for finding in active:
+        kinds = set(finding.kinds)
+        if finding.check == "removal":
+            continue
+        if "Service-Failed" in kinds:
+            key = unit_problem(finding.subject)
+            if key is None or not grouping.attach(key, finding):
+                grouping.open(f"service:{finding.subject}", _service_title(finding), _journal_cause(finding), finding)
+        else:
+            later.append(finding)
+    rest: list[Finding] = []
+    for finding in later:
+        kinds = set(finding.kinds)
+        if "Config-Test" in kinds:
+            unit = TEST_UNITS.get(finding.subject, f"{finding.subject}.service")
+            key = unit_problem(unit)
+            cause = _test_cause(finding)
+            if key is not None and grouping.attach(key, finding):
+                problem = grouping.problems[key]
+                if cause.file and not problem.cause.file:
+                    problem.cause = cause
+            else:
+                grouping.open(
+                    f"service:{unit}", f"{finding.subject}'s configuration no longer passes its test", cause, finding
+                )
+        elif "Module-Lost" in kinds:
+            key = removal_taking("modules", set(finding.details.get("lost") or []))
+            if key is None or not grouping.attach(key, finding):
+                grouping.open(f"module:{finding.subject}", finding.message, Cause(finding.message), finding)
+        else:
+            rest.append(finding)
+    for finding in rest:
+        kinds = set(finding.kinds)
+        if kinds & {"Http-Changed", "Http-Body-Changed", "Dangling-Socket"}:
+            key = _site_problem(finding, grouping, unit_of_port, unit_problem)
+            if not grouping.attach(key, finding):
+                grouping.open(key, finding.message, Cause(finding.message), finding)
+            if "Dangling-Socket" in kinds:
+                _take_socket_cause(grouping.problems[key], finding)
+        elif "Lost-Socket" in kinds:
+            key = unit_problem(finding.subject)
+            if key is None or not grouping.attach(key, finding):
+                grouping.open(f"socket:{finding.subject}", finding.message, Cause(finding.message), finding)
+        elif "Lost-Library" in kinds:
+            owner = finding.details.get("package")
+            if not (owner and grouping.attach(f"removal:{owner}", finding)):
+                soname = finding.details.get("soname", finding.subject)
+                title = f"{finding.subject} no longer finds {soname}"
+                cause = Cause(finding.message.split("; ", 1)[-1] if "; " in finding.message else finding.message)
+                grouping.open(f"library:{soname}", title, cause, finding)
+        elif finding.check in ("script-failure", "package-state"):
+            package = finding.subject
+            title = f"{package}: " + (
+                "a maintainer script fails" if finding.check == "script-failure" else "left broken"
+            )
+            grouping.open(f"package:{package}", title, Cause(finding.message), finding)
+        else:
+            grouping.open(f"{finding.check}:{finding.subject}", finding.message, Cause(finding.message), finding)
+    problems = list(grouping.problems.values())
+    for problem in problems:
+        problem.area = area_of(problem)
+        problem.title = _title(problem)
+    problems.sort(key=lambda p: (AREAS.index(p.area), -SEVERITIES.index(p.severity), p.key))
+    return problems
+
+
+def _removal_cause(finding: Finding) -> str:
+    marks = finding.message.split(" (", 1)[1].rstrip(")") if " (" in finding.message else ""
+    return f"the upgrade removes {finding.subject}" + (f" ({marks})" if marks else "")
+
+
+def _service_title(finding: Finding) -> str:
+    return f"{finding.subject} no longer runs" + (f" {finding.details['when']}" if finding.details.get("when") else "")
+
+
+def _journal_cause(finding: Finding) -> Cause:
+    lines = finding.details.get("journal") or []
+    file, line, text = file_and_line(lines)
+    if file:
+        return Cause(f"{text} ({file} line {line})", file, line)
+    last = [entry for entry in lines if entry.strip()][-1:] or [finding.message]
+    return Cause(last[0])
+
+
+def _test_cause(finding: Finding) -> Cause:
+    output = finding.details.get("output_tail") or []
+    file, line, text = file_and_line(output)
+    if file:
+        return Cause(f"'{finding.details.get('test')}' rejects {file} line {line}: {text}", file, line)
+    return Cause(finding.message + (f": {output[-1]}" if output else ""))
+
+
+def _site_problem(finding: Finding, grouping: _Grouping, unit_of_port: dict[int, str], unit_problem) -> str:
+    """The problem a page or a web server's socket reference belongs to: the
+    PHP removal when the page serves PHP source, else that of the unit
+    serving it (one problem per web server)."""
+    details = finding.details
+    if (details.get("after") or {}).get("php_source"):
+        for key, problem in grouping.problems.items():
+            if key.startswith("removal:") and any(
+                "php" in m for f in problem.findings for m in f.details.get("web_modules") or []
+            ):
+                return key
+    unit = details.get("unit") or unit_of_port.get(details.get("port"), "")
+    return unit_problem(unit) or (f"site:{unit}" if unit else f"site:{finding.subject}")
+
+
+def _take_socket_cause(problem: Problem, finding: Finding) -> None:
+    details = finding.details
+    problem.cause = Cause(finding.message, details.get("file"), details.get("line"))
+    if details.get("diff"):
+        problem.fix = Fix(
+            problem.fix.packages,
+            [{"path": details["file"], "diff": details["diff"]}],
+            problem.fix.why or f"{details.get('instead')} is the socket that exists after the upgrade",
+        )
+
+
+def _title(problem: Problem) -> str:
+    """Short, apt-style: what breaks, and what follows from it."""
+    head = problem.title
+    consequences = []
+    for finding in problem.findings[1:]:
+        kinds = set(finding.kinds)
+        if "Module-Lost" in kinds:
+            owner = "Apache" if finding.subject == "apache" else "PHP"
+            consequences.append(f"{owner} loses {', '.join(finding.details.get('lost') or [])}")
+        elif (finding.details.get("after") or {}).get("php_source"):
+            consequences.append(f"{finding.subject} serves PHP source")
+        elif "Http-Changed" in kinds:
+            after = finding.details.get("after")
+            consequences.append(f"{finding.subject} answers {('HTTP ' + str(after['status'])) if after else 'nothing'}")
+        elif "Service-Failed" in kinds:
+            consequences.append(f"{finding.subject} stops")
+        elif "Lost-Library" in kinds:
+            consequences.append(f"{finding.subject} loses {finding.details.get('soname')}")
+        elif "Lost-Socket" in kinds:
+            port = (finding.details.get("before") or {}).get("port")
+            consequences.append(f"port {port} closes")
+    unique = list(dict.fromkeys(consequences))
+    if problem.key.startswith("removal:") and unique:
+        return f"{head}: " + "; ".join(unique[:4]) + (f" (+{len(unique) - 4} more)" if len(unique) > 4 else "")
+    if unique:
+        return f"{head}; " + "; ".join(unique[:3])
+    return head
