@@ -14,9 +14,10 @@ in, problems out. Info findings make no problem.
 
 from __future__ import annotations
 
+import os
 import re
 
-from apt_rehearse.checks.removals import apache_modules, php_extensions
+from apt_rehearse.checks.removals import apache_modules, php_extensions, replacement_in
 from apt_rehearse.model.observation import Observation
 from apt_rehearse.model.policy import SEVERITIES, Finding
 from apt_rehearse.model.problem import AREAS, Cause, Fix, Problem
@@ -113,12 +114,12 @@ def problems_of(
             )
             | php_extensions([m.split(": ", 1)[-1] for m in modules if m.startswith("php")]),
         }
-        replacement = finding.details.get("replacement")
+        replacement, present = finding.details.get("replacement"), replacement_in(finding, installing)
         fix = Fix()
-        if replacement and replacement not in installing:
-            fix = Fix([replacement], why=f"{replacement} is the target release's package in place of {package}")
+        if present:
+            fix = Fix(why=f"{present} is in the transaction already")
         elif replacement:
-            fix = Fix(why=f"{replacement} is in the transaction already")
+            fix = Fix([replacement], why=f"{replacement} is the target release's package in place of {package}")
         problem = grouping.open(f"removal:{package}", f"{package} is removed", Cause(_removal_cause(finding)), finding)
         problem.fix = fix
     unit_of_port = {s["port"]: s.get("unit") or "" for s in (baseline.sockets if baseline else [])}
@@ -212,13 +213,19 @@ def _service_title(finding: Finding) -> str:
     return f"{finding.subject} no longer runs" + (f" {finding.details['when']}" if finding.details.get("when") else "")
 
 
+# systemd's own lines in a unit's journal: what happened, not why.
+SYSTEMD_WORDS = re.compile(
+    r"^(Started|Starting|Stopped|Stopping|Failed to start|Dependency failed|[\w@.-]+\.(service|socket): )"
+)
+
+
 def _journal_cause(finding: Finding) -> Cause:
-    lines = finding.details.get("journal") or []
-    file, line, text = file_and_line(lines)
+    lines = [entry for entry in finding.details.get("journal") or [] if entry.strip()]
+    own = [entry for entry in lines if not SYSTEMD_WORDS.match(entry)]
+    file, line, text = file_and_line(own or lines)
     if file:
-        return Cause(f"{text} ({file} line {line})", file, line)
-    last = [entry for entry in lines if entry.strip()][-1:] or [finding.message]
-    return Cause(last[0])
+        return Cause(text, file, line)
+    return Cause((own or lines or [finding.message])[-1].strip())
 
 
 def _test_cause(finding: Finding) -> Cause:
@@ -239,6 +246,12 @@ def _site_problem(finding: Finding, grouping: _Grouping, unit_of_port: dict[int,
             if key.startswith("removal:") and any(
                 "php" in m for f in problem.findings for m in f.details.get("web_modules") or []
             ):
+                return key
+    if "Dangling-Socket" in finding.kinds:
+        # The socket a removed package's service held (php8.2-fpm.sock, php8.2-fpm).
+        socket_name = os.path.basename(details.get("path") or "")
+        for key in grouping.problems:
+            if key.startswith("removal:") and key.split(":", 1)[1] in socket_name:
                 return key
     unit = details.get("unit") or unit_of_port.get(details.get("port"), "")
     return unit_problem(unit) or (f"site:{unit}" if unit else f"site:{finding.subject}")

@@ -24,10 +24,11 @@ import re
 
 from apt_rehearse.model.observation import Observation
 from apt_rehearse.model.policy import Finding
-from apt_rehearse.model.transaction import INSTALLING_ACTIONS, Transaction
+from apt_rehearse.model.transaction import INSTALLING_ACTIONS, Transaction, replacement_pattern
 
 JUDGED_KINDS = ("Remove-Module", "Remove-Service", "Remove-Manual")
-PAGE_KINDS = ("Http-Changed", "Http-Body-Changed")
+# What breaks a site whatever the removal's own pieces do.
+PAGE_KINDS = ("Http-Changed", "Http-Body-Changed", "Dangling-Socket")
 LOAD_MODULE = re.compile(r"^\s*LoadModule\s+(\w+)\s+\S+", re.M)
 
 
@@ -145,6 +146,18 @@ def judge(
     return Judgement(True, seen)
 
 
+def replacement_in(removal: Finding, installing: set[str]) -> str | None:
+    """What the transaction installs in the removed package's place: the
+    archive's likely replacement when the transaction has it, else a package
+    of the same name with another version in it (rh-app1 -> rh-app2)."""
+    suggested = removal.details.get("replacement")
+    if suggested in installing:
+        return suggested
+    pattern = replacement_pattern(removal.subject)
+    found = sorted(name for name in installing if pattern and pattern.match(name) and name != removal.subject)
+    return found[-1] if found else None
+
+
 def judge_removals(
     transaction: Transaction,
     findings: list[Finding],
@@ -158,8 +171,8 @@ def judge_removals(
     for finding in findings:
         if finding.check != "removal" or not set(finding.kinds) & set(JUDGED_KINDS):
             continue
-        replacement = finding.details.get("replacement")
-        if not replacement or replacement not in installing:
+        replacement = replacement_in(finding, installing)
+        if replacement is None:
             continue
         judgement = judge(finding, replacement, transaction.root, findings, baseline, upgraded, rebooted)
         finding.details["judged"] = {
@@ -172,5 +185,22 @@ def judge_removals(
             finding.kinds = ["Remove", "Remove-Replaced"]
             head = finding.message.split(" (", 1)[0]
             finding.message = f"{head} (replaced by {replacement}: {', '.join(judgement.seen)})"
+            _replaced_units(finding, replacement, findings)
         else:
             finding.message += f"; {replacement} is in the transaction, but {judgement.why_not}"
+
+
+def _replaced_units(removal: Finding, replacement: str, findings: list[Finding]) -> None:
+    """The removed package's own services are gone with it: where the
+    replacement's unit runs in their place, that is the same judgement."""
+    for finding in findings:
+        if "Service-Failed" not in finding.kinds or finding.subject not in (
+            removal.details.get("enabled_services") or []
+        ):
+            continue
+        after = finding.details.get("after")
+        if after is not None and after.get("load") != "not-found":
+            continue  # still there and failed: not a rename
+        new_unit = _renamed_unit(finding.subject, removal.subject, replacement)
+        finding.kinds = ["Remove-Replaced"]
+        finding.message = f"{finding.subject} is gone with {removal.subject} {finding.details.get('when', '')}; {new_unit} runs in its place"

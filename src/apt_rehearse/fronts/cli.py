@@ -41,13 +41,14 @@ class Options:
     no_services: bool = False
     shell: bool = False
     also: list[str] = dataclasses.field(default_factory=list)
+    fix: bool = False
 
 
 def _merge(ctx: click.Context, name: str, value: Any) -> None:
     options: Options = ctx.ensure_object(Options)
     if name in ("apt_options", "also"):
         getattr(options, name).extend(value or ())
-    elif name in ("json_output", "debug", "no_services"):
+    elif name in ("json_output", "debug", "no_services", "fix"):
         setattr(options, name, getattr(options, name) or bool(value))
     elif value is not None:
         setattr(options, name, value)
@@ -131,6 +132,17 @@ def also_option(function: Callable[..., Any]) -> Callable[..., Any]:
     )(function)
 
 
+def fix_option(function: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--fix",
+        is_flag=True,
+        default=None,
+        expose_value=False,
+        callback=_callback("fix"),
+        help="Rehearse again with the problems' fixes added; say which problems they fix.",
+    )(function)
+
+
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
 
 
@@ -189,14 +201,8 @@ def _rehearse_request(command: str, packages: list[str], options: Options) -> in
     # where python3-apt is broken.
     import apt_pkg
 
+    from apt_rehearse.checks import verified_fixes as fixes
     from apt_rehearse.model import config
-    from apt_rehearse.store import deb_hashes
-    from apt_rehearse.plan import planner
-    from apt_rehearse.plan import release
-    from apt_rehearse.store import housekeeping, report
-    from apt_rehearse.sandbox.forked import ForkedCall
-    from apt_rehearse.fronts.progress import for_stream
-    from apt_rehearse.rehearse import PhaseClock, conclude, rehearse
     from apt_rehearse.sandbox.namespaces import check_supported
 
     began = time.monotonic()
@@ -211,25 +217,68 @@ def _rehearse_request(command: str, packages: list[str], options: Options) -> in
     )
     settings = config.read_settings()
     interactive = not options.json_output and sys.stdout.isatty()
-    progress = for_stream(sys.stdout, quiet=not interactive)
-    clock = PhaseClock()
-    request = planner.Request(command, packages, root, options.release, options.apt_options, options.also)
-    archive_dir = os.path.join(settings.cache_dir, "archives")
+    color = interactive and not os.environ.get("NO_COLOR") and apt_pkg.config.find_b("APT::Color", True)
     # Readable by apt's _apt download user down to the archives; verdicts/
     # inside is root's alone.
     os.makedirs(settings.cache_dir, mode=0o755, exist_ok=True)
     os.chmod(settings.cache_dir, 0o755)
+    state = _release_state(root, options, settings, interactive)
+    rehearsal, document = _plan_and_rehearse(command, packages, options, options.also, settings, state, began)
+    packages_to_add = (document.get("suggestion") or {}).get("also") or []
+    if packages_to_add and rehearsal.verdict == "block" and not options.fix and _offered(interactive, packages_to_add):
+        options.fix = True
+    if options.fix and packages_to_add:
+        first = document
+        _show(first, options, bool(color), quiet=True)
+        rehearsal, document = _plan_and_rehearse(
+            command, packages, options, [*options.also, *packages_to_add], settings, state, time.monotonic()
+        )
+        fixes.verify(first, document)
+        document["fix_of"] = fixes.summary(first, command, packages, options.release, packages_to_add)
+    elif options.fix:
+        document["fix_of"] = None
+    _show(document, options, bool(color))
+    return EXIT_BLOCKED if rehearsal.verdict == "block" else EXIT_GO
 
-    state = None
+
+def _release_state(root: str, options: Options, settings: Any, interactive: bool) -> Any:
+    """The release's sources and lists, for --release: prepared once, for a
+    rehearsal and its --fix alike."""
+    if not options.release:
+        return None
+    from apt_rehearse.plan import release
+    from apt_rehearse.store import housekeeping
+
+    state = release.prepare(root, options.release, settings.cache_dir)
+    # Whose state it is, for the housekeeping of states whose root is gone.
+    housekeeping.mark_release_state(state.directory, root)
+    release.use(state, interactive)
+    return state
+
+
+def _plan_and_rehearse(
+    command: str, packages: list[str], options: Options, also: list[str], settings: Any, state: Any, began: float
+) -> tuple[Any, dict[str, Any]]:
+    import apt_pkg
+
+    from apt_rehearse.fronts.progress import for_stream
+    from apt_rehearse.model import config
+    from apt_rehearse.plan import planner, release
+    from apt_rehearse.rehearse import PhaseClock, conclude, rehearse
+    from apt_rehearse.sandbox.forked import ForkedCall
+    from apt_rehearse.store import deb_hashes
+
+    root = os.path.realpath(options.root)
+    interactive = not options.json_output and sys.stdout.isatty()
+    progress = for_stream(sys.stdout, quiet=not interactive)
+    clock = PhaseClock()
+    request = planner.Request(command, packages, root, options.release, options.apt_options, also)
+    archive_dir = os.path.join(settings.cache_dir, "archives")
     source_cache_call = None
     # .debs hashed by an earlier run and unchanged since are not read again.
     known_debs = deb_hashes.DebHashes(settings.cache_dir)
     with clock.timed("plan"):
-        if options.release:
-            state = release.prepare(root, options.release, settings.cache_dir)
-            # Whose state it is, for the housekeeping of states whose root is gone.
-            housekeeping.mark_release_state(state.directory, root)
-            release.use(state, interactive)
+        if state is not None:
             # On the core the planner leaves idle.
             source_cache_call = ForkedCall(release.build_source_cache, state, root)
         try:
@@ -259,7 +308,6 @@ def _rehearse_request(command: str, packages: list[str], options: Options) -> in
         unavailable_sources=state.unavailable if state else None,
         source_cache=source_cache,
     )
-    color = interactive and not os.environ.get("NO_COLOR") and apt_pkg.config.find_b("APT::Color", True)
     # The real run of this very transaction finds the verdict (a --release
     # rehearsal is no transaction apt will run as such).
     record = not transaction.is_empty and not options.release
@@ -273,13 +321,32 @@ def _rehearse_request(command: str, packages: list[str], options: Options) -> in
         used_debs=[c.deb for c in transaction.changes if c.deb],
         release_state=state.directory if state else None,
     )
+    return rehearsal, document
+
+
+def _offered(interactive: bool, packages: list[str]) -> bool:
+    """After a BLOCK on a terminal: rehearse again with the fixes?"""
+    if not interactive or not sys.stdin.isatty():
+        return False
+    return click.confirm(f"Rehearse the upgrade again with {' '.join(packages)} added?", default=True, err=True)
+
+
+def _show(document: dict[str, Any], options: Options, color: bool, quiet: bool = False) -> None:
+    from apt_rehearse.store import report
+
     if options.json_output:
-        click.echo(json.dumps(document, indent=2))
-    else:
-        click.echo(report.render_text(document, color=bool(color)), nl=False)
-        if document.get("report_path"):
-            click.echo(f"Report: {document['report_path']}")
-    return EXIT_BLOCKED if rehearsal.verdict == "block" else EXIT_GO
+        if not quiet:
+            click.echo(json.dumps(document, indent=2))
+        return
+    if quiet:
+        click.echo(
+            f"Rehearsed without the fixes: {document['verdict'].upper()}, {len(document.get('problems') or [])} "
+            f"problem(s) (report: {document.get('report_path') or 'not saved'}); now with them."
+        )
+        return
+    click.echo(report.render_text(document, color=color), nl=False)
+    if document.get("report_path"):
+        click.echo(f"Report: {document['report_path']}")
 
 
 def _finished(call: Any) -> Any:
@@ -348,6 +415,7 @@ def _request_command(name: str, doc: str, metavar: str | None, also: bool) -> cl
         command = click.argument("packages", nargs=-1, required=True, metavar=metavar)(command)
     if also:
         command = also_option(command)
+    command = fix_option(command)
     return main.command(name)(common_options(command))
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -142,6 +143,17 @@ def find_successors(changes: list[Change], provides: dict[str, Iterable[str]]) -
             if name in removed and name != package:
                 successors.setdefault(name, package)
     return successors
+
+
+VERSION_IN_NAME = re.compile(r"\d+(?:\.\d+)*")
+
+
+def replacement_pattern(name: str) -> re.Pattern[str] | None:
+    """php8.2-mysql -> ^php[\\d.]+-mysql$: the same name with any version in it."""
+    parts = VERSION_IN_NAME.split(name)
+    if len(parts) == 1:
+        return None
+    return re.compile("^" + r"[\d.]+".join(re.escape(part) for part in parts) + "$")
 
 
 def sha256_file(path: str | Path) -> str:

@@ -13,7 +13,7 @@ import os
 import re
 
 from apt_rehearse.model.problem import Fix, Problem
-from apt_rehearse.model.transaction import INSTALLING_ACTIONS, Transaction
+from apt_rehearse.model.transaction import INSTALLING_ACTIONS, REMOVING_ACTIONS, Transaction
 
 SONAME = re.compile(r"^(?P<stem>lib[\w+.-]*?)\.so\.(?P<version>\d+)$")
 MAX_SONAMES = 10  # each may fetch a .deb
@@ -40,11 +40,12 @@ def ships(deb: str, soname: str) -> bool:
     return any(os.path.basename(name) == soname for name in names)
 
 
-def library_fix(cache, soname: str, installing: set[str], archive_dir: str) -> str | None:
+def library_fix(cache, soname: str, changing: set[str], archive_dir: str) -> str | None:
     """The package of the target release that ships ``soname``, proved by
-    its .deb; None when no such package is found."""
+    its .deb; None when no such package is found (one the transaction
+    installs or removes already is no fix)."""
     for name in package_names_for(soname):
-        if name not in cache or name in installing:
+        if name not in cache or name in changing:
             continue
         candidate = cache[name].candidate
         if candidate is None or not candidate.downloadable:
@@ -70,6 +71,7 @@ def add_library_fixes(problems: list[Problem], transaction: Transaction, cache_d
     from apt_rehearse.model.config import apt_download_dir
 
     installing = {c.package for c in transaction.by_action(*INSTALLING_ACTIONS)}
+    changing = installing | {c.package for c in transaction.by_action(*REMOVING_ACTIONS)}
     archive_dir = os.path.join(cache_dir, "archives")
     try:
         apt_download_dir(archive_dir)
@@ -79,7 +81,7 @@ def add_library_fixes(problems: list[Problem], transaction: Transaction, cache_d
         return
     for problem in wanted:
         soname = problem.key.split(":", 1)[1]
-        package = library_fix(cache, soname, installing, archive_dir)
+        package = library_fix(cache, soname, changing, archive_dir)
         if package:
             problem.fix = Fix([package], why=f"{package} ships {soname} in the target release")
         elif any(name in installing for name in package_names_for(soname)):

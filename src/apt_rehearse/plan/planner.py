@@ -31,6 +31,8 @@ from apt_rehearse.model.transaction import (
     classify,
     find_successors,
     sha256_file,
+    replacement_pattern,
+    VERSION_IN_NAME,
 )
 
 COMMANDS = ("upgrade", "dist-upgrade", "full-upgrade", "install", "remove", "purge", "gate")
@@ -43,7 +45,7 @@ class Request:
     root: str = "/"
     release: str | None = None
     options: list[str] = dataclasses.field(default_factory=list)
-    also: list[str] = dataclasses.field(default_factory=list)  # installed on top of an upgrade
+    also: list[str] = dataclasses.field(default_factory=list)  # installed on top of the request (--also, --fix)
 
     def describe(self) -> str:
         words = [self.command, *self.packages]
@@ -136,6 +138,9 @@ def mark_request(cache: apt.Cache, request: Request) -> set[str]:
                 resolver.protect(pkg._pkg)
                 resolver.remove(pkg._pkg)
         _resolve(depcache, resolver)
+    if request.also:
+        # The fixes --fix adds, on top of any request.
+        _mark_installs(cache, request.also, requested)
     return requested
 
 
@@ -163,17 +168,6 @@ def _mark_installs(cache: apt.Cache, specs: list[str], requested: set[str]) -> N
             resolver.clear(pkg._pkg)
             resolver.protect(pkg._pkg)
         _resolve(depcache, resolver)
-
-
-VERSION_IN_NAME = re.compile(r"\d+(?:\.\d+)*")
-
-
-def replacement_pattern(name: str) -> re.Pattern[str] | None:
-    """php8.2-mysql -> ^php[\\d.]+-mysql$: the same name with any version in it."""
-    parts = VERSION_IN_NAME.split(name)
-    if len(parts) == 1:
-        return None
-    return re.compile("^" + r"[\d.]+".join(re.escape(part) for part in parts) + "$")
 
 
 def suggest_replacements(cache: apt.Cache, removed: list[str]) -> dict[str, str]:

@@ -162,6 +162,8 @@ def render_text(report: dict[str, Any], color: bool = False, width: int = 80) ->
         shown += [f"{indent}        | {tail}" for tail in finding["details"].get("output_tail", [])[-5:]]
         return shown
 
+    if "fix_of" in report:
+        lines += _fix_lines(report["fix_of"], paint)
     problems = report.get("problems") or []
     in_problems = {place for problem in problems for place in problem["findings"]}
     if problems:
@@ -215,6 +217,26 @@ def render_text(report: dict[str, Any], color: bool = False, width: int = 80) ->
     }[verdict]
     lines.append(f"Verdict: {summary}")
     return "\n".join(lines) + "\n"
+
+
+def _fix_lines(fix_of: dict[str, Any] | None, paint: Any) -> list[str]:
+    """What --fix found: each problem of the rehearsal without the fixes,
+    fixed or not, and the command for the real run."""
+    if fix_of is None:
+        return ["N: --fix: the rehearsal proposes no package to add; nothing was rehearsed again", ""]
+    lines = [
+        f"Rehearsed again with {' '.join(fix_of['added'])} added. The problems without them "
+        f"({fix_of['verdict'].upper()}, report {fix_of.get('report_path') or 'not saved'}):"
+    ]
+    for number, problem in enumerate(fix_of["problems"], 1):
+        state = {True: paint(GREEN, "fixed    "), False: paint(RED, "not fixed"), None: "not tried"}[
+            problem["verified"]
+        ]
+        lines.append(f"  {state} {number}. {problem['title']}")
+        if problem.get("verified_detail"):
+            lines.append(f"            {problem['verified_detail']}")
+    lines += [f"The real run, with the fixes: {fix_of['real_run']}", ""]
+    return lines
 
 
 def _checked(report: dict[str, Any]) -> str:
