@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Iterator
 
+from pathlib import Path
+
 import apt_pkg
 import pytest
 
@@ -40,3 +42,24 @@ def test_housekeeping_keys_are_read_in_their_units(clean_keys: None) -> None:
 def test_keeping_no_report_at_all_is_not_an_option(clean_keys: None) -> None:
     apt_pkg.config.set("APT::Rehearse::Keep-Reports", "0")
     assert read_settings().keep_reports == 1  # the report just written stays
+
+
+def test_apt_setup_survives_python_debian_imported_after_it(tmp_path) -> None:
+    """debian.debian_support runs apt_pkg.init() on its first import: after
+    our set-up that would put apt's defaults back, and the package caches
+    would be written into the target's /var/cache/apt."""
+    import subprocess
+    import sys
+
+    code = (
+        "import apt_pkg\n"
+        "from apt_rehearse.model import config\n"
+        f"config.init_apt_config({str(tmp_path)!r}, ['APT::Rehearse::Test=yes'])\n"
+        "from debian.deb822 import Deb822\n"
+        "from debian.debfile import DebFile\n"
+        "print(repr(apt_pkg.config.find('Dir::Cache::srcpkgcache')), repr(apt_pkg.config.find('Dir::Cache::pkgcache')),"
+        " apt_pkg.config.find('APT::Rehearse::Test'), apt_pkg.config.find('Dir'))\n"
+    )
+    source = str(Path(__file__).resolve().parents[2] / "src")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": source})
+    assert proc.stdout.split() == ["''", "''", "yes", f"{tmp_path}/"], proc.stderr

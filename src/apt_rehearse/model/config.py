@@ -8,6 +8,7 @@ reading; nothing here parses apt.conf by hand.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 
 import apt_pkg
@@ -60,6 +61,7 @@ def init_apt_config(root: str, options: list[str]) -> None:
     pkgInitConfig reads the configuration files relative to Dir when Dir is
     set before it runs.
     """
+    _import_what_resets_apt_pkg()
     root = os.path.realpath(root)
     if root != "/":
         apt_pkg.config.set("Dir", root + "/")
@@ -76,6 +78,7 @@ def init_apt_config(root: str, options: list[str]) -> None:
 def load_dumped_config(dump: dict[str, list[str]]) -> None:
     """apt's configuration as apt dumped it to the hook (its -o included):
     a key ending in "::" is a list apt cleared before setting its values."""
+    _import_what_resets_apt_pkg()
     apt_pkg.init_config()
     for key in dump:
         if key.endswith("::"):
@@ -84,6 +87,14 @@ def load_dumped_config(dump: dict[str, list[str]]) -> None:
         for value in values:
             apt_pkg.config.set(key, value)
     _finish_apt_config()
+
+
+def _import_what_resets_apt_pkg() -> None:
+    """python-debian's debian_support (imported by deb822 and debfile) runs
+    apt_pkg.init() when it is first imported: imported after the set-up
+    here, it would put apt's defaults back (the package caches would be
+    written into the target). Imported first, its init comes before ours."""
+    importlib.import_module("debian.debian_support")
 
 
 def _finish_apt_config() -> None:

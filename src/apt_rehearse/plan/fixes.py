@@ -75,7 +75,7 @@ def add_library_fixes(problems: list[Problem], transaction: Transaction, cache_d
     archive_dir = os.path.join(cache_dir, "archives")
     try:
         apt_download_dir(archive_dir)
-        cache = apt.Cache()
+        cache = apt.Cache(memonly=True)  # never writes a cache file into the target
     except (OSError, SystemError) as error:
         notes.append(f"no package was looked up for the lost libraries: {error}")
         return
