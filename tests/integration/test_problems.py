@@ -115,7 +115,7 @@ def problems_tree(sandbox_capable: None):
                 "2.0",
                 _failing("rh-sshd", "/etc/rh-sshd.conf: line 3: Bad configuration option: Protocol1"),
             ),
-            _service(debs, "rh-mysql", "2.0", _failing("rh-mysql", "unknown variable 'query_cache_typo=1'")),
+            _service(debs, "rh-mysql", "2.0", _failing("rh-mysql", "unknown variable query_cache_typo=1")),
             _service(
                 debs, "rh-fpm2", "1.0", UNIX_SERVER.format(name="rh-fpm2"), conflicts="rh-fpm1", replaces="rh-fpm1"
             ),
@@ -160,7 +160,7 @@ def test_a_removal_whose_replacement_works_is_a_warning(problems_tree: dict) -> 
     removal = _removal(document, "rh-app1")
     assert removal["severity"] == "warn" and removal["kinds"] == ["Remove", "Remove-Replaced"], removal
     assert removal["message"].endswith(
-        "(replaced by rh-app2: rh-app2.service runs in place of rh-app1.service, the site answers the same)"
+        "(replaced by rh-app2: rh-app2.service runs in place of rh-app1.service, the sites answer the same)"
     )
     assert proc.returncode == 0 and document["verdict"] == "warn", [f["message"] for f in document["findings"]]
     assert {p["severity"] for p in document["problems"]} == {"warn"}
@@ -192,7 +192,7 @@ def test_unrelated_breakages_are_problems_the_costliest_first_with_their_causes(
     ], [p["title"] for p in problems]
     sshd, mysql, fpm = problems
     assert (sshd["cause"]["file"], sshd["cause"]["line"]) == ("/etc/rh-sshd.conf", 3)
-    assert "unknown variable 'query_cache_typo=1'" in mysql["cause"]["text"]
+    assert mysql["cause"]["text"] == "rh-mysql: unknown variable query_cache_typo=1"
     # The site's configuration still names the removed package's socket: that line is the cause, and its change the fix.
     assert (fpm["cause"]["file"], fpm["cause"]["line"]) == ("/etc/nginx/sites-enabled/rh-site", 4)
     [diff] = fpm["fix"]["diffs"]

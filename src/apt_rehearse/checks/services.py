@@ -84,7 +84,7 @@ def _http_changed(before: Observation, after: Observation, when: str) -> list[Fi
                     ["Http-Changed"],
                     subject,
                     f"{subject} answered HTTP {page['status']} before and does not answer {when}",
-                    {"before": page, "after": None, "when": when},
+                    {"before": page, "after": None, "when": when, "port": int(port)},
                 )
             )
             continue

@@ -8,6 +8,17 @@ from __future__ import annotations
 from typing import Any
 
 
+def packages_to_add(document: dict[str, Any]) -> list[str]:
+    """The problems' package fixes, less what the transaction installs already."""
+    installing = {
+        c["package"]
+        for c in document["transaction"]["changes"]
+        if c["action"] in ("install", "upgrade", "downgrade", "reinstall")
+    }
+    wanted = {name for p in document.get("problems") or [] for name in (p.get("fix") or {}).get("packages") or []}
+    return sorted(wanted - installing)
+
+
 def verify(first: dict[str, Any], second: dict[str, Any]) -> None:
     """Mark each problem of ``first`` fixed (True), not fixed (False), or
     not tried (None), from what ``second`` (rehearsed with the fixes) found."""

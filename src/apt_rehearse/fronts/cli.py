@@ -224,7 +224,7 @@ def _rehearse_request(command: str, packages: list[str], options: Options) -> in
     os.chmod(settings.cache_dir, 0o755)
     state = _release_state(root, options, settings, interactive)
     rehearsal, document = _plan_and_rehearse(command, packages, options, options.also, settings, state, began)
-    packages_to_add = (document.get("suggestion") or {}).get("also") or []
+    packages_to_add = fixes.packages_to_add(document)
     if packages_to_add and rehearsal.verdict == "block" and not options.fix and _offered(interactive, packages_to_add):
         options.fix = True
     if options.fix and packages_to_add:

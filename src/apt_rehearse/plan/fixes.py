@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+from typing import Any
 
 from apt_rehearse.model.problem import Fix, Problem
 from apt_rehearse.model.transaction import INSTALLING_ACTIONS, REMOVING_ACTIONS, Transaction
@@ -40,10 +41,12 @@ def ships(deb: str, soname: str) -> bool:
     return any(os.path.basename(name) == soname for name in names)
 
 
-def library_fix(cache, soname: str, changing: set[str], archive_dir: str) -> str | None:
+def library_fix(cache: Any, soname: str, changing: set[str], archive_dir: str) -> str | None:
     """The package of the target release that ships ``soname``, proved by
     its .deb; None when no such package is found (one the transaction
     installs or removes already is no fix)."""
+    import apt.progress.base
+
     for name in package_names_for(soname):
         if name not in cache or name in changing:
             continue
@@ -51,7 +54,8 @@ def library_fix(cache, soname: str, changing: set[str], archive_dir: str) -> str
         if candidate is None or not candidate.downloadable:
             continue
         try:
-            deb = candidate.fetch_binary(archive_dir)
+            # Quietly: the report is what the terminal shows, --json is JSON only.
+            deb = candidate.fetch_binary(archive_dir, progress=apt.progress.base.AcquireProgress())
         except Exception:  # noqa: BLE001 - python-apt raises FetchError and SystemError alike: no proof, no fix
             continue
         if ships(deb, soname):
