@@ -133,17 +133,7 @@ def rehearse(
     started = datetime.datetime.now(datetime.timezone.utc)
     began = time.monotonic()
     clock = clock or PhaseClock()
-    source_findings = [
-        Finding(
-            "release",
-            ["Source-Missing"],
-            source,
-            f"{source} offers nothing for {transaction.release or 'the target release'}: what this system has "
-            f"from it stays as it is, neither upgraded nor rehearsed (apt: {why})",
-            {"apt": why},
-        )
-        for source, why in sorted((unavailable_sources or {}).items())
-    ]
+    source_findings = _source_findings(transaction, unavailable_sources or {})
     if transaction.is_empty:
         apply_policy(source_findings, lookup)
         return Rehearsal(
@@ -159,12 +149,6 @@ def rehearse(
     check_supported()
     if not os.path.isdir(transaction.root):
         raise RehearsalError(f"the target root {transaction.root} is not a directory")
-
-    with clock.timed("facts"):
-        grub_probe_answers = {}
-        installing = [c.package for c in transaction.by_action(*INSTALLING_ACTIONS)]
-        if os.path.realpath(transaction.root) == "/" and bootchain.needs_grub_probe(installing):
-            grub_probe_answers = bootchain.capture_grub_probe()
 
     binds, deb_paths, lists_inside, cache_inside = _binds(transaction, private_lists, source_cache)
 
@@ -191,13 +175,7 @@ def rehearse(
             live_layers=[os.path.join(snap.source, nested) for snap in taken for nested in snap.nested],
         )
         plan = plan_sandbox(spec)
-        if debug:
-            for line in plan.describe():
-                debug(f"sandbox: {line}")
-            if init:
-                debug(
-                    f"sandbox: boot {init} as PID 1 of the sandbox, services held back: {', '.join(HELD_BACK)}, all timers"
-                )
+        _debug_plan(plan, init, debug)
         replay_plan = ReplayPlan(
             transaction=transaction,
             deb_paths=deb_paths,
@@ -209,7 +187,7 @@ def rehearse(
             services_live=init is not None,
             library_dirs=settings.library_paths,
             release_upgrade=bool(sources_rewrite or private_lists),
-            grub_probe_answers=grub_probe_answers,
+            grub_probe_answers=_grub_probe_answers(transaction, clock),
             elf_known=load_elf_table(settings.cache_dir),
             room_floor=host_reserve(free_and_size(upper_dir)[1]) if upper_dir else None,
         )
@@ -266,6 +244,39 @@ def rehearse(
         hazards=_hazard_figures(result.hazards),
         replay_parts=result.timings,
     )
+
+
+def _source_findings(transaction: Transaction, unavailable: dict[str, str]) -> list[Finding]:
+    return [
+        Finding(
+            "release",
+            ["Source-Missing"],
+            source,
+            f"{source} offers nothing for {transaction.release or 'the target release'}: what this system has "
+            f"from it stays as it is, neither upgraded nor rehearsed (apt: {why})",
+            {"apt": why},
+        )
+        for source, why in sorted(unavailable.items())
+    ]
+
+
+def _grub_probe_answers(transaction: Transaction, clock: PhaseClock) -> dict[str, Any]:
+    """This machine's own grub-probe answers, for a rehearsal of / that
+    installs a bootloader: the sandbox has no disks to probe."""
+    with clock.timed("facts"):
+        installing = [c.package for c in transaction.by_action(*INSTALLING_ACTIONS)]
+        if os.path.realpath(transaction.root) == "/" and bootchain.needs_grub_probe(installing):
+            return bootchain.capture_grub_probe()
+    return {}
+
+
+def _debug_plan(plan: Any, init: str | None, debug: Callable[[str], None] | None) -> None:
+    if not debug:
+        return
+    for line in plan.describe():
+        debug(f"sandbox: {line}")
+    if init:
+        debug(f"sandbox: boot {init} as PID 1 of the sandbox, services held back: {', '.join(HELD_BACK)}, all timers")
 
 
 def _binds(

@@ -289,3 +289,44 @@ def test_library_package_names_follow_the_policy() -> None:
     assert package_names_for("libfoo-1.2.so.0") == ["libfoo-1.2-0", "libfoo-1.2-0t64"]
     assert package_names_for("libgdbm2.so.6") == ["libgdbm2-6", "libgdbm2-6t64"]
     assert package_names_for("ld-linux-x86-64.so.2") == []
+
+
+def test_fixes_are_verified_by_the_second_rehearsal() -> None:
+    from apt_rehearse.checks import verified_fixes
+
+    def problem(key: str, severity: str, fix: dict | None, findings: list[int] = [0]) -> dict:
+        return {"key": key, "title": key, "severity": severity, "findings": findings, "fix": fix, "verified": None}
+
+    first = {
+        "id": "a" * 64,
+        "verdict": "block",
+        "transaction": {"changes": [{"package": "libqux", "action": "upgrade"}]},
+        "problems": [
+            problem("library:libqux.so.1", "block", {"packages": ["libqux1"], "diffs": [], "why": ""}),
+            problem("removal:php8.2", "block", {"packages": ["php8.4", "libqux"], "diffs": [], "why": ""}),
+            problem("service:x.service", "block", {"packages": ["x2"], "diffs": [], "why": ""}),
+            problem(
+                "site:nginx.service",
+                "block",
+                {"packages": [], "diffs": [{"path": "/etc/x", "diff": "-a\n+b\n"}], "why": ""},
+            ),
+        ],
+    }
+    assert verified_fixes.packages_to_add(first) == ["libqux1", "php8.4", "x2"]  # libqux is in the transaction
+    second = {
+        "findings": [{"message": "php8.2 1.0 would be REMOVED (replaced by php8.4: php_module still loads)"}],
+        "problems": [problem("removal:php8.2", "warn", None), problem("service:x.service", "block", None)],
+    }
+    verified_fixes.verify(first, second)
+    assert [p["verified"] for p in first["problems"]] == [True, True, False, None]
+    assert (
+        "what is left is a warning: php8.2 1.0 would be REMOVED (replaced by php8.4"
+        in first["problems"][1]["verified_detail"]
+    )
+    assert first["problems"][3]["verified_detail"] == "a configuration change: apply the diff, then rehearse again"
+    assert verified_fixes.real_run("dist-upgrade", [], None, ["php8.4"]) == "apt-get dist-upgrade php8.4"
+    assert (
+        verified_fixes.real_run("full-upgrade", [], "trixie", ["a"])
+        == "with the sources switched to trixie: apt-get dist-upgrade a"
+    )
+    assert verified_fixes.real_run("remove", ["old"], None, ["new"]) == "apt-get remove old new+"

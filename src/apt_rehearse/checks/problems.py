@@ -75,8 +75,16 @@ def area_of(problem: Problem) -> str:
 
 
 class _Grouping:
-    def __init__(self) -> None:
+    """The problems being built; each add_* places one finding, in a new
+    problem or in the one its cause already opened."""
+
+    def __init__(self, transaction: Transaction, baseline: Observation | None) -> None:
         self.problems: dict[str, Problem] = {}
+        self.root = transaction.root
+        self.installing = {c.package for c in transaction.by_action(*INSTALLING_ACTIONS)}
+        self.unit_of_port = {s["port"]: s.get("unit") or "" for s in (baseline.sockets if baseline else [])}
+        # What each removal took: its units, and its modules and extensions.
+        self.took: dict[str, dict[str, set[str]]] = {}
 
     def open(self, key: str, title: str, cause: Cause, finding: Finding) -> Problem:
         problem = self.problems.get(key)
@@ -85,117 +93,127 @@ class _Grouping:
         problem.findings.append(finding)
         return problem
 
-    def attach(self, key: str, finding: Finding) -> bool:
-        problem = self.problems.get(key)
+    def attach(self, key: str | None, finding: Finding) -> bool:
+        problem = self.problems.get(key) if key else None
         if problem is None:
             return False
         problem.findings.append(finding)
         return True
+
+    def removal_taking(self, kind: str, names: set[str]) -> str | None:
+        return next((f"removal:{package}" for package, what in self.took.items() if what[kind] & names), None)
+
+    def unit_problem(self, unit: str) -> str | None:
+        if not unit:
+            return None
+        if f"service:{unit}" in self.problems:
+            return f"service:{unit}"
+        return self.removal_taking("units", {unit})
+
+    def add_removal(self, finding: Finding) -> None:
+        package, modules = finding.subject, finding.details.get("web_modules") or []
+        self.took[package] = {
+            "units": set(finding.details.get("enabled_services") or []),
+            "modules": apache_modules(self.root, [m.split(": ", 1)[-1] for m in modules if m.startswith("apache")])
+            | php_extensions([m.split(": ", 1)[-1] for m in modules if m.startswith("php")]),
+        }
+        replacement, present = finding.details.get("replacement"), replacement_in(finding, self.installing)
+        problem = self.open(f"removal:{package}", f"{package} is removed", Cause(_removal_cause(finding)), finding)
+        if present:
+            problem.fix = Fix(why=f"{present} is in the transaction already")
+        elif replacement:
+            problem.fix = Fix([replacement], why=f"{replacement} is the target release's package in place of {package}")
+
+    def add_service(self, finding: Finding) -> None:
+        if not self.attach(self.unit_problem(finding.subject), finding):
+            self.open(f"service:{finding.subject}", _service_title(finding), _journal_cause(finding), finding)
+
+    def add_config_test(self, finding: Finding) -> None:
+        unit = TEST_UNITS.get(finding.subject, f"{finding.subject}.service")
+        key, cause = self.unit_problem(unit), _test_cause(finding)
+        if self.attach(key, finding):
+            problem = self.problems[key]
+            if cause.file and not problem.cause.file:
+                problem.cause = cause
+        else:
+            self.open(f"service:{unit}", f"{finding.subject}'s configuration no longer passes its test", cause, finding)
+
+    def add_module(self, finding: Finding) -> None:
+        if not self.attach(self.removal_taking("modules", set(finding.details.get("lost") or [])), finding):
+            self.open(f"module:{finding.subject}", finding.message, Cause(finding.message), finding)
+
+    def add_site(self, finding: Finding) -> None:
+        key = self.site_problem(finding)
+        if not self.attach(key, finding):
+            self.open(key, finding.message, Cause(finding.message), finding)
+        if "Dangling-Socket" in finding.kinds:
+            _take_socket_cause(self.problems[key], finding)
+
+    def add_socket(self, finding: Finding) -> None:
+        if not self.attach(self.unit_problem(finding.subject), finding):
+            self.open(f"socket:{finding.subject}", finding.message, Cause(finding.message), finding)
+
+    def add_library(self, finding: Finding) -> None:
+        owner = finding.details.get("package")
+        if not (owner and self.attach(f"removal:{owner}", finding)):
+            soname = finding.details.get("soname", finding.subject)
+            cause = Cause(finding.message.split("; ", 1)[-1] if "; " in finding.message else finding.message)
+            self.open(f"library:{soname}", f"{finding.subject} no longer finds {soname}", cause, finding)
+
+    def add_other(self, finding: Finding) -> None:
+        if finding.check in ("script-failure", "package-state"):
+            what = "a maintainer script fails" if finding.check == "script-failure" else "left broken"
+            self.open(f"package:{finding.subject}", f"{finding.subject}: {what}", Cause(finding.message), finding)
+        else:
+            self.open(f"{finding.check}:{finding.subject}", finding.message, Cause(finding.message), finding)
+
+    def site_problem(self, finding: Finding) -> str:
+        """The problem a page or a web server's socket reference belongs to:
+        the PHP removal when the page serves PHP source, the removal whose
+        socket a configuration still names, else that of the unit serving
+        it (one problem per web server)."""
+        details = finding.details
+        if (details.get("after") or {}).get("php_source"):
+            for key, problem in self.problems.items():
+                if key.startswith("removal:") and any(
+                    "php" in m for f in problem.findings for m in f.details.get("web_modules") or []
+                ):
+                    return key
+        if "Dangling-Socket" in finding.kinds:
+            # The socket a removed package's service held (php8.2-fpm.sock, php8.2-fpm).
+            socket_name = os.path.basename(details.get("path") or "")
+            for key in self.problems:
+                if key.startswith("removal:") and key.split(":", 1)[1] in socket_name:
+                    return key
+        unit = details.get("unit") or self.unit_of_port.get(details.get("port"), "")
+        return self.unit_problem(unit) or (f"site:{unit}" if unit else f"site:{finding.subject}")
+
+
+# Which finding goes where, in this order: a finding joins the problem an
+# earlier pass opened (a page joins its service's, a service its removal's).
+PASSES = (
+    (lambda f: f.check == "removal", _Grouping.add_removal),
+    (lambda f: "Service-Failed" in f.kinds, _Grouping.add_service),
+    (lambda f: "Config-Test" in f.kinds, _Grouping.add_config_test),
+    (lambda f: "Module-Lost" in f.kinds, _Grouping.add_module),
+    (lambda f: bool(set(f.kinds) & {"Http-Changed", "Http-Body-Changed", "Dangling-Socket"}), _Grouping.add_site),
+    (lambda f: "Lost-Socket" in f.kinds, _Grouping.add_socket),
+    (lambda f: "Lost-Library" in f.kinds, _Grouping.add_library),
+    (lambda f: True, _Grouping.add_other),
+)
 
 
 def problems_of(
     findings: list[Finding], transaction: Transaction, baseline: Observation | None = None
 ) -> list[Problem]:
     """The problems of a rehearsal, most costly first."""
-    grouping = _Grouping()
-    installing = {c.package for c in transaction.by_action(*INSTALLING_ACTIONS)}
-    active = [f for f in findings if f.severity != "info"]
-    # What each removal took: its units, modules and extensions.
-    took: dict[str, dict[str, set[str]]] = {}
-    for finding in active:
-        if finding.check != "removal":
-            continue
-        package = finding.subject
-        modules = finding.details.get("web_modules") or []
-        took[package] = {
-            "units": set(finding.details.get("enabled_services") or []),
-            "modules": apache_modules(
-                transaction.root, [m.split(": ", 1)[-1] for m in modules if m.startswith("apache")]
-            )
-            | php_extensions([m.split(": ", 1)[-1] for m in modules if m.startswith("php")]),
-        }
-        replacement, present = finding.details.get("replacement"), replacement_in(finding, installing)
-        fix = Fix()
-        if present:
-            fix = Fix(why=f"{present} is in the transaction already")
-        elif replacement:
-            fix = Fix([replacement], why=f"{replacement} is the target release's package in place of {package}")
-        problem = grouping.open(f"removal:{package}", f"{package} is removed", Cause(_removal_cause(finding)), finding)
-        problem.fix = fix
-    unit_of_port = {s["port"]: s.get("unit") or "" for s in (baseline.sockets if baseline else [])}
-
-    def removal_taking(kind: str, names: set[str]) -> str | None:
-        for package, what in took.items():
-            if what[kind] & names:
-                return f"removal:{package}"
-        return None
-
-    def unit_problem(unit: str) -> str | None:
-        if not unit:
-            return None
-        if f"service:{unit}" in grouping.problems:
-            return f"service:{unit}"
-        return removal_taking("units", {unit})
-
-    later: list[Finding] = []
-    for finding in active:
-        kinds = set(finding.kinds)
-        if finding.check == "removal":
-            continue
-        if "Service-Failed" in kinds:
-            key = unit_problem(finding.subject)
-            if key is None or not grouping.attach(key, finding):
-                grouping.open(f"service:{finding.subject}", _service_title(finding), _journal_cause(finding), finding)
-        else:
-            later.append(finding)
-    rest: list[Finding] = []
-    for finding in later:
-        kinds = set(finding.kinds)
-        if "Config-Test" in kinds:
-            unit = TEST_UNITS.get(finding.subject, f"{finding.subject}.service")
-            key = unit_problem(unit)
-            cause = _test_cause(finding)
-            if key is not None and grouping.attach(key, finding):
-                problem = grouping.problems[key]
-                if cause.file and not problem.cause.file:
-                    problem.cause = cause
-            else:
-                grouping.open(
-                    f"service:{unit}", f"{finding.subject}'s configuration no longer passes its test", cause, finding
-                )
-        elif "Module-Lost" in kinds:
-            key = removal_taking("modules", set(finding.details.get("lost") or []))
-            if key is None or not grouping.attach(key, finding):
-                grouping.open(f"module:{finding.subject}", finding.message, Cause(finding.message), finding)
-        else:
-            rest.append(finding)
-    for finding in rest:
-        kinds = set(finding.kinds)
-        if kinds & {"Http-Changed", "Http-Body-Changed", "Dangling-Socket"}:
-            key = _site_problem(finding, grouping, unit_of_port, unit_problem)
-            if not grouping.attach(key, finding):
-                grouping.open(key, finding.message, Cause(finding.message), finding)
-            if "Dangling-Socket" in kinds:
-                _take_socket_cause(grouping.problems[key], finding)
-        elif "Lost-Socket" in kinds:
-            key = unit_problem(finding.subject)
-            if key is None or not grouping.attach(key, finding):
-                grouping.open(f"socket:{finding.subject}", finding.message, Cause(finding.message), finding)
-        elif "Lost-Library" in kinds:
-            owner = finding.details.get("package")
-            if not (owner and grouping.attach(f"removal:{owner}", finding)):
-                soname = finding.details.get("soname", finding.subject)
-                title = f"{finding.subject} no longer finds {soname}"
-                cause = Cause(finding.message.split("; ", 1)[-1] if "; " in finding.message else finding.message)
-                grouping.open(f"library:{soname}", title, cause, finding)
-        elif finding.check in ("script-failure", "package-state"):
-            package = finding.subject
-            title = f"{package}: " + (
-                "a maintainer script fails" if finding.check == "script-failure" else "left broken"
-            )
-            grouping.open(f"package:{package}", title, Cause(finding.message), finding)
-        else:
-            grouping.open(f"{finding.check}:{finding.subject}", finding.message, Cause(finding.message), finding)
+    grouping = _Grouping(transaction, baseline)
+    waiting = [f for f in findings if f.severity != "info"]
+    for accepts, add in PASSES:
+        taken = [f for f in waiting if accepts(f)]
+        for finding in taken:
+            add(grouping, finding)
+        waiting = [f for f in waiting if not any(f is t for t in taken)]
     problems = list(grouping.problems.values())
     for problem in problems:
         problem.area = area_of(problem)
@@ -234,27 +252,6 @@ def _test_cause(finding: Finding) -> Cause:
     if file:
         return Cause(f"'{finding.details.get('test')}' rejects {file} line {line}: {text}", file, line)
     return Cause(finding.message + (f": {output[-1]}" if output else ""))
-
-
-def _site_problem(finding: Finding, grouping: _Grouping, unit_of_port: dict[int, str], unit_problem) -> str:
-    """The problem a page or a web server's socket reference belongs to: the
-    PHP removal when the page serves PHP source, else that of the unit
-    serving it (one problem per web server)."""
-    details = finding.details
-    if (details.get("after") or {}).get("php_source"):
-        for key, problem in grouping.problems.items():
-            if key.startswith("removal:") and any(
-                "php" in m for f in problem.findings for m in f.details.get("web_modules") or []
-            ):
-                return key
-    if "Dangling-Socket" in finding.kinds:
-        # The socket a removed package's service held (php8.2-fpm.sock, php8.2-fpm).
-        socket_name = os.path.basename(details.get("path") or "")
-        for key in grouping.problems:
-            if key.startswith("removal:") and key.split(":", 1)[1] in socket_name:
-                return key
-    unit = details.get("unit") or unit_of_port.get(details.get("port"), "")
-    return unit_problem(unit) or (f"site:{unit}" if unit else f"site:{finding.subject}")
 
 
 def _take_socket_cause(problem: Problem, finding: Finding) -> None:

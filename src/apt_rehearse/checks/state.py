@@ -221,11 +221,33 @@ def expected_versions(transaction: Transaction, before: dict[str, dict[str, str]
 
 
 def state_findings(transaction: Transaction, replay: ReplayResult, timeout: float = 0) -> list[Finding]:
+    findings, failures, excused = _script_findings(replay)
+    apt = replay.apt
+    output = apt.output
+    if apt.timed_out:
+        findings.append(
+            Finding(
+                "timeout",
+                ["Timeout"],
+                "apt",
+                f"the replay did not finish within {int(timeout) or 'the'} seconds; "
+                "a maintainer script may hang (the rehearsal was stopped)",
+                {"output_tail": output.splitlines()[-TAIL_LINES:]},
+            )
+        )
+    findings += _broken_state_findings(replay, excused)
+    findings += _mismatch_findings(transaction, replay, {f["package"] for f in failures})
+    findings += _apt_and_dpkg_findings(replay, findings, failures)
+    return findings
+
+
+def _script_findings(replay: ReplayResult) -> tuple[list[Finding], list[dict[str, Any]], set[str]]:
+    """The maintainer scripts that failed, and which of them failed at the
+    sandbox's limits (and the packages left unconfigured under those)."""
     findings: list[Finding] = []
     apt = replay.apt
     output = apt.output
     failures = script_failures(apt.status_lines, output)
-    failed_packages = {f["package"] for f in failures}
     offline = {f["package"]: needs_network(f.get("output_tail", [])) for f in failures}
     offline = {package: line for package, line in offline.items() if line}
     # What the confinement refused: the sandbox's limit, as the network is.
@@ -284,23 +306,16 @@ def state_findings(transaction: Transaction, replay: ReplayResult, timeout: floa
                 failure,
             )
         )
+    return findings, failures, set(limited) | consequences
 
-    if apt.timed_out:
-        findings.append(
-            Finding(
-                "timeout",
-                ["Timeout"],
-                "apt",
-                f"the replay did not finish within {int(timeout) or 'the'} seconds; "
-                "a maintainer script may hang (the rehearsal was stopped)",
-                {"output_tail": output.splitlines()[-TAIL_LINES:]},
-            )
-        )
 
+def _broken_state_findings(replay: ReplayResult, excused: set[str]) -> list[Finding]:
+    """Packages dpkg leaves unpacked, half-configured, ... (``excused``: said already as the sandbox's limit)."""
+    findings: list[Finding] = []
     after = replay.after
     for name, state in sorted(after.items()):
         status = state.get("status", "")
-        if _bare(name) in limited or _bare(name) in consequences:
+        if _bare(name) in excused:
             continue  # said above: the sandbox's limit, not the package's state
         if len(status) >= 2 and (status[1] in "UFHWt" or status[2:3] == "R"):
             meaning = {
@@ -319,7 +334,14 @@ def state_findings(transaction: Transaction, replay: ReplayResult, timeout: floa
                     {"status": status.strip(), "version": state.get("version")},
                 )
             )
+    return findings
 
+
+def _mismatch_findings(transaction: Transaction, replay: ReplayResult, failed_packages: set[str]) -> list[Finding]:
+    """apt inside doing something else than the transaction said."""
+    apt = replay.apt
+    findings: list[Finding] = []
+    after = replay.after
     if not apt.timed_out:
         expected = expected_versions(transaction, replay.before)
         actual = {name: _installed(state) for name, state in after.items()}
@@ -342,10 +364,19 @@ def state_findings(transaction: Transaction, replay: ReplayResult, timeout: floa
                     {"differences": differences},
                 )
             )
+    return findings
 
+
+def _apt_and_dpkg_findings(
+    replay: ReplayResult, findings: list[Finding], failures: list[dict[str, Any]]
+) -> list[Finding]:
+    """apt failing by itself, dpkg --audit, apt-get check (``findings``: those made already)."""
+    apt = replay.apt
+    output = apt.output
+    found: list[Finding] = []
     if apt.exit_status != 0 and not failures and not apt.timed_out:
         tail = [line for line in output.splitlines() if line.startswith(("E:", "W:", "dpkg:"))][-TAIL_LINES:]
-        findings.append(
+        found.append(
             Finding(
                 "apt",
                 ["Apt-Failure"],
@@ -357,8 +388,8 @@ def state_findings(transaction: Transaction, replay: ReplayResult, timeout: floa
         )
 
     audit = replay.audit.output.strip()
-    if audit and not any(f.check in ("package-state", "script-failure") for f in findings):
-        findings.append(
+    if audit and not any(f.check in ("package-state", "script-failure") for f in findings + found):
+        found.append(
             Finding(
                 "dpkg-audit",
                 ["Broken-State"],
@@ -369,7 +400,7 @@ def state_findings(transaction: Transaction, replay: ReplayResult, timeout: floa
         )
     check = replay.check
     if check.exit_status != 0 and not apt.timed_out:
-        findings.append(
+        found.append(
             Finding(
                 "apt-check",
                 ["Dependency-Check"],
@@ -378,7 +409,7 @@ def state_findings(transaction: Transaction, replay: ReplayResult, timeout: floa
                 {"output": check.output.strip().splitlines()[-TAIL_LINES:]},
             )
         )
-    return findings
+    return found
 
 
 def conffile_findings(predicted: list[ConffilePrompt], output: str, nobody_answers: bool = False) -> list[Finding]:

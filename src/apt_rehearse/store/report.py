@@ -122,6 +122,50 @@ def render_text(report: dict[str, Any], color: bool = False, width: int = 80) ->
         return f"{code}{text}{RESET}" if color else text
 
     changes = report["transaction"]["changes"]
+    lines = _transaction_lines(report, paint, width)
+    lines.append("")
+    findings = report["findings"]
+    if "fix_of" in report:
+        lines += _fix_lines(report["fix_of"], paint)
+    problems = report.get("problems") or []
+    lines += _problem_lines(problems, findings, paint)
+    in_problems = {place for problem in problems for place in problem["findings"]}
+    others = [f for place, f in enumerate(findings) if place not in in_problems]
+    if others:
+        lines.append("Other findings:" if problems else "Rehearsal findings:")
+        for finding in others:
+            lines += _finding_lines(finding, "  ", paint)
+    elif changes and not findings:
+        lines.append("Rehearsal findings: none")
+    if report.get("suggestion"):
+        lines.append(
+            f"N: the fixes add {', '.join(report['suggestion']['also'])}; rehearse the upgrade with them "
+            "(or add --fix, which does it and says what each fixes):"
+        )
+        lines.append(f"    {report['suggestion']['command']}")
+    checked = _checked(report)
+    if checked:
+        lines.append(f"N: also checked {checked}")
+    for note in report.get("notes", []):
+        lines.append(f"N: {note}")
+    blocking = sum(1 for f in findings if f["severity"] == "block")
+    warnings = sum(1 for f in findings if f["severity"] == "warn")
+    blocking_problems = sum(1 for p in problems if p["severity"] == "block")
+    verdict = report["verdict"]
+    summary = {
+        "pass": paint(GREEN, "PASS") + ": the rehearsal found nothing against this transaction.",
+        "warn": paint(YELLOW, "WARN") + f": {warnings} warning(s); the real run may go ahead.",
+        "block": paint(RED, "BLOCK")
+        + (f": {blocking_problems} problem(s), " if blocking_problems else ": ")
+        + f"{blocking} blocking finding(s); policy stops the real run.",
+    }[verdict]
+    lines.append(f"Verdict: {summary}")
+    return "\n".join(lines) + "\n"
+
+
+def _transaction_lines(report: dict[str, Any], paint: Any, width: int) -> list[str]:
+    """The changes, as apt shows them."""
+    changes = report["transaction"]["changes"]
     by_action: dict[str, list[str]] = {}
     for change in changes:
         mark = "*" if change["action"] == "purge" else ""
@@ -151,72 +195,38 @@ def render_text(report: dict[str, Any], color: bool = False, width: int = 80) ->
         f"{count['upgrade']} upgraded, {count['install']} newly installed, {count['downgrade']} downgraded, "
         f"{count['remove'] + count['purge']} to remove and {len(kept)} not upgraded."
     )
-    lines.append("")
-    findings = report["findings"]
+    return lines
 
-    def label(severity: str) -> str:
-        return {"block": paint(RED, "BLOCK"), "warn": paint(YELLOW, "WARN "), "info": "info "}[severity]
 
-    def finding_lines(finding: dict[str, Any], indent: str) -> list[str]:
-        shown = [f"{indent}{label(finding['severity'])} {finding['message']}"]
-        shown += [f"{indent}        | {tail}" for tail in finding["details"].get("output_tail", [])[-5:]]
-        return shown
+def _label(severity: str, paint: Any) -> str:
+    return {"block": paint(RED, "BLOCK"), "warn": paint(YELLOW, "WARN "), "info": "info "}[severity]
 
-    if "fix_of" in report:
-        lines += _fix_lines(report["fix_of"], paint)
-    problems = report.get("problems") or []
-    in_problems = {place for problem in problems for place in problem["findings"]}
-    if problems:
-        lines.append(f"Problems ({len(problems)}), the most costly first:")
-        for number, problem in enumerate(problems, 1):
-            lines.append(f"  {label(problem['severity'])} {number}. {problem['title']}")
-            lines.append(f"     cause: {problem['cause']['text']}")
-            for place in problem["findings"]:
-                lines += finding_lines(findings[place], "     - ")
-            fix = problem.get("fix") or {}
-            if fix.get("packages"):
-                lines.append(
-                    f"     fix: add {' '.join(fix['packages'])}" + (f" ({fix['why']})" if fix.get("why") else "")
-                )
-            for diff in fix.get("diffs") or []:
-                lines.append(f"     fix: change {diff['path']} (never done for you):")
-                lines += [f"       {row}" for row in diff["diff"].splitlines()]
-            if not fix.get("packages") and not fix.get("diffs") and fix.get("why"):
-                lines.append(f"     fix: none proposed: {fix['why']}")
-            if problem.get("verified") is not None:
-                state = paint(GREEN, "fixed") if problem["verified"] else paint(RED, "not fixed")
-                lines.append(
-                    f"     with the fix: {state}"
-                    + (f": {problem['verified_detail']}" if problem.get("verified_detail") else "")
-                )
-    others = [f for place, f in enumerate(findings) if place not in in_problems]
-    if others:
-        lines.append("Other findings:" if problems else "Rehearsal findings:")
-        for finding in others:
-            lines += finding_lines(finding, "  ")
-    elif changes and not findings:
-        lines.append("Rehearsal findings: none")
-    if report.get("suggestion"):
-        lines.append(
-            f"N: the fixes add {', '.join(report['suggestion']['also'])}; rehearse the upgrade with them "
-            "(or add --fix, which does it and says what each fixes):"
-        )
-        lines.append(f"    {report['suggestion']['command']}")
-    checked = _checked(report)
-    if checked:
-        lines.append(f"N: also checked {checked}")
-    for note in report.get("notes", []):
-        lines.append(f"N: {note}")
-    blocking = sum(1 for f in findings if f["severity"] == "block")
-    warnings = sum(1 for f in findings if f["severity"] == "warn")
-    verdict = report["verdict"]
-    summary = {
-        "pass": paint(GREEN, "PASS") + ": the rehearsal found nothing against this transaction.",
-        "warn": paint(YELLOW, "WARN") + f": {warnings} warning(s); the real run may go ahead.",
-        "block": paint(RED, "BLOCK") + f": {blocking} blocking finding(s); policy stops the real run.",
-    }[verdict]
-    lines.append(f"Verdict: {summary}")
-    return "\n".join(lines) + "\n"
+
+def _finding_lines(finding: dict[str, Any], indent: str, paint: Any) -> list[str]:
+    shown = [f"{indent}{_label(finding['severity'], paint)} {finding['message']}"]
+    shown += [f"{indent}        | {tail}" for tail in finding["details"].get("output_tail", [])[-5:]]
+    return shown
+
+
+def _problem_lines(problems: list[dict[str, Any]], findings: list[dict[str, Any]], paint: Any) -> list[str]:
+    """Each problem: title, cause, its findings, its fix, and with --fix whether the fix worked."""
+    if not problems:
+        return []
+    lines = [f"Problems ({len(problems)}), the most costly first:"]
+    for number, problem in enumerate(problems, 1):
+        lines.append(f"  {_label(problem['severity'], paint)} {number}. {problem['title']}")
+        lines.append(f"     cause: {problem['cause']['text']}")
+        for place in problem["findings"]:
+            lines += _finding_lines(findings[place], "     - ", paint)
+        fix = problem.get("fix") or {}
+        if fix.get("packages"):
+            lines.append(f"     fix: add {' '.join(fix['packages'])}" + (f" ({fix['why']})" if fix.get("why") else ""))
+        for diff in fix.get("diffs") or []:
+            lines.append(f"     fix: change {diff['path']} (never done for you):")
+            lines += [f"       {row}" for row in diff["diff"].splitlines()]
+        if not fix.get("packages") and not fix.get("diffs") and fix.get("why"):
+            lines.append(f"     fix: none proposed: {fix['why']}")
+    return lines
 
 
 def _fix_lines(fix_of: dict[str, Any] | None, paint: Any) -> list[str]:
