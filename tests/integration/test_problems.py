@@ -160,7 +160,7 @@ def test_a_removal_whose_replacement_works_is_a_warning(problems_tree: dict) -> 
     removal = _removal(document, "rh-app1")
     assert removal["severity"] == "warn" and removal["kinds"] == ["Remove", "Remove-Replaced"], removal
     assert removal["message"].endswith(
-        "(replaced by rh-app2: rh-app2.service runs in place of rh-app1.service, the sites answer the same)"
+        "(replaced by rh-app2: rh-app2.service runs in place of rh-app1.service, the site answers the same)"
     )
     assert proc.returncode == 0 and document["verdict"] == "warn", [f["message"] for f in document["findings"]]
     assert {p["severity"] for p in document["problems"]} == {"warn"}

@@ -7,6 +7,7 @@ Needs the Debian archive (the tree tarball is cached between runs under
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -32,10 +33,13 @@ def test_release_upgrade_reports_php_removals_and_leaves_tree_unchanged(lamp_tre
     tree, base = lamp_tree
     before_hash, before_status = tree_hash(tree), dpkg_status_digest(tree)
     before_host = host_snapshot()
-    proc, document = run_json(
-        "--root", str(tree), "-o", f"APT::Rehearse::Log-Dir={base}/log", "dist-upgrade", "--release", "trixie"
+    # One command: the rehearsal, then the same upgrade with the problems' fixes (--fix).
+    proc, fixed = run_json(
+        "--root", str(tree), "-o", f"APT::Rehearse::Log-Dir={base}/log", "dist-upgrade", "--release", "trixie", "--fix"
     )
-    assert proc.returncode == 10, proc.stderr
+    with open(fixed["fix_of"]["report_path"], encoding="utf-8") as handle:
+        document = json.load(handle)  # the rehearsal without the fixes, as saved
+    assert document["verdict"] == "block", proc.stderr
     removed = {c["package"] for c in document["transaction"]["changes"] if c["action"] in ("remove", "purge")}
     assert "libapache2-mod-php8.2" in removed
     assert {"php8.2-mysql", "php8.2-common", "php8.2-cli"} <= removed
@@ -75,11 +79,23 @@ def test_release_upgrade_reports_php_removals_and_leaves_tree_unchanged(lamp_tre
     assert all(f["severity"] == "info" for f in release)
     print(f"release upgrade: obsolete {document['obsolete']}, auto-removable {document['auto_removable']}")
 
-    # The fix it suggests, rehearsed: the site works again.
-    also = [word for name in suggestion["also"] for word in ("--also", name)]
-    proc, fixed = run_json(
-        "--root", str(tree), "-o", f"APT::Rehearse::Log-Dir={base}/log", "dist-upgrade", "--release", "trixie", *also
-    )
+    # Its problems: PHP's removal with Apache's module and the page serving source is one, with its fix.
+    php = next(p for p in document["problems"] if p["key"] == "removal:libapache2-mod-php8.2")
+    kinds = {kind for place in php["findings"] for kind in document["findings"][place]["kinds"]}
+    assert {"Remove-Module", "Module-Lost", "Http-Changed"} <= kinds and php["area"] == "site"
+    assert php["fix"]["packages"] == ["libapache2-mod-php8.4"]
+    print("release upgrade problems:", [(p["severity"], p["title"]) for p in document["problems"]])
+
+    # The fixes, rehearsed by --fix: the site works again, and PHP's removal no longer blocks.
+    fix_of = fixed["fix_of"]
+    assert {"libapache2-mod-php8.4", "php8.4-mysql"} <= set(fix_of["added"])
+    assert fix_of["real_run"].startswith("with the sources switched to trixie: apt-get dist-upgrade ")
+    verified = {p["key"]: p for p in fix_of["problems"]}
+    assert verified["removal:libapache2-mod-php8.2"]["verified"] is True, verified["removal:libapache2-mod-php8.2"]
+    replaced = next(f for f in fixed["findings"] if f["check"] == "removal" and f["subject"] == "libapache2-mod-php8.2")
+    assert replaced["kinds"] == ["Remove", "Remove-Replaced"] and replaced["severity"] == "warn", replaced
+    assert "php_module still loads" in replaced["message"]
+    print("release upgrade with the fixes:", fixed["verdict"], [(p["severity"], p["title"]) for p in fixed["problems"]])
     assert proc.returncode in (0, 10), proc.stderr
     installed = {c["package"] for c in fixed["transaction"]["changes"] if c["action"] == "install"}
     assert "libapache2-mod-php8.4" in installed

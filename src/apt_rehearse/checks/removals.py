@@ -136,11 +136,14 @@ def judge(
             if state.units.get(new_unit, {}).get("active") != "active":
                 return Judgement(False, seen, f"{new_unit} does not run in place of {unit}")
         seen.append(f"{new_unit} runs in place of {unit}")
-    pages = [f for f in findings if set(f.kinds) & set(PAGE_KINDS)]
+    # The pages it served: any, for a web server's module; those on the ports its services held, else.
+    own_ports = {s["port"] for s in baseline.sockets if s.get("unit") in services}
+    served = [key for key in baseline.http if modules or int(key.split("/", 1)[0]) in own_ports]
+    pages = [f for f in findings if _breaks_what_it_served(f, bool(modules), own_ports)]
     if pages:
         return Judgement(False, seen, pages[0].message)
-    if baseline.http:
-        seen.append("the site answers the same" if len(baseline.http) == 1 else "the sites answer the same")
+    if served:
+        seen.append("the site answers the same" if len(served) == 1 else "the sites answer the same")
     if not seen:
         seen.append("nothing it ships was in use")
     return Judgement(True, seen)
@@ -156,6 +159,15 @@ def replacement_in(removal: Finding, installing: set[str]) -> str | None:
     pattern = replacement_pattern(removal.subject)
     found = sorted(name for name in installing if pattern and pattern.match(name) and name != removal.subject)
     return found[-1] if found else None
+
+
+def _breaks_what_it_served(finding: Finding, web_modules: bool, own_ports: set[int]) -> bool:
+    kinds = set(finding.kinds)
+    if "Dangling-Socket" in kinds:
+        return True  # a web server's configuration names a socket that is gone
+    if kinds & set(PAGE_KINDS):
+        return web_modules or finding.details.get("port") in own_ports
+    return False
 
 
 def judge_removals(

@@ -204,7 +204,7 @@ def _label(severity: str, paint: Any) -> str:
 
 def _finding_lines(finding: dict[str, Any], indent: str, paint: Any) -> list[str]:
     shown = [f"{indent}{_label(finding['severity'], paint)} {finding['message']}"]
-    shown += [f"{indent}        | {tail}" for tail in finding["details"].get("output_tail", [])[-5:]]
+    shown += [f"{' ' * len(indent)}      | {tail}" for tail in finding["details"].get("output_tail", [])[-5:]]
     return shown
 
 
