@@ -330,3 +330,34 @@ def test_fixes_are_verified_by_the_second_rehearsal() -> None:
         == "with the sources switched to trixie: apt-get dist-upgrade a"
     )
     assert verified_fixes.real_run("remove", ["old"], None, ["new"]) == "apt-get remove old new+"
+
+
+def test_renamed_packages_are_one_problem_and_a_php_binding_is_the_site() -> None:
+    changes = [
+        Change("libssl3", "amd64", "3.0.19-1", None, "remove", manual=True),
+        Change("libssl3t64", "amd64", None, "3.5.4-1", "install"),
+        Change("libgnutls30", "amd64", "3.7.9-2", None, "remove", manual=True),
+        Change("libgnutls30t64", "amd64", None, "3.8.9-3", "install"),
+        Change("php8.2-mysql", "amd64", "8.2.29-1", None, "remove", manual=True),
+    ]
+    from apt_rehearse.checks.state import removal_findings
+    from apt_rehearse.model.package_facts import RemovalFacts
+    from apt_rehearse.model.transaction import find_successors
+
+    tx = Transaction(
+        changes, successors=find_successors(changes, {"libssl3t64": ["libssl3"], "libgnutls30t64": ["libgnutls30"]})
+    )
+    facts = {"php8.2-mysql:amd64": RemovalFacts([], MYSQL_MODULES)}
+    findings = apply_policy(removal_findings(tx, facts), lambda key, default: default)
+    problems = problem_checks.problems_of(findings, tx)
+    assert [(p.key, p.area, p.severity) for p in problems] == [
+        ("removal:php8.2-mysql", "site", "block"),  # mysql in its name, but PHP's binding: the site's
+        ("renamed:", "system", "warn"),
+    ]
+    renamed = problems[1]
+    assert (
+        renamed.title == "2 manually installed package(s) renamed: libgnutls30 -> libgnutls30t64, libssl3 -> libssl3t64"
+    )
+    assert (
+        renamed.fix.why == "after the real run, 'apt-mark manual libgnutls30t64 libssl3t64' keeps them as you had them"
+    )

@@ -61,13 +61,18 @@ def file_and_line(lines: list[str]) -> tuple[str | None, int | None, str]:
     return None, None, ""
 
 
+# A language's binding to a database (php8.2-mysql, python3-psycopg2,
+# libdbd-mysql-perl) is part of the site or program using it, not the data service.
+CLIENT_OF = re.compile(r"^(removal:|package:)?(php|python|lib|ruby|node|golang|perl)")
+
+
 def area_of(problem: Problem) -> str:
     words = [problem.key, problem.title] + [f.subject for f in problem.findings]
-    words += [kind for f in problem.findings for kind in f.kinds]
-    text = " ".join(words)
-    if "Sshd-Config" in text or REMOTE_ACCESS.search(text):
+    kinds = " ".join(kind for f in problem.findings for kind in f.kinds)
+    text = " ".join(words) + " " + kinds
+    if "Sshd-Config" in kinds or REMOTE_ACCESS.search(text):
         return "remote-access"
-    if DATA.search(text):
+    if any(DATA.search(word) and not CLIENT_OF.match(word) for word in words):
         return "data"
     if SITE.search(text):
         return "site"
@@ -112,6 +117,10 @@ class _Grouping:
 
     def add_removal(self, finding: Finding) -> None:
         package, modules = finding.subject, finding.details.get("web_modules") or []
+        if finding.kinds == ["Remove", "Remove-Renamed"]:
+            # Renamed, not lost (libssl3 -> libssl3t64): one problem for them all.
+            self.open("renamed:", "", Cause(RENAMED_CAUSE), finding)
+            return
         self.took[package] = {
             "units": set(finding.details.get("enabled_services") or []),
             "modules": apache_modules(self.root, [m.split(": ", 1)[-1] for m in modules if m.startswith("apache")])
@@ -217,9 +226,26 @@ def problems_of(
     problems = list(grouping.problems.values())
     for problem in problems:
         problem.area = area_of(problem)
-        problem.title = _title(problem)
+        problem.title = _renamed_title(problem) if problem.key == "renamed:" else _title(problem)
+        if problem.key == "renamed:":
+            successors = sorted({f.details.get("successor") for f in problem.findings if f.details.get("successor")})
+            problem.fix = Fix(
+                why="after the real run, 'apt-mark manual " + " ".join(successors) + "' keeps them as you had them"
+            )
     problems.sort(key=lambda p: (AREAS.index(p.area), -SEVERITIES.index(p.severity), p.key))
     return problems
+
+
+RENAMED_CAUSE = (
+    "the target release renames them (as trixie's 64-bit time transition does); what needs the old names "
+    "still has them, but the new names are not marked manually installed"
+)
+
+
+def _renamed_title(problem: Problem) -> str:
+    pairs = [f"{f.subject} -> {f.details.get('successor')}" for f in problem.findings]
+    shown = ", ".join(pairs[:4]) + (f" (+{len(pairs) - 4} more)" if len(pairs) > 4 else "")
+    return f"{len(pairs)} manually installed package(s) renamed: {shown}"
 
 
 def _removal_cause(finding: Finding) -> str:
