@@ -62,3 +62,11 @@ def test_the_inside_room_is_loaded_before_the_sandbox_forks() -> None:
     }
     assert room <= replay, room - replay
     assert "inside.replay" in _imports(SRC / "rehearse.py") and "inside.observe" in _imports(SRC / "rehearse.py")
+
+
+def test_test_files_have_basenames_of_their_own() -> None:
+    """pytest imports test files by basename (no packages here): two of a
+    name in different folders stop the whole run at collection."""
+    tests = SRC.parents[1] / "tests"
+    names = [path.name for path in tests.rglob("test_*.py")]
+    assert len(names) > 30 and sorted(set(n for n in names if names.count(n) > 1)) == []
