@@ -361,3 +361,19 @@ def test_renamed_packages_are_one_problem_and_a_php_binding_is_the_site() -> Non
     assert (
         renamed.fix.why == "after the real run, 'apt-mark manual libgnutls30t64 libssl3t64' keeps them as you had them"
     )
+
+
+def test_a_conffile_prompt_with_nobody_to_answer_names_the_file_and_the_answers() -> None:
+    prompt = Finding(
+        "conffile",
+        ["Conffile-Prompt", "Conffile-Prompt-Unattended"],
+        "/etc/mysql/my.cnf",
+        "/etc/mysql/my.cnf: changed locally and by the new mariadb-common; dpkg will ask which to keep",
+        {"path": "/etc/mysql/my.cnf", "package": "mariadb-common"},
+    )
+    apply_policy([prompt], lambda key, default: default)
+    [problem] = problem_checks.problems_of([prompt], Transaction([], root="/"))
+    assert (problem.key, problem.area, problem.severity) == ("conffile:/etc/mysql/my.cnf", "data", "block")
+    assert problem.title == "/etc/mysql/my.cnf: dpkg will ask, and nobody is there to answer"
+    assert problem.cause.file == "/etc/mysql/my.cnf" and "waits, in a run with nobody to answer" in problem.cause.text
+    assert "--force-confold keeps yours" in problem.fix.why

@@ -245,7 +245,7 @@ def test_json_report_follows_the_contract() -> None:
     problems = document["problems"]
     assert [(p["key"], p["severity"], p["area"]) for p in problems] == [
         ("removal:php8.2", "block", "site"),
-        ("conffile:apache2", "warn", "site"),
+        ("conffile:/etc/apache2/apache2.conf", "warn", "site"),
     ]
     assert [document["findings"][place]["subject"] for place in problems[0]["findings"]] == ["php8.2"]
     assert problems[0]["fix"]["packages"] == ["php8.4"] and problems[0]["verified"] is None

@@ -170,11 +170,29 @@ class _Grouping:
             self.open(f"library:{soname}", f"{finding.subject} no longer finds {soname}", cause, finding)
 
     def add_other(self, finding: Finding) -> None:
-        if finding.check in ("script-failure", "package-state"):
+        if finding.check == "conffile":
+            self.add_conffile(finding)
+        elif finding.check in ("script-failure", "package-state"):
             what = "a maintainer script fails" if finding.check == "script-failure" else "left broken"
             self.open(f"package:{finding.subject}", f"{finding.subject}: {what}", Cause(finding.message), finding)
         else:
             self.open(f"{finding.check}:{finding.subject}", finding.message, Cause(finding.message), finding)
+
+    def add_conffile(self, finding: Finding) -> None:
+        """A conffile prompt: with nobody to answer it, the run stops there."""
+        path = finding.details.get("path") or finding.subject
+        unattended = "Conffile-Prompt-Unattended" in finding.kinds
+        cause = f"{path} was changed here and in the new {finding.details.get('package') or 'package'}: dpkg asks which to keep"
+        problem = self.open(
+            f"conffile:{path}",
+            f"{path}: dpkg will ask" + (", and nobody is there to answer" if unattended else ""),
+            Cause(cause + (" and waits, in a run with nobody to answer" if unattended else ""), path),
+            finding,
+        )
+        problem.fix = Fix(
+            why="answer it beforehand: -o Dpkg::Options::=--force-confold keeps yours, --force-confnew takes the new "
+            "one (the diff is in the saved report)"
+        )
 
     def site_problem(self, finding: Finding) -> str:
         """The problem a page or a web server's socket reference belongs to:
