@@ -213,6 +213,9 @@ def test_a_lost_soname_gets_the_package_that_ships_it_and_fix_proves_it(problems
     assert problem["key"] == "library:libqux.so.1"
     assert problem["fix"]["packages"] == ["libqux1"] and "libqux1 ships libqux.so.1" in problem["fix"]["why"]
     assert document["suggestion"] is None  # 'install' is no upgrade: the fix is --fix's
+    # The .deb that proved it was read and dropped: nothing of it stays in apt-rehearse's caches.
+    cache = Path("/var/cache/apt-rehearse")
+    assert not list(cache.glob("fix-proofs-*")) and not list(cache.glob("archives/libqux1_*"))
     proc, document = rehearse(problems_tree, "--no-services", "install", "libqux", "--fix")
     assert proc.returncode == 0, [p["title"] for p in document["problems"]]
     fix_of = document["fix_of"]

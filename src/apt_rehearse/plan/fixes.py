@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import tempfile
 from typing import Any
 
 from apt_rehearse.model.problem import Fix, Problem
@@ -76,19 +78,21 @@ def add_library_fixes(problems: list[Problem], transaction: Transaction, cache_d
 
     installing = {c.package for c in transaction.by_action(*INSTALLING_ACTIONS)}
     changing = installing | {c.package for c in transaction.by_action(*REMOVING_ACTIONS)}
-    archive_dir = os.path.join(cache_dir, "archives")
+    # The proofs are read and dropped: they are not the archive cache's.
+    proofs = tempfile.mkdtemp(prefix="fix-proofs-", dir=cache_dir)
     try:
-        apt_download_dir(archive_dir)
+        apt_download_dir(proofs)
         cache = apt.Cache(memonly=True)  # never writes a cache file into the target
+        for problem in wanted:
+            soname = problem.key.split(":", 1)[1]
+            package = library_fix(cache, soname, changing, proofs)
+            if package:
+                problem.fix = Fix([package], why=f"{package} ships {soname} in the target release")
+            elif any(name in installing for name in package_names_for(soname)):
+                problem.fix = Fix(
+                    why=f"the package named after {soname} is in the transaction, and the library is lost all the same"
+                )
     except (OSError, SystemError) as error:
         notes.append(f"no package was looked up for the lost libraries: {error}")
-        return
-    for problem in wanted:
-        soname = problem.key.split(":", 1)[1]
-        package = library_fix(cache, soname, changing, archive_dir)
-        if package:
-            problem.fix = Fix([package], why=f"{package} ships {soname} in the target release")
-        elif any(name in installing for name in package_names_for(soname)):
-            problem.fix = Fix(
-                why=f"the package named after {soname} is in the transaction, and the library is lost all the same"
-            )
+    finally:
+        shutil.rmtree(proofs, ignore_errors=True)
