@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import assert_host_clean, host_snapshot, run_cli, run_json
+from lib.elf import compile_library, compile_program
 from lib.localrepo import LocalRepo, build_deb, serve_to_tree
 from lib.trees import bookworm_tree, dpkg_status_digest, install_into, tree_hash
 
@@ -40,18 +41,10 @@ GRUB_CFG = (
 
 def _compile(work: Path) -> dict[str, bytes]:
     """Two libraries with sonames, and a program linked against each."""
-    work.mkdir()
-    (work / "lib.c").write_text("int rh_answer(void) { return 42; }\n")
-    (work / "main.c").write_text("int rh_answer(void);\nint main(void) { return rh_answer() == 42 ? 0 : 1; }\n")
     built = {}
     for lib in ("foo", "bar"):
-        so = work / f"lib{lib}.so.1"
-        subprocess.run(
-            ["gcc", "-shared", "-fPIC", f"-Wl,-soname,lib{lib}.so.1", "-o", str(so), str(work / "lib.c")], check=True
-        )
-        tool = work / f"tool-{lib}"
-        subprocess.run(["gcc", "-o", str(tool), str(work / "main.c"), f"-L{work}", f"-l:lib{lib}.so.1"], check=True)
-        built[f"lib{lib}"], built[f"tool-{lib}"] = so.read_bytes(), tool.read_bytes()
+        built[f"lib{lib}"] = compile_library(work, f"lib{lib}.so.1")
+        built[f"tool-{lib}"] = compile_program(work, f"tool-{lib}", f"lib{lib}.so.1")
     return built
 
 

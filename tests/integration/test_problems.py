@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import assert_host_clean, host_snapshot, run_json
+from lib.elf import compile_library, compile_program
 from lib.localrepo import LocalRepo, build_deb, serve_to_tree
 from lib.trees import bookworm_tree, dpkg_status_digest, install_into, tree_hash
 
@@ -62,21 +63,8 @@ def _failing(name: str, why: str) -> str:
 
 
 def _libraries(work: Path) -> dict[str, bytes]:
-    work.mkdir()
-    (work / "lib.c").write_text("int rh_answer(void) { return 42; }\n")
-    (work / "main.c").write_text("int rh_answer(void);\nint main(void) { return rh_answer() == 42 ? 0 : 1; }\n")
-    built = {}
-    for version in ("1", "2"):
-        so = work / f"libqux.so.{version}"
-        subprocess.run(
-            ["gcc", "-shared", "-fPIC", f"-Wl,-soname,libqux.so.{version}", "-o", str(so), str(work / "lib.c")],
-            check=True,
-        )
-        built[version] = so.read_bytes()
-    subprocess.run(
-        ["gcc", "-o", str(work / "tool-qux"), str(work / "main.c"), f"-L{work}", "-l:libqux.so.1"], check=True
-    )
-    built["tool"] = (work / "tool-qux").read_bytes()
+    built = {version: compile_library(work, f"libqux.so.{version}") for version in ("2", "1")}
+    built["tool"] = compile_program(work, "tool-qux", "libqux.so.1")
     return built
 
 
