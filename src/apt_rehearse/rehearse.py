@@ -129,6 +129,7 @@ def rehearse(
     shell: bool = False,
     unavailable_sources: dict[str, str] | None = None,
     source_cache: str | None = None,
+    config_fixes: list[dict[str, Any]] | None = None,
 ) -> Rehearsal:
     started = datetime.datetime.now(datetime.timezone.utc)
     began = time.monotonic()
@@ -190,6 +191,7 @@ def rehearse(
             grub_probe_answers=_grub_probe_answers(transaction, clock),
             elf_known=load_elf_table(settings.cache_dir),
             room_floor=host_reserve(free_and_size(upper_dir)[1]) if upper_dir else None,
+            config_fixes=config_fixes or [],
         )
         if init:
             raw, observations = _run_booted(
@@ -212,6 +214,13 @@ def rehearse(
             snapshots.delete(snap.path)
 
     _stop_if_out_of_room(result, upper_dir, settings, replay_plan.room_floor)
+    for fix in result.config_fixes:
+        if fix["applied"]:
+            notes.append(
+                f"--fix: {fix['path']} line {fix['line']} was changed in the rehearsed copy only, as its diff says"
+            )
+        else:
+            notes.append(f"--fix: {fix['path']} line {fix['line']} was not changed: {fix.get('why', '')}")
     with clock.timed("checks"):
         findings, disk = _analyse(
             transaction,
@@ -243,6 +252,7 @@ def rehearse(
         disk=disk,
         hazards=_hazard_figures(result.hazards),
         replay_parts=result.timings,
+        config_fixes=result.config_fixes,
     )
 
 

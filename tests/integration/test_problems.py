@@ -216,3 +216,19 @@ def test_a_lost_soname_gets_the_package_that_ships_it_and_fix_proves_it(problems
         ("libqux1", "install"),
     }
     assert document["verdict"] == "pass" and not document["problems"]
+
+
+def test_fix_makes_a_configuration_change_in_the_copy_only_and_verifies_it(problems_tree: dict) -> None:
+    site = problems_tree["tree"] / "etc/nginx/sites-enabled/rh-site"
+    before = site.read_text()
+    proc, document = rehearse(problems_tree, "install", "rh-fpm2", "--fix")
+    fix_of = document["fix_of"]
+    assert fix_of["added"] == [] and fix_of["changed"] == ["/etc/nginx/sites-enabled/rh-site line 4"]
+    [problem] = [p for p in fix_of["problems"] if p["key"] == "removal:rh-fpm1"]
+    assert problem["verified"] is True, problem
+    assert fix_of["real_run"] == "change /etc/nginx/sites-enabled/rh-site line 4 as the diff shows, then run the request"
+    # With the line changed, nothing of rh-fpm1 is lost: the removal is a replaced one.
+    removal = _removal(document, "rh-fpm1")
+    assert removal["kinds"] == ["Remove", "Remove-Replaced"], removal
+    assert proc.returncode == 0 and document["verdict"] == "warn", [p["title"] for p in document["problems"]]
+    assert site.read_text() == before  # the sysadmin's file: never changed

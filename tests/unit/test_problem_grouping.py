@@ -377,3 +377,23 @@ def test_a_conffile_prompt_with_nobody_to_answer_names_the_file_and_the_answers(
     assert problem.title == "/etc/mysql/my.cnf: dpkg will ask, and nobody is there to answer"
     assert problem.cause.file == "/etc/mysql/my.cnf" and "waits, in a run with nobody to answer" in problem.cause.text
     assert "--force-confold keeps yours" in problem.fix.why
+
+
+def test_a_config_fix_changes_its_line_only_when_it_reads_as_expected(tmp_path: Path) -> None:
+    from apt_rehearse.inside import config_fixes
+
+    site = tmp_path / "site"
+    site.write_text("server {\n    fastcgi_pass unix:/run/php/php8.2-fpm.sock;\n}\n")
+    fix = {
+        "path": str(site),
+        "line": 2,
+        "old": "fastcgi_pass unix:/run/php/php8.2-fpm.sock;",
+        "new": "fastcgi_pass unix:/run/php/php8.4-fpm.sock;",
+        "unit": "nginx.service",
+    }
+    stale = {**fix, "line": 1}
+    done = config_fixes.apply([fix, stale], services_live=False)
+    assert [row["applied"] for row in done] == [True, False] and "no longer reads" in done[1]["why"]
+    assert site.read_text() == "server {\n    fastcgi_pass unix:/run/php/php8.4-fpm.sock;\n}\n"  # indentation kept
+    missing = config_fixes.apply([{**fix, "path": str(tmp_path / "gone")}], services_live=False)
+    assert missing[0]["applied"] is False and missing[0]["why"]

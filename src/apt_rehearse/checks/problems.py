@@ -304,7 +304,17 @@ def _take_socket_cause(problem: Problem, finding: Finding) -> None:
     if details.get("diff"):
         problem.fix = Fix(
             problem.fix.packages,
-            [{"path": details["file"], "diff": details["diff"]}],
+            [
+                {
+                    "path": details["file"],
+                    "diff": details["diff"],
+                    # What --fix needs to make the change in the copy (inside/config_fixes).
+                    "line": details["line"],
+                    "old": details["text"],
+                    "new": details["text"].replace(details["path"], details["instead"]),
+                    "unit": details.get("unit") or "",
+                }
+            ],
             problem.fix.why or f"{details.get('instead')} is the socket that exists after the upgrade",
         )
 

@@ -19,19 +19,28 @@ def packages_to_add(document: dict[str, Any]) -> list[str]:
     return sorted(wanted - installing)
 
 
-def verify(first: dict[str, Any], second: dict[str, Any]) -> None:
+def config_fixes_to_make(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """The problems' configuration changes that --fix can make in the copy."""
+    wanted = [d for p in document.get("problems") or [] for d in (p.get("fix") or {}).get("diffs") or []]
+    return [{k: d[k] for k in ("path", "line", "old", "new", "unit")} for d in wanted if "old" in d and "new" in d]
+
+
+def verify(first: dict[str, Any], second: dict[str, Any], changed: set[str] | None = None) -> None:
     """Mark each problem of ``first`` fixed (True), not fixed (False), or
-    not tried (None), from what ``second`` (rehearsed with the fixes) found."""
+    not tried (None), from what ``second`` (rehearsed with the fixes) found;
+    ``changed``: the files whose fix ``second`` made in its copy."""
     now = {problem["key"]: problem for problem in second.get("problems") or []}
+    changed = changed or set()
     for problem in first.get("problems") or []:
         fix = problem.get("fix") or {}
-        if not fix.get("packages"):
+        tried_diffs = [d for d in fix.get("diffs") or [] if d["path"] in changed]
+        if not fix.get("packages") and not tried_diffs:
             problem["verified"] = None
             problem["verified_detail"] = (
                 "a configuration change: apply the diff, then rehearse again" if fix.get("diffs") else "no fix to try"
             )
             continue
-        added = ", ".join(fix["packages"])
+        added = ", ".join(fix.get("packages") or []) or "the change of " + ", ".join(d["path"] for d in tried_diffs)
         after = now.get(problem["key"])
         if after is None:
             problem["verified"] = True
@@ -58,15 +67,26 @@ def real_run(command: str, packages: list[str], release: str | None, added: list
 
 
 def summary(
-    first: dict[str, Any], command: str, packages: list[str], release: str | None, added: list[str]
+    first: dict[str, Any],
+    command: str,
+    packages: list[str],
+    release: str | None,
+    added: list[str],
+    changed: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The report's "fix_of": the rehearsal without the fixes, its problems
-    as verified, and the command for the real run."""
+    as verified, and the command for the real run (after the configuration
+    changes, which are the sysadmin's to make)."""
+    edits = [f"{c['path']} line {c['line']}" for c in changed or []]
+    run = real_run(command, packages, release, added) if added else ""
+    if edits:
+        run = f"change {', '.join(edits)} as the diff shows" + (f", then: {run}" if run else ", then run the request")
     return {
         "id": first["id"],
         "verdict": first["verdict"],
         "report_path": first.get("report_path"),
         "added": added,
+        "changed": edits,
         "problems": first.get("problems") or [],
-        "real_run": real_run(command, packages, release, added),
+        "real_run": run,
     }

@@ -224,17 +224,27 @@ def _rehearse_request(command: str, packages: list[str], options: Options) -> in
     os.chmod(settings.cache_dir, 0o755)
     state = _release_state(root, options, settings, interactive)
     rehearsal, document = _plan_and_rehearse(command, packages, options, options.also, settings, state, began)
-    packages_to_add = fixes.packages_to_add(document)
-    if packages_to_add and rehearsal.verdict == "block" and not options.fix and _offered(interactive, packages_to_add):
+    packages_to_add, config_changes = fixes.packages_to_add(document), fixes.config_fixes_to_make(document)
+    offer = packages_to_add + [f"the change of {c['path']}" for c in config_changes]
+    if offer and rehearsal.verdict == "block" and not options.fix and _offered(interactive, offer):
         options.fix = True
-    if options.fix and packages_to_add:
+    if options.fix and offer:
         first = document
         _show(first, options, bool(color), quiet=True)
         rehearsal, document = _plan_and_rehearse(
-            command, packages, options, [*options.also, *packages_to_add], settings, state, time.monotonic()
+            command,
+            packages,
+            options,
+            [*options.also, *packages_to_add],
+            settings,
+            state,
+            time.monotonic(),
+            config_changes,
         )
-        fixes.verify(first, document)
-        document["fix_of"] = fixes.summary(first, command, packages, options.release, packages_to_add)
+        changed = {c["path"] for c in document.get("config_fixes_made") or [] if c["applied"]}
+        fixes.verify(first, document, changed)
+        made = [c for c in document.get("config_fixes_made") or [] if c["applied"]]
+        document["fix_of"] = fixes.summary(first, command, packages, options.release, packages_to_add, made)
     elif options.fix:
         document["fix_of"] = None
     _show(document, options, bool(color))
@@ -257,7 +267,14 @@ def _release_state(root: str, options: Options, settings: Any, interactive: bool
 
 
 def _plan_and_rehearse(
-    command: str, packages: list[str], options: Options, also: list[str], settings: Any, state: Any, began: float
+    command: str,
+    packages: list[str],
+    options: Options,
+    also: list[str],
+    settings: Any,
+    state: Any,
+    began: float,
+    config_changes: list[dict[str, Any]] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     import apt_pkg
 
@@ -307,6 +324,7 @@ def _plan_and_rehearse(
         shell=options.shell,
         unavailable_sources=state.unavailable if state else None,
         source_cache=source_cache,
+        config_fixes=config_changes,
     )
     # The real run of this very transaction finds the verdict (a --release
     # rehearsal is no transaction apt will run as such).
@@ -324,11 +342,11 @@ def _plan_and_rehearse(
     return rehearsal, document
 
 
-def _offered(interactive: bool, packages: list[str]) -> bool:
+def _offered(interactive: bool, fixes: list[str]) -> bool:
     """After a BLOCK on a terminal: rehearse again with the fixes?"""
     if not interactive or not sys.stdin.isatty():
         return False
-    return click.confirm(f"Rehearse the upgrade again with {' '.join(packages)} added?", default=True, err=True)
+    return click.confirm(f"Rehearse it again with the fixes ({', '.join(fixes)})?", default=True, err=True)
 
 
 def _show(document: dict[str, Any], options: Options, color: bool, quiet: bool = False) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 
 from apt_rehearse.inside import bootchain
 from apt_rehearse.inside.commands import finish_command, run_command, sandbox_env, start_command
+from apt_rehearse.inside import config_fixes
 from apt_rehearse.inside import conffile_state
 from apt_rehearse.inside import facts
 from apt_rehearse.inside import kernel_settings
@@ -68,6 +69,9 @@ class ReplayPlan:
     # estimate checked before may fall short (a postinst that builds a large
     # file): apt is stopped when the room left falls below this.
     room_floor: int | None = None
+    # --fix: configuration changes to make after apt, in the copy only
+    # (inside/config_fixes): {path, line, old, new, unit}.
+    config_fixes: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
 DPKG_QUERY_FORMAT = "${Package}\\t${Architecture}\\t${Version}\\t${db:Status-Abbrev}\\n"
@@ -370,6 +374,10 @@ def replay_inside(plan: ReplayPlan, session: SandboxSession | None, channel: Cha
         else:
             with open(POLICY_RC_D, "wb") as handle:
                 handle.write(saved_policy)
+    applied_fixes = []
+    if plan.config_fixes:
+        with parts("config fixes"):
+            applied_fixes = config_fixes.apply(plan.config_fixes, plan.services_live)
     # apt marks .deb files it was given as manually installed; give back the
     # marks the real run would leave.
     # What no source offers does not depend on the marks: asked beside apt-mark.
@@ -408,6 +416,7 @@ def replay_inside(plan: ReplayPlan, session: SandboxSession | None, channel: Cha
         "upper_free_bytes": session.upper_free_bytes() if session else 1 << 40,
         "timings": parts.seconds,
         "hazards": hazards,
+        "config_fixes": applied_fixes,
         # Whether apt took the release's prepared cache as valid (or read
         # every list again): for --debug and the tests.
         "source_cache": None if placed_cache is None else ("reused" if cache_after_apt == placed_cache else "rebuilt"),

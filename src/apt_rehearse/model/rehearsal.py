@@ -32,3 +32,5 @@ class Rehearsal:
     replay_parts: dict[str, float] = dataclasses.field(default_factory=dict)
     # The findings grouped by cause, most costly first (checks/problems).
     problems: list[Problem] = dataclasses.field(default_factory=list)
+    # --fix: the configuration changes made in the copy, {path, line, applied[, why]}
+    config_fixes: list[dict[str, Any]] = dataclasses.field(default_factory=list)

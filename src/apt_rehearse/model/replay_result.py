@@ -67,6 +67,8 @@ class ReplayResult:
     # leftovers, kernel settings, release facts); None when not collected.
     hazards: HazardFacts | None = None
     source_cache: str | None = None  # "reused" or "rebuilt": the release's prepared apt cache
+    # --fix: the configuration changes made in the copy, {path, line, applied[, why]}
+    config_fixes: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "ReplayResult":
@@ -83,4 +85,5 @@ class ReplayResult:
             timings=data.get("timings") or {},
             hazards=HazardFacts.from_json(data.get("hazards")),
             source_cache=data.get("source_cache"),
+            config_fixes=list(data.get("config_fixes") or []),
         )

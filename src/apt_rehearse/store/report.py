@@ -55,6 +55,7 @@ def build(rehearsal: Rehearsal) -> dict[str, Any]:
         "suggestion": _suggestion(rehearsal),
         "services": _services_summary(rehearsal.observations),
         "observations": rehearsal.observations,
+        **({"config_fixes_made": rehearsal.config_fixes} if rehearsal.config_fixes else {}),
     }
 
 
@@ -234,8 +235,10 @@ def _fix_lines(fix_of: dict[str, Any] | None, paint: Any) -> list[str]:
     fixed or not, and the command for the real run."""
     if fix_of is None:
         return ["N: --fix: the rehearsal proposes no package to add; nothing was rehearsed again", ""]
+    what = [f"{' '.join(fix_of['added'])} added"] if fix_of["added"] else []
+    what += [f"{edit} changed in the copy" for edit in fix_of.get("changed") or []]
     lines = [
-        f"Rehearsed again with {' '.join(fix_of['added'])} added. The problems without them "
+        f"Rehearsed again with {' and '.join(what)}. The problems without the fixes "
         f"({fix_of['verdict'].upper()}, report {fix_of.get('report_path') or 'not saved'}):"
     ]
     for number, problem in enumerate(fix_of["problems"], 1):
