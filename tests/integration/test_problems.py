@@ -226,7 +226,9 @@ def test_fix_makes_a_configuration_change_in_the_copy_only_and_verifies_it(probl
     assert fix_of["added"] == [] and fix_of["changed"] == ["/etc/nginx/sites-enabled/rh-site line 4"]
     [problem] = [p for p in fix_of["problems"] if p["key"] == "removal:rh-fpm1"]
     assert problem["verified"] is True, problem
-    assert fix_of["real_run"] == "change /etc/nginx/sites-enabled/rh-site line 4 as the diff shows, then run the request"
+    assert (
+        fix_of["real_run"] == "change /etc/nginx/sites-enabled/rh-site line 4 as the diff shows, then run the request"
+    )
     # With the line changed, nothing of rh-fpm1 is lost: the removal is a replaced one.
     removal = _removal(document, "rh-fpm1")
     assert removal["kinds"] == ["Remove", "Remove-Replaced"], removal
