@@ -397,3 +397,36 @@ def test_a_config_fix_changes_its_line_only_when_it_reads_as_expected(tmp_path: 
     assert site.read_text() == "server {\n    fastcgi_pass unix:/run/php/php8.4-fpm.sock;\n}\n"  # indentation kept
     missing = config_fixes.apply([{**fix, "path": str(tmp_path / "gone")}], services_live=False)
     assert missing[0]["applied"] is False and missing[0]["why"]
+
+
+def test_the_unattended_log_gets_the_problems_not_every_finding() -> None:
+    from apt_rehearse.fronts.hook import unattended_lines
+
+    document = {
+        "verdict": "block",
+        "report_path": "/var/log/apt-rehearse/x.json",
+        "problems": [
+            {
+                "severity": "block",
+                "title": "libapache2-mod-php8.2 is removed: Apache loses php_module",
+                "cause": {"text": "the upgrade removes libapache2-mod-php8.2"},
+                "fix": {"packages": ["libapache2-mod-php8.4"]},
+            },
+            {
+                "severity": "block",
+                "title": "nginx.service's site",
+                "cause": {"text": "/etc/nginx/x line 4 points at ..."},
+                "fix": {"packages": [], "diffs": [{"path": "/etc/nginx/x", "diff": "..."}]},
+            },
+        ],
+        "findings": [{"severity": "info", "message": "quiet"}],
+    }
+    assert unattended_lines(document) == [
+        "BLOCK libapache2-mod-php8.2 is removed: Apache loses php_module",
+        "  cause: the upgrade removes libapache2-mod-php8.2",
+        "  fix: add libapache2-mod-php8.4",
+        "BLOCK nginx.service's site",
+        "  cause: /etc/nginx/x line 4 points at ...",
+        "  fix: change /etc/nginx/x (the diff is in the report)",
+        "verdict BLOCK; report /var/log/apt-rehearse/x.json",
+    ]

@@ -172,6 +172,23 @@ def main() -> int:
         return _failed(f"internal error: {error.__class__.__name__}: {error}", 1, hook, unattended)
 
 
+def unattended_lines(document: dict) -> list[str]:
+    """What ends up in apt's output and unattended-upgrades' log, read by
+    someone after the fact: each problem with its cause and fix, the verdict
+    and the report. Nothing at info level."""
+    lines = []
+    for problem in document.get("problems") or []:
+        lines.append(f"{problem['severity'].upper()} {problem['title']}")
+        lines.append(f"  cause: {problem['cause']['text']}")
+        fix = problem.get("fix") or {}
+        if fix.get("packages"):
+            lines.append(f"  fix: add {' '.join(fix['packages'])}")
+        elif fix.get("diffs"):
+            lines.append(f"  fix: change {', '.join(d['path'] for d in fix['diffs'])} (the diff is in the report)")
+    lines.append(f"verdict {document['verdict'].upper()}; report {document.get('report_path', '(not saved)')}")
+    return lines
+
+
 def _successors(transaction: Transaction) -> dict[str, str]:
     """Renamed packages (libfoo1 -> libfoo1t64): asked of the .debs' control
     only when a manually installed package goes, the one case they change."""
@@ -243,11 +260,8 @@ def _rehearse_now(hook: HookInput, transaction, unattended: bool, cache_dir: str
         document, color=not unattended and not os.environ.get("NO_COLOR") and apt_pkg.config.find_b("APT::Color", True)
     )
     if unattended:
-        # Only what matters ends up in apt's output and unattended-upgrades' log.
-        for finding in document["findings"]:
-            if finding["severity"] in ("block", "warn"):
-                _say(f"{finding['severity'].upper()} {finding['message']}")
-        _say(f"verdict {rehearsal.verdict.upper()}; report {document.get('report_path', '(not saved)')}")
+        for line in unattended_lines(document):
+            _say(line)
     else:
         sys.stdout.write(text)
         sys.stdout.flush()
