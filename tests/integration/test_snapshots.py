@@ -182,10 +182,13 @@ def test_a_killed_rehearsal_leaves_no_snapshot(btrfs_tree: dict) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    # The janitors end once their cleanups are done: the snapshot's may finish
+    # before the others (the cgroup, the upper) do; all of them within the deadline.
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and (
         list(btrfs_tree["tree"].glob(".apt-rehearse-snapshot.*"))
         or _subvolumes(btrfs_tree["mount"]) != btrfs_tree["subvolumes"]
+        or set(host_snapshot()["processes"]) - set(before["processes"])
     ):
         time.sleep(0.1)
     assert _subvolumes(btrfs_tree["mount"]) == btrfs_tree["subvolumes"]
