@@ -222,19 +222,23 @@ def rehearse(
         else:
             notes.append(f"--fix: {fix['path']} line {fix['line']} was not changed: {fix.get('why', '')}")
     with clock.timed("checks"):
+        # The booted services' observations, typed once (the report keeps their JSON).
+        typed = {
+            phase: Observation.from_json(observations[phase]) if observations.get(phase) else None
+            for phase in ("baseline", "upgraded", "rebooted")
+        }
         findings, disk = _analyse(
             transaction,
             settings,
             result,
             (removal_facts, predicted_prompts),
-            observations,
+            typed,
             source_findings,
             unattended,
             notes,
         )
         apply_policy(findings, lookup)
-        baseline = Observation.from_json(observations["baseline"]) if observations.get("baseline") else None
-        problems = problems_of(findings, transaction, baseline)
+        problems = problems_of(findings, transaction, typed["baseline"])
         add_library_fixes(problems, transaction, settings.cache_dir, notes)
     return Rehearsal(
         transaction=transaction,
@@ -371,7 +375,7 @@ def _analyse(
     settings: Settings,
     result: ReplayResult,
     host_facts: tuple[Any, Any],
-    observations: dict[str, Any],
+    typed: dict[str, Observation | None],
     source_findings: list[Finding],
     unattended: bool,
     notes: list[str],
@@ -413,11 +417,7 @@ def _analyse(
             )
     disk = disk_usage(transaction.root, result.growth)
     findings += checks.disk_findings(disk)
-    if observations.get("baseline"):
-        typed = {
-            phase: Observation.from_json(observations[phase]) if observations.get(phase) else None
-            for phase in ("baseline", "upgraded", "rebooted")
-        }
+    if typed["baseline"]:
         findings += service_findings(typed["baseline"], typed["upgraded"], typed["rebooted"])
         judge_removals(transaction, findings, typed["baseline"], typed["upgraded"], typed["rebooted"])
     return findings, disk

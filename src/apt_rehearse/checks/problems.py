@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import re
 
-from apt_rehearse.checks.removals import apache_modules, php_extensions, replacement_in
+from apt_rehearse.checks.removals import PAGE_KINDS, apache_modules, php_extensions, replacement_in
 from apt_rehearse.model.observation import Observation
 from apt_rehearse.model.policy import SEVERITIES, Finding
 from apt_rehearse.model.problem import AREAS, Cause, Fix, Problem
@@ -28,7 +28,6 @@ TEST_UNITS = {
     "apache2ctl": "apache2.service",
     "nginx": "nginx.service",
     "sshd": "ssh.service",
-    "/usr/sbin/sshd": "ssh.service",
     "postfix": "postfix.service",
     "named-checkconf": "named.service",
 }
@@ -223,7 +222,7 @@ PASSES = (
     (lambda f: "Service-Failed" in f.kinds, _Grouping.add_service),
     (lambda f: "Config-Test" in f.kinds, _Grouping.add_config_test),
     (lambda f: "Module-Lost" in f.kinds, _Grouping.add_module),
-    (lambda f: bool(set(f.kinds) & {"Http-Changed", "Http-Body-Changed", "Dangling-Socket"}), _Grouping.add_site),
+    (lambda f: bool(set(f.kinds) & set(PAGE_KINDS)), _Grouping.add_site),
     (lambda f: "Lost-Socket" in f.kinds, _Grouping.add_socket),
     (lambda f: "Lost-Library" in f.kinds, _Grouping.add_library),
     (lambda f: True, _Grouping.add_other),

@@ -188,12 +188,12 @@ def _dangling_sockets(before: Observation, after: Observation, when: str) -> lis
     """A web server's configuration names a unix socket that was there before
     the upgrade and is not after it (PHP-FPM's, renamed with its version)."""
     existed = {(r["file"], r["path"]) for r in before.socket_references if r.get("exists")}
+    before_beside = {p for r in before.socket_references for p in r.get("beside") or []}
     findings = []
     for ref in after.socket_references:
         if ref.get("exists") or (ref["file"], ref["path"]) not in existed:
             continue
         # A socket beside it now that was not there before, of the same shape: its new name.
-        before_beside = {p for r in before.socket_references for p in r.get("beside") or []}
         instead = next(
             (
                 p

@@ -7,14 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from apt_rehearse.model.transaction import INSTALLING_ACTIONS
+
 
 def packages_to_add(document: dict[str, Any]) -> list[str]:
     """The problems' package fixes, less what the transaction installs already."""
-    installing = {
-        c["package"]
-        for c in document["transaction"]["changes"]
-        if c["action"] in ("install", "upgrade", "downgrade", "reinstall")
-    }
+    installing = {c["package"] for c in document["transaction"]["changes"] if c["action"] in INSTALLING_ACTIONS}
     wanted = {name for p in document.get("problems") or [] for name in (p.get("fix") or {}).get("packages") or []}
     return sorted(wanted - installing)
 

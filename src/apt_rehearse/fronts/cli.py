@@ -241,9 +241,8 @@ def _rehearse_request(command: str, packages: list[str], options: Options) -> in
             time.monotonic(),
             config_changes,
         )
-        changed = {c["path"] for c in document.get("config_fixes_made") or [] if c["applied"]}
-        fixes.verify(first, document, changed)
         made = [c for c in document.get("config_fixes_made") or [] if c["applied"]]
+        fixes.verify(first, document, {c["path"] for c in made})
         document["fix_of"] = fixes.summary(first, command, packages, options.release, packages_to_add, made)
     elif options.fix:
         document["fix_of"] = None

@@ -333,6 +333,13 @@ def socket_references(tops: tuple[str, ...] = WEB_SERVER_CONFIGS) -> list[dict[s
     whether it exists now and the sockets beside it (what a renamed one is
     called now: php8.2-fpm.sock -> php8.4-fpm.sock)."""
     found: list[dict[str, Any]] = []
+    listed: dict[str, list[str]] = {}
+
+    def beside(directory: str) -> list[str]:
+        if directory not in listed:
+            listed[directory] = _sockets_in(directory)
+        return listed[directory]
+
     for top in tops:
         for directory, subdirs, files in os.walk(top):
             subdirs[:] = sorted(d for d in subdirs if not d.endswith("-available"))
@@ -355,7 +362,7 @@ def socket_references(tops: tuple[str, ...] = WEB_SERVER_CONFIGS) -> list[dict[s
                                 "text": line.strip()[:300],
                                 "path": target,
                                 "exists": os.path.exists(target),
-                                "beside": _sockets_in(os.path.dirname(target)),
+                                "beside": beside(os.path.dirname(target)),
                             }
                         )
                         if len(found) >= MAX_SOCKET_REFERENCES:
