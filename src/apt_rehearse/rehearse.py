@@ -32,7 +32,7 @@ from apt_rehearse.model.observation import Observation
 from apt_rehearse.model.policy import Finding, apply_policy, verdict
 from apt_rehearse.model.rehearsal import Rehearsal
 from apt_rehearse.model.replay_result import ReplayResult
-from apt_rehearse.plan.fixes import add_library_fixes
+from apt_rehearse.plan.fixes import add_archive_fixes
 from apt_rehearse.model.transaction import INSTALLING_ACTIONS, REMOVING_ACTIONS, Transaction
 from apt_rehearse.sandbox import janitor
 from apt_rehearse.sandbox import snapshots
@@ -239,7 +239,7 @@ def rehearse(
         )
         apply_policy(findings, lookup)
         problems = problems_of(findings, transaction, typed["baseline"])
-        add_library_fixes(problems, transaction, settings.cache_dir, notes)
+        add_archive_fixes(problems, transaction, settings.cache_dir, notes)
     return Rehearsal(
         transaction=transaction,
         findings=findings,

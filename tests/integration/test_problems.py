@@ -6,6 +6,10 @@ tests' own packages (issue #16).
   rh-app3, whose service fails (a broken one).
 - rh-sshd and rh-mysql 2.0 no longer start; rh-fpm1's socket, named by the
   sysadmin's /etc/nginx site, is rh-fpm2.sock once rh-fpm2 replaces it.
+- rh-breaker conflicts with rh-legacyd, whose unit rh-legacyd-ng ships:
+  the archive's Contents index (apt-file's index target) finds it.
+- rh-conf 2.0 rejects a line of the conffile the sysadmin kept; its new
+  conffile (.dpkg-dist) has the line as it should read.
 - /opt/vendor/bin/tool-qux needs libqux.so.1; libqux 2.0 ships libqux.so.2
   only, and libqux1 ships libqux.so.1 (found by Debian's naming, proved by
   its .deb, verified by --fix).
@@ -54,12 +58,32 @@ def _service(debs: Path, name: str, version: str, exec_start: str, **fields) -> 
     )
 
 
-def _http(port: int) -> str:
-    return f"/usr/bin/python3 -m http.server {port} --bind 127.0.0.1 --directory /usr/share/rh-app"
+def _http(port: int, directory: str = "/usr/share/rh-app") -> str:
+    return f"/usr/bin/python3 -m http.server {port} --bind 127.0.0.1 --directory {directory}"
 
 
 def _failing(name: str, why: str) -> str:
     return f"/bin/sh -c 'echo \"{name}: {why}\" >&2; exit 1'"
+
+
+# rh-conf 2.0 renames its directive listen_old to listen and rejects the old
+# one, naming the file and line as daemons do; the sysadmin changed workers.
+RH_CONF_V1 = "# rh-conf\nlisten_old 8094\nworkers 2\n"
+RH_CONF_V2 = "# rh-conf\nlisten 8094\nworkers 2\n"
+RH_CONF_DAEMON = """#!/bin/sh
+line=$(grep -n '^listen_old' /etc/rh-conf.conf | cut -d: -f1)
+if [ -n "$line" ]; then
+    echo "rh-conf: /etc/rh-conf.conf:$line: unknown directive listen_old" >&2
+    exit 1
+fi
+exec /usr/bin/python3 -m http.server 8094 --bind 127.0.0.1 --directory /usr/share/rh-conf
+"""
+RH_CONF_PAGE = {"/usr/share/rh-conf/index.html": PAGE}
+
+
+LEGACYD_UNIT = (
+    f"[Unit]\nDescription=rh-legacyd\n\n[Service]\nExecStart={_http(8095)}\n\n[Install]\nWantedBy=multi-user.target\n"
+)
 
 
 def _libraries(work: Path) -> dict[str, bytes]:
@@ -83,6 +107,15 @@ def problems_tree(sandbox_capable: None):
             _service(debs, "rh-mysql", "1.0", _http(8092)),
             _service(debs, "rh-fpm1", "1.0", UNIX_SERVER.format(name="rh-fpm1")),
             build_deb(debs, "libqux", "1.0", files={f"{LIBDIR}/libqux.so.1": built["1"]}),
+            _service(debs, "rh-legacyd", "1.0", _http(8095)),
+            _service(
+                debs,
+                "rh-conf",
+                "1.0",
+                _http(8094, "/usr/share/rh-conf"),
+                files=RH_CONF_PAGE,
+                conffiles={"/etc/rh-conf.conf": RH_CONF_V1},
+            ),
         ]
         v2 = [
             build_deb(debs, "rh-site", "2.0", depends="rh-app2"),
@@ -109,8 +142,27 @@ def problems_tree(sandbox_capable: None):
             ),
             build_deb(debs, "libqux", "2.0", files={f"{LIBDIR}/libqux.so.2": built["2"]}),
             build_deb(debs, "libqux1", "2.0", files={f"{LIBDIR}/libqux.so.1": built["1"]}),
+            # Ships rh-legacyd's unit, without saying it replaces rh-legacyd: only the archive's Contents tells.
+            build_deb(
+                debs,
+                "rh-legacyd-ng",
+                "2.0",
+                files={"/lib/systemd/system/rh-legacyd.service": LEGACYD_UNIT},
+                postinst=POSTINST.format(name="rh-legacyd"),
+                conflicts="rh-legacyd",
+            ),
+            build_deb(debs, "rh-breaker", "1.0", conflicts="rh-legacyd"),
+            _service(
+                debs,
+                "rh-conf",
+                "2.0",
+                "/usr/sbin/rh-conf",
+                files={**RH_CONF_PAGE, "/usr/sbin/rh-conf": RH_CONF_DAEMON},
+                conffiles={"/etc/rh-conf.conf": RH_CONF_V2},
+            ),
         ]
         install_into(tree, v1)
+        (tree / "etc/rh-conf.conf").write_text(RH_CONF_V1.replace("workers 2", "workers 4"))
         tool = tree / "opt/vendor/bin/tool-qux"
         tool.parent.mkdir(parents=True)
         tool.write_bytes(built["tool"])
@@ -123,8 +175,8 @@ def problems_tree(sandbox_capable: None):
         repo = LocalRepo(base / "repo")
         for deb in v1 + v2:
             repo.add(deb)
-        repo.publish()
-        serve_to_tree(tree, repo)
+        repo.publish(contents=True)
+        serve_to_tree(tree, repo, contents=True)
         yield {"tree": tree, "base": base}
     finally:
         shutil.rmtree(base, ignore_errors=True)
@@ -234,3 +286,46 @@ def test_fix_makes_a_configuration_change_in_the_copy_only_and_verifies_it(probl
     assert removal["kinds"] == ["Remove", "Remove-Replaced"], removal
     assert proc.returncode == 0 and document["verdict"] == "warn", [p["title"] for p in document["problems"]]
     assert site.read_text() == before  # the sysadmin's file: never changed
+
+
+def test_a_kept_conffile_line_the_new_daemon_rejects_is_the_cause_and_the_new_line_the_verified_fix(
+    problems_tree: dict,
+) -> None:
+    conf = problems_tree["tree"] / "etc/rh-conf.conf"
+    before = conf.read_text()
+    proc, document = rehearse(problems_tree, "install", "rh-conf=2.0")
+    assert proc.returncode == 10
+    [problem] = [p for p in document["problems"] if p["severity"] == "block"]
+    assert problem["key"] == "service:rh-conf.service", [p["title"] for p in document["problems"]]
+    # The prompt and the failure are one problem: yours was kept, and the new daemon rejects its line 2.
+    kinds = {kind for place in problem["findings"] for kind in document["findings"][place]["kinds"]}
+    assert {"Service-Failed", "Conffile-Prompt"} <= kinds
+    assert (problem["cause"]["file"], problem["cause"]["line"]) == ("/etc/rh-conf.conf", 2)
+    assert "has 'listen 8094' there instead (/etc/rh-conf.conf.dpkg-dist line 2)" in problem["cause"]["text"]
+    [diff] = problem["fix"]["diffs"]
+    assert diff["diff"].splitlines()[-2:] == ["-listen_old 8094", "+listen 8094"]
+    proc, document = rehearse(problems_tree, "install", "rh-conf=2.0", "--fix")
+    fix_of = document["fix_of"]
+    assert fix_of["changed"] == ["/etc/rh-conf.conf line 2"]
+    [verified] = [p for p in fix_of["problems"] if p["key"] == "service:rh-conf.service"]
+    assert verified["verified"] is True, verified
+    assert not [p for p in document["problems"] if p["key"] == "service:rh-conf.service"]
+    assert conf.read_text() == before  # the sysadmin's file, workers 4 and all: never changed
+
+
+def test_a_removed_service_gets_the_package_that_ships_its_unit_from_the_archive_contents(problems_tree: dict) -> None:
+    lists = problems_tree["tree"] / "var/lib/apt/lists"
+    assert list(lists.glob("*Contents-amd64*")), "apt fetched no Contents index"
+    proc, document = rehearse(problems_tree, "install", "rh-breaker")
+    assert proc.returncode == 10
+    [problem] = [p for p in document["problems"] if p["severity"] == "block"]
+    assert problem["key"] == "removal:rh-legacyd"
+    assert problem["fix"]["packages"] == ["rh-legacyd-ng"], problem
+    assert "rh-legacyd-ng ships rh-legacyd.service" in problem["fix"]["why"]
+    proc, document = rehearse(problems_tree, "install", "rh-breaker", "--fix")
+    [verified] = document["fix_of"]["problems"]
+    assert verified["verified"] is True, verified
+    removal = _removal(document, "rh-legacyd")
+    assert removal["kinds"] == ["Remove", "Remove-Replaced"], removal
+    assert "rh-legacyd.service runs in place of rh-legacyd.service" in removal["message"]
+    assert proc.returncode == 0 and document["verdict"] == "warn", [p["title"] for p in document["problems"]]

@@ -159,8 +159,10 @@ class LocalRepo:
         os.chmod(target, 0o644)
         return target
 
-    def publish(self) -> None:
-        """Write Packages, Packages.gz and Release for what is in the pool."""
+    def publish(self, *, contents: bool = False) -> None:
+        """Write Packages, Packages.gz and Release for what is in the pool;
+        with ``contents``, also the archive's Contents-amd64 (what apt-file
+        and plan/contents read)."""
         proc = subprocess.run(
             ["dpkg-scanpackages", "--multiversion", "pool", "/dev/null"],
             cwd=self.root,
@@ -172,6 +174,10 @@ class LocalRepo:
         packages = proc.stdout
         self._write("Packages", packages)
         self._write("Packages.gz", gzip.compress(packages, mtime=0))
+        indexes = ["Packages", "Packages.gz"]
+        if contents:
+            self._write("Contents-amd64", self._contents())
+            indexes.append("Contents-amd64")
 
         # apt rejects a Release older than the one it has: never go backwards.
         now = datetime.now(timezone.utc).replace(microsecond=0)
@@ -184,11 +190,25 @@ class LocalRepo:
         release["Date"] = format_datetime(now, usegmt=True)
         for field, algo in (("MD5Sum", "md5"), ("SHA256", "sha256")):
             lines = [""]
-            for index in ("Packages", "Packages.gz"):
+            for index in indexes:
                 data = (self.root / index).read_bytes()
                 lines.append(f" {hashlib.new(algo, data).hexdigest()} {len(data)} {index}")
             release[field] = "\n".join(lines)
         self._write("Release", release.dump().encode())
+
+    def _contents(self) -> bytes:
+        """As the archive writes it: each file, and the section/package shipping it."""
+        from debian.debfile import DebFile
+
+        rows: dict[str, set[str]] = {}
+        for deb in sorted(self.pool.glob("*.deb")):
+            package = DebFile(str(deb))
+            control = package.debcontrol()
+            where = f"{control.get('Section', 'misc')}/{control['Package']}"
+            for member in package.data.tgz().getmembers():
+                if member.isfile() or member.issym():
+                    rows.setdefault(member.name.lstrip("./"), set()).add(where)
+        return "".join(f"{path:<60} {','.join(sorted(wheres))}\n" for path, wheres in sorted(rows.items())).encode()
 
     def sources_line(self) -> str:
         """The one-line sources.list entry for this repository."""
@@ -202,10 +222,23 @@ class LocalRepo:
         os.replace(tmp, self.root / name)
 
 
-def serve_to_tree(tree: Path, repo: "LocalRepo") -> None:
+# apt-file's index target (/etc/apt/apt.conf.d/50apt-file.conf), for a flat repository.
+CONTENTS_TARGET = "Acquire::IndexTargets::deb::Contents-deb::"
+CONTENTS_OPTIONS = [
+    f"{CONTENTS_TARGET}MetaKey=$(COMPONENT)/Contents-$(ARCHITECTURE)",
+    f"{CONTENTS_TARGET}flatMetaKey=Contents-$(ARCHITECTURE)",
+    f"{CONTENTS_TARGET}ShortDescription=Contents-$(ARCHITECTURE)",
+    f"{CONTENTS_TARGET}Description=$(RELEASE)/$(COMPONENT) $(ARCHITECTURE) Contents (deb)",
+    f"{CONTENTS_TARGET}flatDescription=$(RELEASE) Contents (deb)",
+]
+
+
+def serve_to_tree(tree: Path, repo: "LocalRepo", *, contents: bool = False) -> None:
     """Make the repository the tree's only source, and update the tree's lists
-    (with the host's apt, Dir pointing at the tree)."""
+    (with the host's apt, Dir pointing at the tree); with ``contents``, its
+    Contents index too, as apt does with apt-file installed."""
     (tree / "etc/apt/sources.list").write_text(repo.sources_line() + "\n")
     for extra in (tree / "etc/apt/sources.list.d").glob("*"):
         extra.unlink()
-    subprocess.run(["apt-get", "-q", "-o", f"Dir={tree}/", "update"], check=True, capture_output=True)
+    options = [argument for option in (CONTENTS_OPTIONS if contents else []) for argument in ("-o", option)]
+    subprocess.run(["apt-get", "-q", "-o", f"Dir={tree}/", *options, "update"], check=True, capture_output=True)

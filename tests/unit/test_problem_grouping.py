@@ -430,3 +430,53 @@ def test_the_unattended_log_gets_the_problems_not_every_finding() -> None:
         "  fix: change /etc/nginx/x (the diff is in the report)",
         "verdict BLOCK; report /var/log/apt-rehearse/x.json",
     ]
+
+
+def test_the_new_version_s_line_pairs_each_kept_line_it_changes() -> None:
+    from apt_rehearse.inside.conffile_state import replaced_lines
+
+    yours = ["# rh-conf", "listen_old 8094", "workers 4", "legacy_mode on", "log /var/log/x"]
+    new = ["# rh-conf", "listen 8094", "workers 2", "log /var/log/x"]
+    rows = {row["line"]: row for row in replaced_lines(yours, new)}
+    assert rows[2]["new"] == "listen 8094" and rows[2]["new_line"] == 2
+    assert rows[3]["new"] == "workers 2"
+    assert rows[4]["new"] is None  # the new version has nothing like it
+    assert 1 not in rows and 5 not in rows
+
+
+def test_a_kept_conffile_line_the_daemon_rejects_gets_the_new_version_s_line_as_its_fix() -> None:
+    tx = Transaction([Change("rh-conf", "amd64", "1.0", "2.0", "upgrade")], root="/nonexistent")
+    failed = Finding(
+        "service",
+        ["Service-Failed"],
+        "rh-conf.service",
+        "rh-conf.service ran before and has failed after the upgrade",
+        {"journal": ["rh-conf: /etc/rh-conf.conf:2: unknown directive listen_old"]},
+    )
+    prompt = Finding(
+        "conffile",
+        ["Conffile-Prompt"],
+        "rh-conf",
+        "/etc/rh-conf.conf: changed locally and by the new rh-conf; dpkg will ask which to keep",
+        {
+            "path": "/etc/rh-conf.conf",
+            "package": "rh-conf",
+            "leftover": "/etc/rh-conf.conf.dpkg-dist",
+            "replaced_lines": [
+                {"line": 2, "yours": "listen_old 8094", "new": "listen 8094", "new_line": 2},
+                {"line": 3, "yours": "workers 4", "new": "workers 2", "new_line": 3},
+            ],
+        },
+    )
+    apply_policy([failed, prompt], lambda key, default: default)
+    [problem] = problem_checks.problems_of([failed, prompt], tx)
+    assert problem.key == "service:rh-conf.service" and problem.findings == [failed, prompt]
+    assert (problem.cause.file, problem.cause.line) == ("/etc/rh-conf.conf", 2)
+    assert "has 'listen 8094' there instead (/etc/rh-conf.conf.dpkg-dist line 2)" in problem.cause.text
+    [change] = problem.fix.diffs
+    assert (change["old"], change["new"], change["unit"]) == ("listen_old 8094", "listen 8094", "rh-conf.service")
+    assert change["diff"].splitlines()[-2:] == ["-listen_old 8094", "+listen 8094"]
+    # A line the new version dropped is commented out; one of yours it does not name stays yours.
+    prompt.details["replaced_lines"][0]["new"] = None
+    [problem] = problem_checks.problems_of([failed, prompt], tx)
+    assert problem.fix.diffs[0]["new"] == "#listen_old 8094" and "no longer has this line" in problem.cause.text

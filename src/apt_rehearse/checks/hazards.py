@@ -133,7 +133,9 @@ def conffile_detail_findings(leftovers: list[dict[str, Any]], findings: list[Fin
     by_path = {f.details.get("path"): f for f in findings if f.check == "conffile"}
     new = []
     for row in leftovers:
-        summary = {k: row.get(k) for k in ("leftover", "tool", "added", "removed", "diff", "diff_truncated")}
+        summary = {
+            k: row.get(k) for k in ("leftover", "tool", "added", "removed", "diff", "diff_truncated", "replaced_lines")
+        }
         finding = by_path.get(row["path"])
         if finding is not None:
             finding.details.update(summary)

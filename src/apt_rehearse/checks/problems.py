@@ -20,7 +20,7 @@ import re
 from apt_rehearse.checks.removals import PAGE_KINDS, apache_modules, php_extensions, replacement_in
 from apt_rehearse.model.observation import Observation
 from apt_rehearse.model.policy import SEVERITIES, Finding
-from apt_rehearse.model.problem import AREAS, Cause, Fix, Problem
+from apt_rehearse.model.problem import AREAS, Cause, Fix, Problem, line_change
 from apt_rehearse.model.transaction import INSTALLING_ACTIONS, Transaction
 
 # A daemon's config test -> the unit that runs the daemon.
@@ -240,6 +240,7 @@ def problems_of(
         for finding in taken:
             add(grouping, finding)
         waiting = [f for f in waiting if not any(f is t for t in taken)]
+    join_kept_conffiles(grouping.problems)
     problems = list(grouping.problems.values())
     for problem in problems:
         problem.area = area_of(problem)
@@ -301,21 +302,45 @@ def _take_socket_cause(problem: Problem, finding: Finding) -> None:
     details = finding.details
     problem.cause = Cause(finding.message, details.get("file"), details.get("line"))
     if details.get("diff"):
+        new = details["text"].replace(details["path"], details["instead"])
         problem.fix = Fix(
             problem.fix.packages,
-            [
-                {
-                    "path": details["file"],
-                    "diff": details["diff"],
-                    # What --fix needs to make the change in the copy (inside/config_fixes).
-                    "line": details["line"],
-                    "old": details["text"],
-                    "new": details["text"].replace(details["path"], details["instead"]),
-                    "unit": details.get("unit") or "",
-                }
-            ],
+            [line_change(details["file"], details["line"], details["text"], new, details.get("unit") or "")],
             problem.fix.why or f"{details.get('instead')} is the socket that exists after the upgrade",
         )
+
+
+def join_kept_conffiles(problems: dict[str, Problem]) -> None:
+    """A daemon that rejects a line of a conffile the sysadmin kept: the
+    prompt and the failure are one problem, and the new version's line
+    (dpkg's .dpkg-dist, ucf's .ucf-dist beside the kept file) is the fix."""
+    for key, problem in list(problems.items()):
+        cause = problem.cause
+        prompt = problems.get(f"conffile:{cause.file}") if cause.file and cause.line else None
+        if prompt is None or key == f"conffile:{cause.file}":
+            continue
+        del problems[f"conffile:{cause.file}"]
+        problem.findings += prompt.findings
+        details = prompt.findings[0].details
+        leftover = details.get("leftover") or f"{cause.file}.dpkg-dist"
+        package = details.get("package") or "package"
+        entry = next((row for row in details.get("replaced_lines") or [] if row.get("line") == cause.line), None)
+        if entry is None:
+            cause.text += f" (a conffile you kept: the new {package}'s version is {leftover})"
+            continue
+        yours, unit = entry["yours"], key.split(":", 1)[1] if key.startswith("service:") else ""
+        if entry.get("new") is None:
+            cause.text += f"; the new {package}'s version ({leftover}) no longer has this line"
+            instead, why = "#" + yours.lstrip(), f"the new {package}'s {os.path.basename(leftover)} has no such line"
+        else:
+            instead = entry["new"]
+            cause.text += (
+                f"; the new {package} has '{instead.strip()}' there instead ({leftover} line {entry['new_line']})"
+            )
+            why = (
+                f"the line as the new {package} ships it ({leftover} line {entry['new_line']}); the rest of yours stays"
+            )
+        problem.fix = Fix(problem.fix.packages, [line_change(cause.file, cause.line, yours, instead, unit)], why)
 
 
 def _title(problem: Problem) -> str:

@@ -129,7 +129,12 @@ def judge(
             if unit.startswith("/etc/init.d/"):
                 return Judgement(False, seen, f"{unit} is an init script the rehearsal does not watch")
             continue  # not running before: nothing depended on it running
-        new_unit = _renamed_unit(unit, package, replacement)
+        # The replacement's unit: one of the same name (it ships the unit now), else one renamed with the package.
+        same = all(
+            (state.units.get(unit, {}).get("load"), state.units.get(unit, {}).get("active")) == ("loaded", "active")
+            for state in after_states
+        )
+        new_unit = unit if same else _renamed_unit(unit, package, replacement)
         if new_unit is None:
             return Judgement(False, seen, f"{replacement} has no unit in place of {unit}")
         for state in after_states:
@@ -213,6 +218,6 @@ def _replaced_units(removal: Finding, replacement: str, findings: list[Finding])
         after = finding.details.get("after")
         if after is not None and after.get("load") != "not-found":
             continue  # still there and failed: not a rename
-        new_unit = _renamed_unit(finding.subject, removal.subject, replacement)
+        new_unit = _renamed_unit(finding.subject, removal.subject, replacement) or finding.subject
         finding.kinds = ["Remove-Replaced"]
         finding.message = f"{finding.subject} is gone with {removal.subject} {finding.details.get('when', '')}; {new_unit} runs in its place"

@@ -12,6 +12,7 @@ import re
 
 from apt_rehearse.model.observation import Observation
 from apt_rehearse.model.policy import Finding
+from apt_rehearse.model.problem import line_diff
 
 GOOD_STATES = ("active", "reloading", "activating")
 
@@ -216,10 +217,7 @@ def _dangling_sockets(before: Observation, after: Observation, when: str) -> lis
         if instead:
             message += f" ({instead} does)"
             new_text = ref["text"].replace(ref["path"], instead)
-            details["diff"] = (
-                f"--- {ref['file']}\n+++ {ref['file']}\n@@ -{ref['line']} +{ref['line']} @@\n"
-                f"-{ref['text']}\n+{new_text}\n"
-            )
+            details["diff"] = line_diff(ref["file"], ref["line"], ref["text"], new_text)
         findings.append(Finding("socket-reference", ["Dangling-Socket"], ref["file"], message, details))
     return findings
 

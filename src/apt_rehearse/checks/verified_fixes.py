@@ -17,6 +17,16 @@ def packages_to_add(document: dict[str, Any]) -> list[str]:
     return sorted(wanted - installing)
 
 
+def replacements_of(document: dict[str, Any]) -> dict[str, str]:
+    """Removed package -> the package its problem's fix puts in its place:
+    what the rehearsal with the fixes judges the removal against."""
+    return {
+        p["key"].split(":", 1)[1]: p["fix"]["packages"][0]
+        for p in document.get("problems") or []
+        if p["key"].startswith("removal:") and (p.get("fix") or {}).get("packages")
+    }
+
+
 def config_fixes_to_make(document: dict[str, Any]) -> list[dict[str, Any]]:
     """The problems' configuration changes that --fix can make in the copy."""
     wanted = [d for p in document.get("problems") or [] for d in (p.get("fix") or {}).get("diffs") or []]

@@ -240,6 +240,7 @@ def _rehearse_request(command: str, packages: list[str], options: Options) -> in
             state,
             time.monotonic(),
             config_changes,
+            fixes.replacements_of(document),
         )
         made = [c for c in document.get("config_fixes_made") or [] if c["applied"]]
         fixes.verify(first, document, {c["path"] for c in made})
@@ -274,6 +275,7 @@ def _plan_and_rehearse(
     state: Any,
     began: float,
     config_changes: list[dict[str, Any]] | None = None,
+    replacing: dict[str, str] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     import apt_pkg
 
@@ -288,7 +290,7 @@ def _plan_and_rehearse(
     interactive = not options.json_output and sys.stdout.isatty()
     progress = for_stream(sys.stdout, quiet=not interactive)
     clock = PhaseClock()
-    request = planner.Request(command, packages, root, options.release, options.apt_options, also)
+    request = planner.Request(command, packages, root, options.release, options.apt_options, also, replacing or {})
     archive_dir = os.path.join(settings.cache_dir, "archives")
     source_cache_call = None
     # .debs hashed by an earlier run and unchanged since are not read again.

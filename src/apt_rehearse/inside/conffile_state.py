@@ -19,6 +19,7 @@ SUFFIXES = (".dpkg-dist", ".dpkg-old", ".dpkg-new", ".ucf-dist", ".ucf-old", ".u
 SEARCH_DIRS = ("/etc",)
 UCF_REGISTRY = "/var/lib/ucf/registry"
 DIFF_LINES = 80
+REPLACED_LINES = 40  # lines of yours the new version has otherwise, paired with its closest
 MAX_BYTES = 1 << 20  # a conffile larger than this gets no diff
 
 
@@ -71,7 +72,44 @@ def diff_summary(local_path: str, new_path: str) -> dict[str, Any]:
         # The saved report is readable by the adm group: what only root may
         # read (a password in /etc/mysql/debian.cnf) stays out of it.
         return {"diff": None, "diff_withheld": "your file is readable by root only", "added": added, "removed": removed}
-    return {"diff": lines[:DIFF_LINES], "diff_truncated": len(lines) > DIFF_LINES, "added": added, "removed": removed}
+    return {
+        "diff": lines[:DIFF_LINES],
+        "diff_truncated": len(lines) > DIFF_LINES,
+        "added": added,
+        "removed": removed,
+        "replaced_lines": replaced_lines(local, new),
+    }
+
+
+def replaced_lines(local: list[str], new: list[str]) -> list[dict[str, Any]]:
+    """Each line of the sysadmin's file that the new version has otherwise,
+    with the new version's closest line: what the package says instead when
+    a daemon rejects one of the kept lines (checks/problems)."""
+    rows: list[dict[str, Any]] = []
+    matcher = difflib.SequenceMatcher(None, local, new, autojunk=False)
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag not in ("replace", "delete"):
+            continue
+        for index in range(i1, i2):
+            yours = local[index]
+            if not yours.strip() or yours.lstrip().startswith(("#", ";")):
+                continue
+            best, best_ratio = None, 0.0
+            for other in range(j1, j2):
+                ratio = difflib.SequenceMatcher(None, yours.strip(), new[other].strip()).ratio()
+                if ratio > best_ratio:
+                    best, best_ratio = other, ratio
+            rows.append(
+                {
+                    "line": index + 1,
+                    "yours": yours,
+                    "new": new[best] if best is not None and best_ratio >= 0.4 else None,
+                    "new_line": best + 1 if best is not None and best_ratio >= 0.4 else None,
+                }
+            )
+            if len(rows) >= REPLACED_LINES:
+                return rows
+    return rows
 
 
 def _world_readable(path: str) -> bool:

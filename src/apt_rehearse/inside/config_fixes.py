@@ -40,5 +40,7 @@ def apply(fixes: list[dict[str, Any]], services_live: bool) -> list[dict[str, An
     if services_live:
         for unit in units:
             # A unit the system does not have (no such web server here) is no error: nothing to reload.
+            # A unit that failed in the run may have hit its start limit; the sysadmin's restart resets it too.
+            run_command(["systemctl", "reset-failed", unit], timeout=30)
             run_command(["systemctl", "reload-or-restart", unit], timeout=60)
     return done

@@ -32,6 +32,16 @@ class Fix:
         return {"packages": self.packages, "diffs": self.diffs, "why": self.why}
 
 
+def line_change(path: str, line: int, old: str, new: str, unit: str = "") -> dict[str, Any]:
+    """A one-line configuration fix: the diff the sysadmin reads, and what
+    --fix needs to make the change in the copy (inside/config_fixes)."""
+    return {"path": path, "diff": line_diff(path, line, old, new), "line": line, "old": old, "new": new, "unit": unit}
+
+
+def line_diff(path: str, line: int, old: str, new: str) -> str:
+    return f"--- {path}\n+++ {path}\n@@ -{line} +{line} @@\n-{old}\n+{new}\n"
+
+
 @dataclasses.dataclass
 class Cause:
     text: str

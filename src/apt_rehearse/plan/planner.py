@@ -46,6 +46,8 @@ class Request:
     release: str | None = None
     options: list[str] = dataclasses.field(default_factory=list)
     also: list[str] = dataclasses.field(default_factory=list)  # installed on top of the request (--also, --fix)
+    # --fix: removed package -> the package the first rehearsal found in its place.
+    replacing: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def describe(self) -> str:
         words = [self.command, *self.packages]
@@ -191,13 +193,16 @@ def suggest_replacements(cache: apt.Cache, removed: list[str]) -> dict[str, str]
     suggestions: dict[str, str] = {}
     for name in removed:
         pattern = replacement_pattern(name)
-        if pattern is None:
-            continue
-        prefix = VERSION_IN_NAME.split(name, maxsplit=1)[0]
-        start = bisect.bisect_left(names, prefix)
-        nearby = itertools.takewhile(lambda other: other.startswith(prefix), names[start:])
-        candidates = [cache[other] for other in nearby if other != name and pattern.match(other)]
-        candidates = [pkg for pkg in candidates if pkg.name != name and eligible(pkg)]
+        candidates = []
+        if pattern is not None:
+            prefix = VERSION_IN_NAME.split(name, maxsplit=1)[0]
+            start = bisect.bisect_left(names, prefix)
+            nearby = itertools.takewhile(lambda other: other.startswith(prefix), names[start:])
+            candidates = [cache[other] for other in nearby if other != name and pattern.match(other)]
+            candidates = [pkg for pkg in candidates if pkg.name != name and eligible(pkg)]
+        if not candidates and name in cache:
+            # A package whose candidate declares it takes this one's files (Policy 7.6: a rename, a successor).
+            candidates = [pkg for pkg in _replacing(cache, name) if eligible(pkg)]
         if not candidates and name in cache and cache[name].installed is not None:
             if providers is None:
                 providers = {}
@@ -217,6 +222,21 @@ def suggest_replacements(cache: apt.Cache, removed: list[str]) -> dict[str, str]
             best = max(candidates, key=lambda p: ([int(x) for x in re.findall(r"\d+", p.name)], p.name))
             suggestions[name] = best.name
     return suggestions
+
+
+def _replacing(cache: apt.Cache, name: str) -> list[apt.Package]:
+    """The packages whose candidate version Replaces ``name``."""
+    found = {}
+    for dependency in cache[name]._pkg.rev_depends_list:
+        if dependency.dep_type_untranslated != "Replaces":
+            continue
+        parent = dependency.parent_pkg.get_fullname(True)
+        if parent == name or parent not in cache:
+            continue
+        candidate = cache[parent].candidate
+        if candidate is not None and candidate._cand.id == dependency.parent_ver.id:
+            found[parent] = cache[parent]
+    return [found[key] for key in sorted(found)]
 
 
 def provided_names(cache: apt.Cache, changes: list[Change]) -> dict[str, list[str]]:
@@ -449,7 +469,9 @@ def plan_transaction(
         raise UsageError(f"apt cannot satisfy this request (broken: {broken})")
     changes = changes_from_cache(cache, request, requested)
     held = kept_back(cache, request)
-    replacements = suggest_replacements(cache, [c.package for c in changes if c.action in ("remove", "purge")])
+    removed = [c.package for c in changes if c.action in REMOVING_ACTIONS]
+    replacements = suggest_replacements(cache, removed)
+    replacements.update({name: other for name, other in request.replacing.items() if name in removed})
     successors = find_successors(changes, provided_names(cache, changes))
     if changes:
         # Before anything is fetched: what apt would refuse is not rehearsed as root.
