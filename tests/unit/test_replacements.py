@@ -1,4 +1,4 @@
-"""Replacement suggestions: right answers, and no scan of the whole cache per removed package.
+"""Replacement suggestions (by name, Replaces, Provides): right answers, and no scan of the whole cache per removed package.
 
 A release's cache has some 60,000 names; making a Package object of each,
 for every one of the 26 removals of the LAMP release upgrade, was most of its
@@ -16,6 +16,31 @@ from apt_rehearse.plan.planner import suggest_replacements
 class FakeVersion:
     provides: list[str]
     downloadable: bool = True
+    # apt_pkg's side, as planner._replacing reads it.
+    _cand: "FakeId" = dataclasses.field(default_factory=lambda: FakeId(id(object())))
+
+
+@dataclasses.dataclass
+class FakeId:
+    id: int
+
+
+@dataclasses.dataclass
+class FakeDependency:
+    """apt_pkg.Dependency: ``parent_ver`` of ``parent_pkg`` Replaces the package whose list holds it."""
+
+    dep_type_untranslated: str
+    parent_pkg: "FakeAptPkg"
+    parent_ver: FakeId
+
+
+@dataclasses.dataclass
+class FakeAptPkg:
+    name: str
+    rev_depends_list: list[FakeDependency] = dataclasses.field(default_factory=list)
+
+    def get_fullname(self, pretty: bool = False) -> str:
+        return self.name
 
 
 @dataclasses.dataclass
@@ -24,6 +49,10 @@ class FakePackage:
     candidate: FakeVersion | None
     installed: FakeVersion | None = None
     marked_delete: bool = False
+    _pkg: FakeAptPkg = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        self._pkg = FakeAptPkg(self.name)
 
 
 class FakeCache:
@@ -63,17 +92,30 @@ def _cache(extra: int = 2000) -> FakeCache:
         FakePackage("nothing-here", None),
     ]
     packages += [FakePackage(f"filler{i}", FakeVersion([])) for i in range(extra)]
+    # rh-legacyd-ng's candidate Replaces rh-legacyd; an older version of rh-other did.
+    legacy, successor, other = (
+        FakePackage("rh-legacyd", None, FakeVersion([]), marked_delete=True),
+        FakePackage("rh-legacyd-ng", FakeVersion([])),
+        FakePackage("rh-other", FakeVersion([])),
+    )
+    legacy._pkg.rev_depends_list = [
+        FakeDependency("Replaces", successor._pkg, successor.candidate._cand),
+        FakeDependency("Replaces", other._pkg, FakeId(-1)),
+        FakeDependency("Depends", other._pkg, other.candidate._cand),
+    ]
+    packages += [legacy, successor, other]
     return FakeCache(packages)
 
 
 def test_suggestions_by_name_then_by_provides() -> None:
     cache = _cache()
-    removed = ["php8.2-mysql", "php8.2-cli", "libapache2-mod-php8.2", "libfoo1", "adduser"]
+    removed = ["php8.2-mysql", "php8.2-cli", "libapache2-mod-php8.2", "libfoo1", "adduser", "rh-legacyd"]
     assert suggest_replacements(cache, removed) == {  # type: ignore[arg-type]
         "php8.2-mysql": "php8.4-mysql",
         "php8.2-cli": "php8.4-cli",  # php8.9-cli is not downloadable
         "libapache2-mod-php8.2": "libapache2-mod-php8.4",
         "libfoo1": "libbar-compat",  # no libfoo2: what provides foo-abi-1
+        "rh-legacyd": "rh-legacyd-ng",  # no number in its name: what Replaces it
     }
 
 
