@@ -161,10 +161,11 @@ def _error(message: str) -> None:
     click.echo(f"E: {one_line(message)}", err=True)
 
 
-def _run_request(command: str, packages: tuple[str, ...]) -> None:
+def _run_request(command: str, packages: tuple[str, ...], body: Callable[..., int] | None = None) -> None:
+    """Run ``body`` (the rehearsal of the request by default) with errors as one line and the documented exit codes."""
     options: Options = click.get_current_context().find_root().ensure_object(Options)
     try:
-        code = _rehearse_request(command, list(packages), options)
+        code = (body or _rehearse_request)(command, list(packages), options)
     except RehearsalError as error:
         if options.debug:
             traceback.print_exc()
@@ -196,17 +197,13 @@ def _run_request(command: str, packages: tuple[str, ...]) -> None:
     sys.exit(code)
 
 
-def _rehearse_request(command: str, packages: list[str], options: Options) -> int:
-    # Imported here so that --help and usage errors stay fast and work even
-    # where python3-apt is broken.
-    import apt_pkg
-
-    from apt_rehearse.checks import verified_fixes as fixes
+def _settings_for(options: Options, sandbox: bool = True) -> tuple[str, Any]:
+    """The target root, checked, and the settings of its apt configuration."""
     from apt_rehearse.model import config
     from apt_rehearse.sandbox.namespaces import check_supported
 
-    began = time.monotonic()
-    check_supported()
+    if sandbox:
+        check_supported()
     root = os.path.realpath(options.root)
     if not os.path.isdir(root):
         raise UsageError(f"target root {options.root} does not exist or is not a directory")
@@ -215,7 +212,18 @@ def _rehearse_request(command: str, packages: list[str], options: Options) -> in
     config.init_apt_config(
         root, options.apt_options + (["APT::Rehearse::Services=false"] if options.no_services else [])
     )
-    settings = config.read_settings()
+    return root, config.read_settings()
+
+
+def _rehearse_request(command: str, packages: list[str], options: Options) -> int:
+    # Imported here so that --help and usage errors stay fast and work even
+    # where python3-apt is broken.
+    import apt_pkg
+
+    from apt_rehearse.checks import verified_fixes as fixes
+
+    began = time.monotonic()
+    root, settings = _settings_for(options)
     interactive = not options.json_output and sys.stdout.isatty()
     color = interactive and not os.environ.get("NO_COLOR") and apt_pkg.config.find_b("APT::Color", True)
     # Readable by apt's _apt download user down to the archives; verdicts/
@@ -276,13 +284,16 @@ def _plan_and_rehearse(
     began: float,
     config_changes: list[dict[str, Any]] | None = None,
     replacing: dict[str, str] | None = None,
+    reuse: bool = False,
 ) -> tuple[Any, dict[str, Any]]:
-    import apt_pkg
+    """Plan the request and rehearse it; with ``reuse`` (the prepare
+    service), a fresh verdict of the same transaction is taken instead:
+    (None, {"reused": the verdict's entry, "transaction": ...})."""
+    import contextlib
 
     from apt_rehearse.fronts.progress import for_stream
-    from apt_rehearse.model import config
     from apt_rehearse.plan import planner, release
-    from apt_rehearse.rehearse import PhaseClock, conclude, rehearse
+    from apt_rehearse.rehearse import PhaseClock
     from apt_rehearse.sandbox.forked import ForkedCall
     from apt_rehearse.store import deb_hashes
 
@@ -311,6 +322,69 @@ def _plan_and_rehearse(
     def debug(line: str) -> None:
         click.echo(f"D: {line}", err=True)
 
+    # The real run of this very transaction finds the verdict (a --release
+    # rehearsal is no transaction apt will run as such).
+    record = not transaction.is_empty and not options.release
+    if reuse and transaction.is_empty:
+        return None, {"reused": None, "transaction": transaction}
+    with contextlib.ExitStack() as held:
+        if record:
+            known = _claim(held, transaction, settings, f"apt-rehearse {command}", interactive, reuse)
+            if known is not None:
+                return None, {"reused": known, "transaction": transaction}
+        planned = _Planned(command, transaction, state, began, progress, clock, source_cache, known_debs, record)
+        return _rehearse_planned(planned, options, settings, config_changes, debug)
+
+
+def _claim(
+    held: Any, transaction: Any, settings: Any, who: str, interactive: bool, reuse: bool
+) -> dict[str, Any] | None:
+    """Hold the transaction's lock (store/inflight) for the rehearsal; with
+    ``reuse``, the fresh verdict there is once the lock is ours, if any."""
+    from apt_rehearse.fronts.hook import installed_versions
+    from apt_rehearse.store import inflight, verdict_cache
+
+    def waiting(holder: dict[str, Any], elapsed: float) -> None:
+        if interactive and elapsed < 1.5:
+            click.echo(f"Waiting for the rehearsal of this transaction that {holder.get('who', '?')} is running ...")
+
+    held.enter_context(inflight.claim(settings.cache_dir, transaction.identity, who, on_wait=waiting))
+    if not reuse:
+        return None
+    root = transaction.root
+    return verdict_cache.lookup(
+        settings.cache_dir, transaction, settings.verdict_max_age, lambda: installed_versions(root)
+    )
+
+
+@dataclasses.dataclass
+class _Planned:
+    """A planned request, as the rehearsal of it needs it."""
+
+    command: str
+    transaction: Any
+    state: Any
+    began: float
+    progress: Any
+    clock: Any
+    source_cache: Any
+    known_debs: Any
+    record: bool
+
+
+def _rehearse_planned(
+    planned: _Planned,
+    options: Options,
+    settings: Any,
+    config_changes: list[dict[str, Any]] | None,
+    debug: Callable[[str], None],
+) -> tuple[Any, dict[str, Any]]:
+    import apt_pkg
+
+    from apt_rehearse.model import config
+    from apt_rehearse.rehearse import conclude, rehearse
+
+    command, transaction, state, progress = planned.command, planned.transaction, planned.state, planned.progress
     rehearsal = rehearse(
         transaction,
         settings,
@@ -320,23 +394,20 @@ def _plan_and_rehearse(
         private_lists=state.lists_dir if state else None,
         sources_rewrite=state.sources if state else None,
         debug=debug if options.debug else None,
-        clock=clock,
+        clock=planned.clock,
         unattended=command == "gate",
         shell=options.shell,
         unavailable_sources=state.unavailable if state else None,
-        source_cache=source_cache,
+        source_cache=planned.source_cache,
         config_fixes=config_changes,
     )
-    # The real run of this very transaction finds the verdict (a --release
-    # rehearsal is no transaction apt will run as such).
-    record = not transaction.is_empty and not options.release
     document = conclude(
         rehearsal,
         settings,
-        began,
-        record_in=settings.cache_dir if record else None,
+        planned.began,
+        record_in=settings.cache_dir if planned.record else None,
         approval=command == "gate",
-        known_debs=known_debs,
+        known_debs=planned.known_debs,
         used_debs=[c.deb for c in transaction.changes if c.deb],
         release_state=state.directory if state else None,
     )
@@ -388,6 +459,55 @@ def gate_command() -> None:
     a blocked set is stopped before dpkg runs.
     """
     _run_request("gate", ())
+
+
+def _prepare(_command: str, _packages: list[str], options: Options) -> int:
+    from apt_rehearse.fronts import prepare
+
+    _root, settings = _settings_for(options)
+    if options.release:
+        raise UsageError("prepare rehearses what is pending from the configured sources: it takes no --release")
+    os.makedirs(settings.cache_dir, mode=0o755, exist_ok=True)
+    interactive = not options.json_output and sys.stdout.isatty()
+    code = prepare.prepare(options, settings, click.echo if interactive else lambda _line: None)
+    if options.json_output:
+        click.echo(json.dumps(prepare.status_document(os.path.realpath(options.root), settings), indent=2))
+    return code
+
+
+def _status(_command: str, _packages: list[str], options: Options, motd: bool = False) -> int:
+    from apt_rehearse.fronts import prepare
+
+    root, settings = _settings_for(options, sandbox=False)
+    document = prepare.status_document(root, settings)
+    if options.json_output:
+        click.echo(json.dumps(document, indent=2))
+    elif motd:
+        click.echo(document["motd"])
+    else:
+        click.echo("\n".join(prepare.status_lines(document)))
+    return EXIT_GO
+
+
+@main.command("prepare")
+@common_options
+def prepare_command() -> None:
+    """Rehearse what is pending now, so that apt finds the verdicts ready.
+
+    Rehearses the transactions of 'apt-get upgrade', 'apt-get dist-upgrade'
+    and unattended-upgrades, each distinct one once (one with a fresh
+    verdict is not rehearsed again); apt-rehearse-prepare.service runs it.
+    Exit status 10 when one of them blocks.
+    """
+    _run_request("prepare", (), _prepare)
+
+
+@main.command("status")
+@common_options
+@click.option("--motd", is_flag=True, help="One line, for the login banner.")
+def status_command(motd: bool) -> None:
+    """Say what is pending, and which verdicts are ready for it."""
+    _run_request("status", (), lambda c, p, o: _status(c, p, o, motd))
 
 
 @main.command("shell")

@@ -101,7 +101,7 @@ def _auto_flags(root: str) -> dict[tuple[str, str], bool]:
         return {}
 
 
-def _installed_versions(root: str) -> dict[str, str | None]:
+def installed_versions(root: str) -> dict[str, str | None]:
     """package:arch -> installed version, from dpkg's status file."""
     versions: dict[str, str | None] = {}
     for fields in _paragraphs(os.path.join(root, "var/lib/dpkg/status")):
@@ -152,12 +152,21 @@ def main() -> int:
 
         max_age = float(hook.get("APT::Rehearse::Cache-Max-Age", str(default_age)) or default_age)
 
-        cached = verdict_cache.lookup(cache_dir, transaction, max_age, lambda: _installed_versions(root))
+        cached = verdict_cache.lookup(cache_dir, transaction, max_age, lambda: installed_versions(root))
         if cached is not None:
             hashes.save()
             return _cached_verdict(cached, transaction.identity, time.monotonic() - started)
-        transaction.successors = _successors(transaction)
-        code = _rehearse_now(hook, transaction, unattended, cache_dir)
+        from apt_rehearse.store import inflight
+
+        # The prepare service (or a CLI run) rehearsing this very transaction now: wait for it, take its verdict.
+        with inflight.claim(cache_dir, transaction.identity, "the apt hook", on_wait=_waiting(unattended)) as held:
+            if held.waited:
+                cached = verdict_cache.lookup(cache_dir, transaction, max_age, lambda: installed_versions(root))
+                if cached is not None:
+                    hashes.save()
+                    return _cached_verdict(cached, transaction.identity, time.monotonic() - started)
+            transaction.successors = _successors(transaction)
+            code = _rehearse_now(hook, transaction, unattended, cache_dir)
         hashes.save()
         return code
     except RehearsalError as error:
@@ -198,6 +207,19 @@ def _successors(transaction: Transaction) -> dict[str, str]:
 
     provides = {c.package: deb_provides(c.deb) for c in transaction.changes if c.action in INSTALLING_ACTIONS and c.deb}
     return find_successors(transaction.changes, provides)
+
+
+def _waiting(unattended: bool) -> Any:
+    def say(holder: dict, elapsed: float) -> None:
+        # Once, then every half minute on a terminal: apt's user sees it is not hung.
+        if elapsed < 1.5 or (not unattended and int(elapsed) % 30 == 0):
+            since = time.time() - float(holder.get("started") or time.time())
+            _say(
+                f"this transaction is being rehearsed already by {holder.get('who', '?')} (pid {holder.get('pid', '?')},"
+                f" for {since:.0f} s); waiting for its verdict ..."
+            )
+
+    return say
 
 
 def _cached_verdict(entry: dict, identity: str, seconds: float) -> int:

@@ -44,6 +44,7 @@ class Settings:
     keep_reports: int = 100
     archives_max_age: float = 7 * 86400.0
     verdict_max_age: float = float(DEFAULT_MAX_AGE)
+    mail: str = "root"  # who hears of a blocked prepared upgrade ("" = nobody)
 
 
 def parse_option(option: str) -> tuple[str, str]:
@@ -141,6 +142,7 @@ def read_settings() -> Settings:
     # In days, as apt's own APT::Archives::MaxAge.
     settings.archives_max_age = 86400.0 * config.find_i("APT::Rehearse::Archives-Max-Age", 7)
     settings.verdict_max_age = float(config.find_i("APT::Rehearse::Cache-Max-Age", int(settings.verdict_max_age)))
+    settings.mail = config.find("APT::Rehearse::Mail", settings.mail).strip()
     return settings
 
 
