@@ -19,7 +19,7 @@ import sys
 import time
 from typing import Any
 
-from apt_rehearse.model.errors import EXIT_BLOCKED, EXIT_GO, RehearsalError, one_line
+from apt_rehearse.model.errors import EXIT_BLOCKED, EXIT_FAILED, EXIT_GO, RehearsalError, one_line
 from apt_rehearse.store import inflight, status_file
 
 # What apt runs, in the order they are rehearsed: the smaller first.
@@ -66,7 +66,10 @@ def prepare(options: Any, settings: Any, say: Any) -> int:
     status = status_file.build(root, rows)
     status_file.write(settings.cache_dir, status)
     _mail_blocks(settings, status)
-    return EXIT_BLOCKED if any(row.get("verdict") == "block" for row in rows) else EXIT_GO
+    if any(row.get("verdict") == "block" for row in rows):
+        return EXIT_BLOCKED
+    # A prepare that could not rehearse fails (the service shows it); the hook then rehearses as usual.
+    return EXIT_FAILED if any(row.get("error") for row in rows) else EXIT_GO
 
 
 def _has_unattended_upgrades(root: str) -> bool:
@@ -88,10 +91,9 @@ def _row_of(rehearsal: Any, document: dict[str, Any], seen: dict[str, dict[str, 
             "reused": True,
             "problems": (earlier or {}).get("problems") or status_file.problems_of_report(entry.get("report")),
         }
-    transaction = document["transaction"]
     return {
-        "id": transaction["id"],
-        "changes": len(transaction["changes"]),
+        "id": document["id"],
+        "changes": len(document["transaction"]["changes"]),
         "verdict": document["verdict"],
         "report": document.get("report_path"),
         "rehearsed_at": time.time(),
