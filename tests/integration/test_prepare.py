@@ -181,3 +181,21 @@ def test_6_a_new_update_is_rehearsed_afresh_never_matched_to_a_stale_verdict(mac
     assert proc.returncode == 0 and "rehearsing this transaction" in proc.stderr, proc.stderr
     assert len(_reports(tree) - before) == 1
     assert _version(tree, "rh-p-good") == "3.0"
+
+
+def test_7_the_units_pass_systemd_analyze_verify_and_the_motd_script_says_the_line(machine: dict) -> None:
+    tree = machine["tree"]
+    units = " ".join(
+        f"/lib/systemd/system/{name}"
+        for name in ("apt-rehearse-prepare.service", "apt-daily.service", "apt-daily-upgrade.service")
+    )
+    proc = in_tree(tree, f"systemd-analyze verify --man=no {units}")
+    assert proc.returncode == 0 and "apt-rehearse" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    # The drop-ins are there for systemd to merge: apt-daily pulls the prepare in, apt-daily-upgrade waits for it.
+    shown = in_tree(tree, "systemd-analyze cat-config systemd/system/apt-daily.service.d/apt-rehearse.conf")
+    assert "Wants=apt-rehearse-prepare.service" in shown.stdout, shown.stdout + shown.stderr
+    motd = in_tree(tree, "/etc/update-motd.d/92-apt-rehearse")
+    assert motd.returncode == 0 and motd.stdout.startswith("apt-rehearse: "), motd.stdout + motd.stderr
+    # No systemd as PID 1 here: apt update starts nothing, and says nothing about it.
+    update = in_tree(tree, "APT_REHEARSE=0 apt-get update -q")
+    assert update.returncode == 0 and "apt-rehearse" not in update.stdout + update.stderr

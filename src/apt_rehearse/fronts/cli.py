@@ -231,7 +231,12 @@ def _rehearse_request(command: str, packages: list[str], options: Options) -> in
     os.makedirs(settings.cache_dir, mode=0o755, exist_ok=True)
     os.chmod(settings.cache_dir, 0o755)
     state = _release_state(root, options, settings, interactive)
-    rehearsal, document = _plan_and_rehearse(command, packages, options, options.also, settings, state, began)
+    # The gate's set, rehearsed and approved by the prepare service already, is not rehearsed again.
+    rehearsal, document = _plan_and_rehearse(
+        command, packages, options, options.also, settings, state, began, reuse=command == "gate"
+    )
+    if rehearsal is None:
+        return _reused(document, options)
     packages_to_add, config_changes = fixes.packages_to_add(document), fixes.config_fixes_to_make(document)
     offer = packages_to_add + [f"the change of {c['path']}" for c in config_changes]
     if offer and rehearsal.verdict == "block" and not options.fix and _offered(interactive, offer):
@@ -352,9 +357,26 @@ def _claim(
     if not reuse:
         return None
     root = transaction.root
-    return verdict_cache.lookup(
+    known = verdict_cache.lookup(
         settings.cache_dir, transaction, settings.verdict_max_age, lambda: installed_versions(root)
     )
+    if who == "apt-rehearse gate" and known is not None:
+        # The gate's steps need the approval of this very set, not only its verdict.
+        known = verdict_cache.approval_of(settings.cache_dir, transaction, settings.verdict_max_age)
+    return known
+
+
+def _reused(document: dict[str, Any], options: Options) -> int:
+    """A request whose verdict was there already: say so, or give its entry as JSON."""
+    entry = document["reused"]
+    if options.json_output:
+        click.echo(json.dumps({"reused": entry, "id": document["transaction"].identity}, indent=2))
+    elif entry is None:
+        click.echo("Nothing to rehearse: the request changes nothing.")
+    else:
+        where = f"; report {entry['report']}" if entry.get("report") else ""
+        click.echo(f"Already rehearsed and approved: {str(entry.get('verdict')).upper()}{where}")
+    return EXIT_BLOCKED if entry and entry.get("verdict") == "block" else EXIT_GO
 
 
 @dataclasses.dataclass

@@ -214,6 +214,9 @@ def use(state: ReleaseState, progress: bool) -> None:
     fetch_progress = apt.progress.text.AcquireProgress() if progress else apt.progress.base.AcquireProgress()
     cache = apt.Cache(memonly=True)
     last_error: Exception | None = None
+    # libapt runs APT::Update::Post-Invoke-Success after this update too; ours
+    # (hooks/20apt-rehearse) must not start a prepare for a private one.
+    os.environ["APT_REHEARSE_PRIVATE_UPDATE"] = "1"
     for _ in range(3):
         try:
             cache.update(fetch_progress, raise_on_error=True)

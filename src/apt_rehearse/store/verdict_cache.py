@@ -131,6 +131,18 @@ def lookup(
     return None
 
 
+def approval_of(cache_dir: str, transaction: Transaction, max_age: float) -> dict[str, Any] | None:
+    """The gate's fresh approval of exactly this set, or None."""
+    directory = _directory(cache_dir)
+    if not trusted_dir(directory):
+        return None
+    approval = read_trusted(os.path.join(directory, "approval.json"))
+    if approval and approval.get("id") == transaction.identity and approval.get("root") == transaction.root:
+        if time.time() - float(approval.get("created", 0)) <= max_age:
+            return approval
+    return None
+
+
 def _covered(transaction: Transaction, approved_rows: list[Any], installed: dict[str, str | None]) -> bool:
     approved = {}
     for row in approved_rows:
