@@ -75,8 +75,15 @@ def test_1_nothing_prepared_is_said_so(machine: dict) -> None:
     assert _status(machine["tree"])["prepared"] is False
 
 
+# The machine's MTA, as far as apt-rehearse sees it: what it is handed is kept.
+SENDMAIL = '#!/bin/sh\n{ echo "ARGS: $*"; cat; echo "--- end"; } >> /root/mail.txt\n'
+
+
 def test_2_prepare_rehearses_each_distinct_transaction_once(machine: dict) -> None:
     tree = machine["tree"]
+    sendmail = tree / "usr/sbin/sendmail"
+    sendmail.write_text(SENDMAIL)
+    sendmail.chmod(0o755)
     before = _reports(tree)
     proc = in_tree(tree, "apt-rehearse prepare")
     assert proc.returncode == 10, proc.stdout + proc.stderr  # dist-upgrade's set blocks
@@ -93,6 +100,12 @@ def test_2_prepare_rehearses_each_distinct_transaction_once(machine: dict) -> No
     assert again.returncode == 10
     assert all(row["reused"] for row in _status(tree)["requests"])
     assert len(_reports(tree) - before) == 2
+    # The block was mailed to root once, with its problems; the second prepare did not mail again.
+    mail = (tree / "root/mail.txt").read_text()
+    assert mail.count("--- end") == 1 and "ARGS: -oi root" in mail, mail
+    assert "Subject: apt-rehearse: the pending upgrade of " in mail and "is BLOCKED" in mail
+    assert "upgrade: 2 package(s), BLOCK" in mail and "rh-p-bad" in mail
+    sendmail.unlink()
     motd = in_tree(tree, "apt-rehearse status --motd").stdout.strip()
     assert motd.startswith("apt-rehearse: 2 updates pending, rehearsed ") and ": BLOCK: 1 problem(s)" in motd, motd
     assert "unattended-upgrades' 1: PASS" in motd

@@ -7,7 +7,8 @@ upgrade. What goes, after each rehearsal:
 
 - reports: all but the newest ``keep`` (.json, .txt and .log together);
 - verdicts: those older than the age at which the hook would no longer use
-  them anyway (APT::Rehearse::Cache-Max-Age);
+  them anyway (APT::Rehearse::Cache-Max-Age), with their "mailed" marks;
+- the transactions' lock files (store/inflight) nobody held for a day;
 - downloaded .debs: those the rehearsal just made did not use and that have
   been in the cache for more than ``max_age`` seconds;
 - --release apt states: those of a root that is gone, and those no
@@ -26,11 +27,13 @@ import stat
 import time
 from typing import TYPE_CHECKING
 
+from apt_rehearse.store import inflight
+
 if TYPE_CHECKING:
     from apt_rehearse.model.config import Settings
 
 REPORT_NAME = re.compile(r"^(\d{8}T\d{6}Z?-[0-9a-f]{1,64})\.(json|txt|log)$")
-VERDICT_NAME = re.compile(r"^[0-9a-f]{64}\.json$")
+VERDICT_NAME = re.compile(r"^[0-9a-f]{64}\.(json|mailed)$")  # a verdict, and the mark that its BLOCK was mailed
 RELEASE_STATE_NAME = re.compile(r"^[a-z][a-z0-9-]*-[0-9a-f]{12}$")
 RELEASE_STATE_MAX_AGE = 30 * 86400
 ROOT_MARKER = "root"  # in a --release apt state: the root it belongs to
@@ -149,5 +152,6 @@ def tidy(settings: Settings, used_debs: list[str] | None = None, release_state: 
             in_use = {os.path.realpath(path) for path in used_debs}
             prune_archives(os.path.join(settings.cache_dir, "archives"), in_use, settings.archives_max_age)
         prune_release_states(os.path.join(settings.cache_dir, "releases"), release_state)
+        inflight.tidy(settings.cache_dir)
     except OSError:
         pass  # never fails a rehearsal; the next one tries again
