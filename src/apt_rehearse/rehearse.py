@@ -251,7 +251,7 @@ def rehearse(
         upper_bytes=result.upper_bytes,
         notes=notes,
         sandbox_plan=plan.describe(),
-        replay_log=result.apt.output,
+        replay_log=result.apt.log(),
         observations=observations,
         disk=disk,
         hazards=_hazard_figures(result.hazards),

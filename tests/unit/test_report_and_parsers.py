@@ -406,3 +406,21 @@ def test_an_unsigned_source_is_told_from_apt_updates_refusal() -> None:
         release.NOT_SIGNED.search("E:The repository 'file:/srv/repo trixie Release' does not have a Release file.")
         is None
     )
+
+
+def test_the_saved_log_times_apt_s_status_lines() -> None:
+    from apt_rehearse.model.replay_result import AptRun
+
+    run = AptRun.from_json(
+        {
+            "output": "Setting up zstd ...\nProcessing triggers for man-db ...\n",
+            "status_lines": ["pmstatus:zstd:0.0000:Preparing zstd (amd64)", "pmstatus:zstd:88.8889:Installed zstd"],
+            "status_times": [0.372, 0.444],
+        }
+    )
+    assert run.log().splitlines()[-3:] == [
+        "--- apt's status (seconds since apt started)",
+        "    0.372  pmstatus:zstd:0.0000:Preparing zstd (amd64)",
+        "    0.444  pmstatus:zstd:88.8889:Installed zstd",
+    ]
+    assert AptRun.from_json({"output": "x\n"}).log() == "x\n"  # an older replay: no times, the output as it was

@@ -149,6 +149,7 @@ def _run_apt(plan: ReplayPlan, channel: Channel, timeout: float) -> dict[str, An
     argv = apt_command(plan, status_write)
     output = bytearray()
     status_lines: list[str] = []
+    status_times: list[float] = []  # when each status line came, in seconds since apt started
     started = time.monotonic()
     proc = subprocess.Popen(
         argv,
@@ -195,6 +196,7 @@ def _run_apt(plan: ReplayPlan, channel: Channel, timeout: float) -> dict[str, An
                 for raw in lines:
                     line = raw.decode("utf-8", "replace")
                     status_lines.append(line)
+                    status_times.append(round(time.monotonic() - started, 3))
                     _forward_progress(line, channel)
     selector.close()
     status_file.close()
@@ -206,6 +208,7 @@ def _run_apt(plan: ReplayPlan, channel: Channel, timeout: float) -> dict[str, An
         "stopped_for_room": stopped_for_room,
         "output": output.decode("utf-8", "replace"),
         "status_lines": status_lines,
+        "status_times": status_times,
         "seconds": round(time.monotonic() - started, 3),
     }
 

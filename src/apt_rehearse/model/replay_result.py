@@ -36,6 +36,15 @@ class AptRun:
     argv: list[str] = dataclasses.field(default_factory=list)
     status_lines: list[str] = dataclasses.field(default_factory=list)
     seconds: float = 0.0
+    status_times: list[float] = dataclasses.field(default_factory=list)  # seconds since apt started, per status line
+
+    def log(self) -> str:
+        """apt's output, then its status lines with their times: the saved
+        .log, where a sysadmin sees which step of the run took long."""
+        if not self.status_times:
+            return self.output
+        timed = "".join(f"{at:9.3f}  {line}\n" for at, line in zip(self.status_times, self.status_lines))
+        return f"{self.output.rstrip()}\n\n--- apt's status (seconds since apt started)\n{timed}"
 
     @classmethod
     def from_json(cls, data: dict[str, Any] | None) -> "AptRun":
@@ -48,6 +57,7 @@ class AptRun:
             list(data.get("argv") or []),
             list(data.get("status_lines") or []),
             float(data.get("seconds") or 0.0),
+            [float(t) for t in data.get("status_times") or []],
         )
 
 
