@@ -222,6 +222,19 @@ def _waiting(unattended: bool) -> Any:
     return say
 
 
+def process_age() -> float:
+    """Seconds since this process started, Python's own start-up included
+    (/proc/self/stat's start time against /proc/uptime; 10 ms steps)."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as handle:
+            start_ticks = int(handle.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime", encoding="ascii") as handle:
+            uptime = float(handle.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+
+
 def _cached_verdict(entry: dict, identity: str, seconds: float) -> int:
     verdict = entry.get("verdict", "block")
     where = f"; report {entry['report']}" if entry.get("report") else ""
@@ -230,7 +243,9 @@ def _cached_verdict(entry: dict, identity: str, seconds: float) -> int:
         if entry.get("kind") == "approval"
         else "an earlier rehearsal"
     )
-    _say(f"transaction {identity[:12]} already rehearsed ({kind}): {verdict.upper()}{where}")
+    _say(
+        f"transaction {identity[:12]} already rehearsed ({kind}): {verdict.upper()}{where} (answered in {max(seconds, process_age()):.2f} s)"
+    )
     if verdict == "block":
         _say("stopping apt before dpkg runs, as the policy says (APT_REHEARSE=0 lets an emergency fix through)")
         return EXIT_BLOCKED
