@@ -212,3 +212,11 @@ def test_7_the_units_pass_systemd_analyze_verify_and_the_motd_script_says_the_li
     # No systemd as PID 1 here: apt update starts nothing, and says nothing about it.
     update = in_tree(tree, "APT_REHEARSE=0 apt-get update -q")
     assert update.returncode == 0 and "apt-rehearse" not in update.stdout + update.stderr
+
+
+def test_8_apt_rehearse_as_pid_1_of_a_container_rehearses(machine: dict) -> None:
+    """`exec` makes apt-rehearse the pid namespace's PID 1, as a container's
+    entry point is: its sandbox once took that for "my parent died"."""
+    proc = in_tree(machine["tree"], "exec apt-rehearse --no-services --json remove rh-p-bad")
+    assert "without a result" not in proc.stderr and proc.returncode in (0, 10), proc.stderr
+    assert json.loads(proc.stdout)["transaction"]["changes"][0]["action"] == "remove"

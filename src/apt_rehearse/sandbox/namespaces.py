@@ -774,7 +774,10 @@ class SandboxRunner:
     def run(self, inside: InsideFunction) -> Iterator[dict[str, Any]]:
         # Built here, loaded in the sandbox's PID 1 after pivot_root.
         syscall_filter = confine.build_filter()
-        yield from forked_events(lambda write_fd: _child_main(self.plan, inside, write_fd, syscall_filter), _end_child)
+        parent = os.getpid()
+        yield from forked_events(
+            lambda write_fd: _child_main(self.plan, inside, write_fd, syscall_filter, parent), _end_child
+        )
 
 
 def _end_child(pid: int) -> None:
@@ -786,12 +789,14 @@ def _end_child(pid: int) -> None:
 
 
 def _child_main(
-    plan: SandboxPlan, inside: InsideFunction, write_fd: int, syscall_filter: Any
+    plan: SandboxPlan, inside: InsideFunction, write_fd: int, syscall_filter: Any, parent: int
 ) -> int:  # pragma: no cover
     """The intermediate process: unshare, then fork the sandbox's PID 1."""
     channel = Channel(write_fd)
     syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() == 1:
+    # The parent died before the line above (compared with its pid, not with 1:
+    # apt-rehearse may itself be PID 1 of a container's pid namespace).
+    if os.getppid() != parent:
         os._exit(1)
     try:
         syscalls.unshare(SANDBOX_NAMESPACES)
