@@ -574,7 +574,12 @@ def _run_booted(
     shell: bool = False,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Boot, observe, upgrade with the services live, observe, reboot, observe."""
-    booted = BootedSandbox(plan, init, SandboxCgroup(identity[:12], settings.memory_max), settings.boot_timeout)
+    booted = BootedSandbox(
+        plan,
+        init,
+        SandboxCgroup(identity[:12], settings.memory_max, settings.cpu_weight, settings.io_weight),
+        settings.boot_timeout,
+    )
     observations: dict[str, Any] = {}
 
     def observe_now(channel: object) -> dict[str, Any]:

@@ -25,6 +25,10 @@ from lib.trees import bookworm_tree, build_package
 pytestmark = pytest.mark.integration
 
 STATUS = "var/cache/apt-rehearse/status.json"
+SCOPE_WEIGHTS = (
+    "for unit in $(systemctl list-units --type=scope --no-legend --plain 'apt-rehearse-*' | cut -d' ' -f1); do "
+    'systemctl show -p CPUWeight -p IOWeight "$unit"; done'
+)
 
 
 @pytest.fixture(scope="module")
@@ -111,9 +115,13 @@ def test_apt_update_starts_the_prepare_without_making_apt_wait(booted: dict) -> 
     returned = time.time()
     assert update.returncode == 0, update.stderr
     deadline = time.monotonic() + 300
+    weights = set()
     while _written(tree) <= earlier and time.monotonic() < deadline:
-        time.sleep(0.5)
+        # The sandbox's own scope, while the prepare rehearses: the service's weights go with it.
+        weights.update(machine.run(SCOPE_WEIGHTS, timeout=30).stdout.split())
+        time.sleep(0.1)
     written = _written(tree)
+    assert {"CPUWeight=20", "IOWeight=20"} <= weights, weights
     assert written > earlier, machine.run("journalctl -u apt-rehearse-prepare --no-pager | tail -20").stdout
     assert written > returned  # apt had returned before the prepare was done
     before = _reports(tree)

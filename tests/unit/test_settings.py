@@ -11,7 +11,14 @@ import pytest
 
 from apt_rehearse.model.config import read_settings
 
-KEYS = ("APT::Rehearse::Keep-Reports", "APT::Rehearse::Archives-Max-Age", "APT::Rehearse::Cache-Max-Age")
+KEYS = (
+    "APT::Rehearse::Keep-Reports",
+    "APT::Rehearse::Archives-Max-Age",
+    "APT::Rehearse::Cache-Max-Age",
+    "APT::Rehearse::CPU-Weight",
+    "APT::Rehearse::IO-Weight",
+    "APT::Rehearse::Mail",
+)
 
 
 @pytest.fixture
@@ -37,6 +44,21 @@ def test_housekeeping_keys_are_read_in_their_units(clean_keys: None) -> None:
     apt_pkg.config.set("APT::Rehearse::Cache-Max-Age", "60")  # seconds, as the hook reads it
     settings = read_settings()
     assert (settings.keep_reports, settings.archives_max_age, settings.verdict_max_age) == (3, 2 * 86400, 60)
+
+
+def test_weights_and_mail(clean_keys: None) -> None:
+    from apt_rehearse.model.errors import UsageError
+
+    settings = read_settings()
+    assert (settings.cpu_weight, settings.io_weight, settings.mail) == (None, None, "root")
+    apt_pkg.config.set("APT::Rehearse::CPU-Weight", "20")
+    apt_pkg.config.set("APT::Rehearse::IO-Weight", "10000")
+    apt_pkg.config.set("APT::Rehearse::Mail", "")
+    settings = read_settings()
+    assert (settings.cpu_weight, settings.io_weight, settings.mail) == (20, 10000, "")
+    apt_pkg.config.set("APT::Rehearse::CPU-Weight", "0")
+    with pytest.raises(UsageError, match="CPU-Weight must be a number from 1 to 10000"):
+        read_settings()
 
 
 def test_keeping_no_report_at_all_is_not_an_option(clean_keys: None) -> None:

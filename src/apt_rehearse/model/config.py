@@ -37,6 +37,9 @@ class Settings:
     snapshots: bool = True  # btrfs subvolumes: a read-only snapshot is the lower, not the live system
     boot_timeout: float = 90.0
     memory_max: int | None = None
+    # The sandbox cgroup's cpu.weight and io.weight (1-10000; systemd's CPUWeight=, IOWeight=): None = the default.
+    cpu_weight: int | None = None
+    io_weight: int | None = None
     http_urls: list[str] = dataclasses.field(default_factory=list)
     # Software dpkg does not know about, beyond /opt, /usr/local and /srv.
     library_paths: list[str] = dataclasses.field(default_factory=list)
@@ -106,6 +109,15 @@ def _finish_apt_config() -> None:
     apt_pkg.init_system()
 
 
+def _weight(value: str, name: str) -> int | None:
+    """A cgroup weight, as systemd's CPUWeight=/IOWeight= take it (1-10000)."""
+    if not value.strip():
+        return None
+    if not value.strip().isdigit() or not 1 <= int(value) <= 10000:
+        raise UsageError(f"APT::Rehearse::{name} must be a number from 1 to 10000, not {value!r}")
+    return int(value)
+
+
 def _size_bytes(text: str) -> int:
     text = text.strip().upper().removesuffix("B")
     factor = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(text[-1:], 1)
@@ -136,6 +148,8 @@ def read_settings() -> Settings:
     settings.boot_timeout = float(config.find_i("APT::Rehearse::Boot-Timeout", int(settings.boot_timeout)))
     memory = config.find("APT::Rehearse::Memory-Max", "")
     settings.memory_max = _size_bytes(memory) if memory else None
+    settings.cpu_weight = _weight(config.find("APT::Rehearse::CPU-Weight", ""), "CPU-Weight")
+    settings.io_weight = _weight(config.find("APT::Rehearse::IO-Weight", ""), "IO-Weight")
     settings.http_urls = list(config.value_list("APT::Rehearse::Http-Urls"))
     settings.library_paths = [p for p in config.value_list("APT::Rehearse::Library-Paths") if p.startswith("/")]
     settings.keep_reports = max(config.find_i("APT::Rehearse::Keep-Reports", settings.keep_reports), 1)

@@ -44,9 +44,14 @@ def own_cgroup() -> str:
 class SandboxCgroup:
     """Where the sandbox's processes live; boots get sub-cgroups of it."""
 
-    def __init__(self, name: str, memory_max: int | None = None) -> None:
+    def __init__(
+        self, name: str, memory_max: int | None = None, cpu_weight: int | None = None, io_weight: int | None = None
+    ) -> None:
         self.name = name
         self.memory_max = memory_max
+        # The weights go with the sandbox: a scope of its own would otherwise leave the
+        # prepare service's CPUWeight=/IOWeight= behind (the booted services run in it).
+        self.weights = {"cpu.weight": cpu_weight, "io.weight": io_weight}
         self.path: str | None = None
         self.scope = False
 
@@ -64,12 +69,14 @@ class SandboxCgroup:
             # is there before the directory, so no kill can fall in between.
             janitor.after_death(functools.partial(remove_tree, self.path))
             os.mkdir(self.path, 0o755)
-            if self.memory_max:
-                try:
-                    with open(os.path.join(self.path, "memory.max"), "w", encoding="ascii") as handle:
-                        handle.write(str(self.memory_max))
-                except OSError:
-                    pass  # no memory controller here (cgroup v1 hybrid): the limit cannot be set
+            limits = {"memory.max": self.memory_max, **self.weights}
+            for name, value in limits.items():
+                if value:
+                    try:
+                        with open(os.path.join(self.path, name), "w", encoding="ascii") as handle:
+                            handle.write(str(value))
+                    except OSError:
+                        pass  # no such controller here (cgroup v1 hybrid): the limit cannot be set
             with open(os.path.join(self.path, "cgroup.procs"), "w", encoding="ascii") as handle:
                 handle.write(str(pid))
         return self.path or ""
@@ -81,6 +88,10 @@ class SandboxCgroup:
         if self.memory_max:
             properties += ["MemoryMax", "t", str(self.memory_max)]
             count += 1
+        for name, value in (("CPUWeight", self.weights["cpu.weight"]), ("IOWeight", self.weights["io.weight"])):
+            if value:
+                properties += [name, "t", str(value)]
+                count += 1
         proc = subprocess.run(
             [
                 "busctl",
