@@ -156,7 +156,9 @@ def read_settings() -> Settings:
     # In days, as apt's own APT::Archives::MaxAge.
     settings.archives_max_age = 86400.0 * config.find_i("APT::Rehearse::Archives-Max-Age", 7)
     settings.verdict_max_age = float(config.find_i("APT::Rehearse::Cache-Max-Age", int(settings.verdict_max_age)))
-    settings.mail = config.find("APT::Rehearse::Mail", settings.mail).strip()
+    # Set to "" means nobody (find() would give the default for an empty value).
+    if config.exists("APT::Rehearse::Mail"):
+        settings.mail = config.find("APT::Rehearse::Mail").strip()
     return settings
 
 
