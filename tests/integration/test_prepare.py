@@ -220,3 +220,22 @@ def test_8_apt_rehearse_as_pid_1_of_a_container_rehearses(machine: dict) -> None
     proc = in_tree(machine["tree"], "exec apt-rehearse --no-services --json remove rh-p-bad")
     assert "without a result" not in proc.stderr and proc.returncode in (0, 10), proc.stderr
     assert json.loads(proc.stdout)["transaction"]["changes"][0]["action"] == "remove"
+
+
+def test_9_prepare_takes_the_debs_apt_downloaded_instead_of_fetching_them_again(machine: dict) -> None:
+    """A copy: source makes apt download into its archives, as apt-daily does from a mirror."""
+    tree = machine["tree"]
+    repo = LocalRepo(tree / "srv/rh-repo")
+    repo.add(build_deb(machine["debs"], "rh-p-good", "4.0", files={"/usr/share/rh-p-good/v": "4\n"}))
+    repo.publish()
+    sources = tree / "etc/apt/sources.list"
+    sources.write_text("deb [trusted=yes] copy:/srv/rh-repo ./\n")
+    download = in_tree(tree, "APT_REHEARSE=0 apt-get update -q && apt-get -y -d install rh-p-good")
+    assert download.returncode == 0, download.stderr
+    apts = tree / "var/cache/apt/archives/rh-p-good_4.0_all.deb"
+    assert apts.is_file()
+    assert in_tree(tree, "apt-rehearse prepare").returncode in (0, 10)
+    ours = tree / CACHE / "archives/rh-p-good_4.0_all.deb"
+    assert ours.stat().st_ino == apts.stat().st_ino  # the same file: linked, not downloaded again
+    rows = {row["request"]: row for row in _status(tree)["requests"]}
+    assert rows["gate"]["verdict"] == "pass" and rows["gate"]["reused"] is False

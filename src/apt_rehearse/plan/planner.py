@@ -389,7 +389,38 @@ def fetch_debs(cache: apt.Cache, archive_dir: str, progress: bool) -> dict[str, 
     on the items, and each item's own status.
     """
     apt_download_dir(archive_dir)
+    apts_own = apt_pkg.config.find("Dir::Cache::Archives")
     apt_pkg.config.set("Dir::Cache::Archives", archive_dir)
+    try:
+        return _fetch(cache, progress)
+    finally:
+        # apt's own again: the next plan in this process (prepare's) finds apt's downloads there.
+        apt_pkg.config.set("Dir::Cache::Archives", apts_own)
+
+
+def reuse_apt_downloads(changes: list[Change], apt_archives: str, archive_dir: str) -> list[str]:
+    """Hard-link the .debs apt has downloaded already (apt-daily's) into our
+    archive cache, so that they are not downloaded twice; apt's fetcher
+    checks each against the archive's hashes before it takes it. A .deb on
+    another file system is left to the download."""
+    linked = []
+    if os.path.realpath(apt_archives) == os.path.realpath(archive_dir):
+        return linked
+    for change in changes:
+        if change.action not in INSTALLING_ACTIONS or not change.to_version:
+            continue
+        name = _deb_filename(change.package, change.to_version, change.arch)
+        source, target = os.path.join(apt_archives, name), os.path.join(archive_dir, name)
+        try:
+            if os.path.isfile(source) and not os.path.islink(source) and not os.path.lexists(target):
+                os.link(source, target)
+                linked.append(name)
+        except OSError:
+            continue  # another file system, or gone meanwhile: apt downloads it
+    return linked
+
+
+def _fetch(cache: apt.Cache, progress: bool) -> dict[str, str]:
     acquire_progress = (
         apt.progress.text.AcquireProgress(sys.stdout) if progress else apt.progress.base.AcquireProgress()
     )
@@ -476,6 +507,7 @@ def plan_transaction(
     if changes:
         # Before anything is fetched: what apt would refuse is not rehearsed as root.
         refuse_unauthenticated(cache, changes)
+        reuse_apt_downloads(changes, apt_pkg.config.find_dir("Dir::Cache::Archives"), archive_dir)
         fetched = fetch_debs(cache, archive_dir, progress)
         changes = attach_debs(changes, cache, archive_dir, fetched, sha256_of)
     return Transaction(
