@@ -232,7 +232,7 @@ def _rehearse_request(command: str, packages: list[str], options: Options) -> in
     os.chmod(settings.cache_dir, 0o755)
     state = _release_state(root, options, settings, interactive)
     # The gate's set, rehearsed and approved by the prepare service already, is not rehearsed again.
-    rehearsal, document = _plan_and_rehearse(
+    rehearsal, document = plan_and_rehearse(
         command, packages, options, options.also, settings, state, began, reuse=command == "gate"
     )
     if rehearsal is None:
@@ -244,7 +244,7 @@ def _rehearse_request(command: str, packages: list[str], options: Options) -> in
     if options.fix and offer:
         first = document
         _show(first, options, bool(color), quiet=True)
-        rehearsal, document = _plan_and_rehearse(
+        rehearsal, document = plan_and_rehearse(
             command,
             packages,
             options,
@@ -279,7 +279,7 @@ def _release_state(root: str, options: Options, settings: Any, interactive: bool
     return state
 
 
-def _plan_and_rehearse(
+def plan_and_rehearse(
     command: str,
     packages: list[str],
     options: Options,
@@ -334,7 +334,7 @@ def _plan_and_rehearse(
         return None, {"reused": None, "transaction": transaction}
     with contextlib.ExitStack() as held:
         if record:
-            known = _claim(held, transaction, settings, f"apt-rehearse {command}", interactive, reuse)
+            known = _claim(held, transaction, settings, command, interactive, reuse)
             if known is not None:
                 return None, {"reused": known, "transaction": transaction}
         planned = _Planned(command, transaction, state, began, progress, clock, source_cache, known_debs, record)
@@ -342,7 +342,7 @@ def _plan_and_rehearse(
 
 
 def _claim(
-    held: Any, transaction: Any, settings: Any, who: str, interactive: bool, reuse: bool
+    held: Any, transaction: Any, settings: Any, command: str, interactive: bool, reuse: bool
 ) -> dict[str, Any] | None:
     """Hold the transaction's lock (store/inflight) for the rehearsal; with
     ``reuse``, the fresh verdict there is once the lock is ours, if any."""
@@ -353,14 +353,14 @@ def _claim(
         if interactive and elapsed < 1.5:
             click.echo(f"Waiting for the rehearsal of this transaction that {holder.get('who', '?')} is running ...")
 
-    held.enter_context(inflight.claim(settings.cache_dir, transaction.identity, who, on_wait=waiting))
+    held.enter_context(inflight.claim(settings.cache_dir, transaction.identity, f"apt-rehearse {command}", waiting))
     if not reuse:
         return None
     root = transaction.root
     known = verdict_cache.lookup(
         settings.cache_dir, transaction, settings.verdict_max_age, lambda: installed_versions(root)
     )
-    if who == "apt-rehearse gate" and known is not None:
+    if command == "gate" and known is not None:
         # The gate's steps need the approval of this very set, not only its verdict.
         known = verdict_cache.approval_of(settings.cache_dir, transaction, settings.verdict_max_age)
     return known
@@ -370,13 +370,23 @@ def _reused(document: dict[str, Any], options: Options) -> int:
     """A request whose verdict was there already: say so, or give its entry as JSON."""
     entry = document["reused"]
     if options.json_output:
-        click.echo(json.dumps({"reused": entry, "id": document["transaction"].identity}, indent=2))
+        # The report of the rehearsal that reached the verdict: the same schema as any other.
+        click.echo(json.dumps(_saved_report(entry) or {"reused": entry, "id": document["transaction"].identity}))
     elif entry is None:
         click.echo("Nothing to rehearse: the request changes nothing.")
     else:
         where = f"; report {entry['report']}" if entry.get("report") else ""
         click.echo(f"Already rehearsed and approved: {str(entry.get('verdict')).upper()}{where}")
     return EXIT_BLOCKED if entry and entry.get("verdict") == "block" else EXIT_GO
+
+
+def _saved_report(entry: dict[str, Any] | None) -> dict[str, Any] | None:
+    try:
+        with open((entry or {}).get("report") or "", encoding="utf-8") as handle:
+            report = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    return report if isinstance(report, dict) and report.get("schema") else None
 
 
 @dataclasses.dataclass

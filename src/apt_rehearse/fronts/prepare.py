@@ -30,7 +30,7 @@ SENDMAIL = "/usr/sbin/sendmail"
 
 def prepare(options: Any, settings: Any, say: Any) -> int:
     """Rehearse each pending transaction once; 10 when one of them blocks."""
-    from apt_rehearse.fronts.cli import _plan_and_rehearse
+    from apt_rehearse.fronts.cli import plan_and_rehearse
 
     root = os.path.realpath(options.root)
     rows: list[dict[str, Any]] = []
@@ -46,12 +46,8 @@ def prepare(options: Any, settings: Any, say: Any) -> int:
                     row["skipped"] = "unattended-upgrades is not installed"
                     rows.append(row)
                     continue
-                say(
-                    f"rehearsing what 'apt-get {command}' would do ..."
-                    if command != "gate"
-                    else "rehearsing " "what unattended-upgrades would install ..."
-                )
-                rehearsal, document = _plan_and_rehearse(command, [], options, [], settings, None, began, reuse=True)
+                say(f"rehearsing what {NAMES[command]} would do ...")
+                rehearsal, document = plan_and_rehearse(command, [], options, [], settings, None, began, reuse=True)
             except RehearsalError as error:
                 row["error"] = one_line(str(error))
                 rows.append(row)
