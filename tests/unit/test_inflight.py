@@ -42,3 +42,24 @@ def test_a_lock_goes_with_its_process_however_it_ends(tmp_path: Path) -> None:
     old = time.time() - 2 * 86400
     os.utime(tmp_path / "inflight" / "abc", (old, old))
     assert inflight.tidy(str(tmp_path)) == 1 and not (tmp_path / "inflight" / "abc").exists()
+
+
+def test_who_waits_sees_where_the_rehearsal_is(tmp_path: Path) -> None:
+    from apt_rehearse.fronts.progress import Progress, Relayed
+
+    ready_r, ready_w = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child rehearses, slowly
+        with inflight.claim(str(tmp_path), "abc", "apt-rehearse upgrade") as held:
+            progress = Relayed(Progress(), held.tell)
+            progress.update(44.4, "Configuring libzstd1 (amd64)")
+            os.write(ready_w, b"x")
+            time.sleep(1.5)
+        os._exit(0)
+    os.read(ready_r, 1)
+    seen = []
+    with inflight.claim(str(tmp_path), "abc", "the apt hook", on_wait=lambda holder, s: seen.append(holder)):
+        pass
+    os.waitpid(child, 0)
+    assert any(h.get("now") == "[ 44%] Configuring libzstd1 (amd64)" for h in seen), seen
+    assert seen[0]["who"] == "apt-rehearse upgrade"

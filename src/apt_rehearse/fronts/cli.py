@@ -296,7 +296,7 @@ def plan_and_rehearse(
     (None, {"reused": the verdict's entry, "transaction": ...})."""
     import contextlib
 
-    from apt_rehearse.fronts.progress import for_stream
+    from apt_rehearse.fronts.progress import Relayed, for_stream
     from apt_rehearse.plan import planner, release
     from apt_rehearse.rehearse import PhaseClock
     from apt_rehearse.sandbox.forked import ForkedCall
@@ -334,28 +334,33 @@ def plan_and_rehearse(
         return None, {"reused": None, "transaction": transaction}
     with contextlib.ExitStack() as held:
         if record:
-            known = _claim(held, transaction, settings, command, interactive, reuse)
+            claim = _claim(held, transaction, settings, command, interactive)
+            known = _known_verdict(transaction, settings, command) if reuse else None
             if known is not None:
                 return None, {"reused": known, "transaction": transaction}
+            progress = Relayed(progress, claim.tell)  # where it is, for a hook that waits for it
         planned = _Planned(command, transaction, state, began, progress, clock, source_cache, known_debs, record)
         return _rehearse_planned(planned, options, settings, config_changes, debug)
 
 
-def _claim(
-    held: Any, transaction: Any, settings: Any, command: str, interactive: bool, reuse: bool
-) -> dict[str, Any] | None:
-    """Hold the transaction's lock (store/inflight) for the rehearsal; with
-    ``reuse``, the fresh verdict there is once the lock is ours, if any."""
-    from apt_rehearse.fronts.hook import installed_versions
-    from apt_rehearse.store import inflight, verdict_cache
+def _claim(held: Any, transaction: Any, settings: Any, command: str, interactive: bool) -> Any:
+    """Hold the transaction's lock (store/inflight) for the rehearsal."""
+    from apt_rehearse.store import inflight
 
     def waiting(holder: dict[str, Any], elapsed: float) -> None:
         if interactive and elapsed < 1.5:
             click.echo(f"Waiting for the rehearsal of this transaction that {holder.get('who', '?')} is running ...")
 
-    held.enter_context(inflight.claim(settings.cache_dir, transaction.identity, f"apt-rehearse {command}", waiting))
-    if not reuse:
-        return None
+    return held.enter_context(
+        inflight.claim(settings.cache_dir, transaction.identity, f"apt-rehearse {command}", waiting)
+    )
+
+
+def _known_verdict(transaction: Any, settings: Any, command: str) -> dict[str, Any] | None:
+    """The fresh verdict of this transaction, once its lock is ours (prepare, gate)."""
+    from apt_rehearse.fronts.hook import installed_versions
+    from apt_rehearse.store import verdict_cache
+
     root = transaction.root
     known = verdict_cache.lookup(
         settings.cache_dir, transaction, settings.verdict_max_age, lambda: installed_versions(root)

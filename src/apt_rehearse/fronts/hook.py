@@ -210,14 +210,20 @@ def _successors(transaction: Transaction) -> dict[str, str]:
 
 
 def _waiting(unattended: bool) -> Any:
+    shown = {"now": None}
+
     def say(holder: dict, elapsed: float) -> None:
-        # Once, then every half minute on a terminal: apt's user sees it is not hung.
-        if elapsed < 1.5 or (not unattended and int(elapsed) % 30 == 0):
+        if elapsed < 1.5:
             since = time.time() - float(holder.get("started") or time.time())
             _say(
                 f"this transaction is being rehearsed already by {holder.get('who', '?')} (pid {holder.get('pid', '?')},"
                 f" for {since:.0f} s); waiting for its verdict ..."
             )
+        # On a terminal, where that rehearsal is, as it moves: apt's user sees it is not hung.
+        now = holder.get("now")
+        if not unattended and now and now != shown["now"]:
+            _say(f"  {now}")
+            shown["now"] = now
 
     return say
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 import sys
-from typing import TextIO
+from typing import Callable, TextIO
 
 
 class Progress:
@@ -43,6 +43,26 @@ class TerminalProgress(Progress):
             self.stream.write("\r" + " " * width + "\r")
             self.stream.flush()
             self.shown = False
+
+
+class Relayed(Progress):
+    """A rehearsal's progress, shown as before and also told to whoever
+    waits for this rehearsal (store/inflight: the hook of the same transaction)."""
+
+    def __init__(self, inner: Progress, tell: Callable[[str], None]) -> None:
+        self.inner = inner
+        self.tell = tell
+
+    def phase(self, name: str) -> None:
+        self.inner.phase(name)
+        self.tell(name)
+
+    def update(self, percent: float, message: str) -> None:
+        self.inner.update(percent, message)
+        self.tell(f"[{percent:3.0f}%] {message}")
+
+    def done(self) -> None:
+        self.inner.done()
 
 
 def for_stream(stream: TextIO, quiet: bool) -> Progress:

@@ -58,9 +58,25 @@ class Claim:
     """A held lock; ``waited`` says whether another rehearsal held it first
     (whose verdict the holder should look for before rehearsing again)."""
 
-    def __init__(self, waited: bool, holder: dict[str, Any]) -> None:
+    def __init__(self, waited: bool, holder: dict[str, Any], fd: int = -1, mine: dict[str, Any] | None = None) -> None:
         self.waited = waited
         self.holder = holder
+        self._fd = fd
+        self._mine = mine or {}
+        self._told = 0.0
+
+    def tell(self, now: str) -> None:
+        """Say where the rehearsal is ("[ 44%] Configuring libzstd1"), for
+        whoever waits for it; at most twice a second."""
+        if self._fd < 0 or time.monotonic() - self._told < 0.5:
+            return
+        self._told = time.monotonic()
+        try:
+            data = json.dumps({**self._mine, "now": now}).encode()
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, data, 0)
+        except OSError:
+            pass
 
 
 @contextlib.contextmanager
@@ -85,13 +101,14 @@ def claim(
             if timeout_s is not None and elapsed > timeout_s:
                 raise TimeoutError(f"{name} is still held by {holder.get('who', '?')} after {elapsed:.0f} s")
             if on_wait is not None and elapsed - told >= 1.0:
-                on_wait(holder, elapsed)
+                on_wait(_holder(fd) or holder, elapsed)  # read again: the holder says where it is
                 told = elapsed
             time.sleep(WAIT_TICK_S)
+        mine = {"who": who, "pid": os.getpid(), "started": time.time()}
         os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps({"who": who, "pid": os.getpid(), "started": time.time()}).encode(), 0)
+        os.pwrite(fd, json.dumps(mine).encode(), 0)
         try:
-            yield Claim(waited, holder)
+            yield Claim(waited, holder, fd, mine)
         finally:
             os.ftruncate(fd, 0)
     finally:
