@@ -29,6 +29,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parent.parent
 WORK_ROUNDS = 60_000  # about 20 ms of sha256 on this VM: a small dynamic page
@@ -72,33 +73,26 @@ def during(url: str, argv: list[str]) -> dict[str, object]:
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
     began = time.monotonic()
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True)
-    times: list[float] = []
-
-    def client() -> None:
-        while proc.poll() is None:
-            times.append(request_ms(url))
-
-    clients = [threading.Thread(target=client) for _ in range(CLIENTS)]
-    for thread in clients:
-        thread.start()
-    for thread in clients:
-        thread.join()
+    times = clients(url, lambda done: proc.poll() is None)
     seconds = time.monotonic() - began
     stderr = proc.stderr.read() if proc.stderr else ""
     return {"argv": argv, "rc": proc.returncode, "seconds": round(seconds, 1), "ms": times, "stderr": stderr[-500:]}
 
 
-def concurrently(url: str, count: int) -> list[float]:
+def clients(url: str, going: Callable[[int], bool]) -> list[float]:
+    """One client per core, each asking again while ``going(requests it made)``."""
     times: list[float] = []
 
     def client() -> None:
-        for _ in range(count // CLIENTS):
+        made = 0
+        while going(made):
             times.append(request_ms(url))
+            made += 1
 
-    clients = [threading.Thread(target=client) for _ in range(CLIENTS)]
-    for thread in clients:
+    threads = [threading.Thread(target=client) for _ in range(CLIENTS)]
+    for thread in threads:
         thread.start()
-    for thread in clients:
+    for thread in threads:
         thread.join()
     return times
 
@@ -121,7 +115,7 @@ def main() -> None:
     try:
         for _ in range(5):
             request_ms(url)  # warm
-        idle = summary(concurrently(url, args.requests_idle))
+        idle = summary(clients(url, lambda made: made < args.requests_idle // CLIENTS))
         rehearse = ["/usr/bin/python3", "-m", "apt_rehearse", "-o", "APT::Rehearse::Mail=", "dist-upgrade", "--json"]
         low = during(url, ["nice", "-n", "19", "chrt", "-b", "0", "ionice", "-c", "3", *rehearse])
         default = during(url, rehearse)

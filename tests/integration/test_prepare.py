@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from lib.localrepo import LocalRepo, build_deb
-from lib.machine import TREE_SETUP, in_tree, install_machine
+from lib.machine import TREE_SETUP, in_tree, install_machine, pending_pair
 from lib.trees import bookworm_tree, build_package
 
 pytestmark = pytest.mark.integration
@@ -32,21 +32,7 @@ def machine(sandbox_capable: None):
         deb = build_package()
         tree = bookworm_tree(base / "tree", variant="frontends")
         debs = base / "debs"
-        v1 = [build_deb(debs, name, "1.0", files={f"/usr/share/{name}/v": "1\n"}) for name in ("rh-p-good", "rh-p-bad")]
-        v2 = [
-            build_deb(debs, "rh-p-good", "2.0", files={"/usr/share/rh-p-good/v": "2\n"}),
-            build_deb(
-                debs,
-                "rh-p-bad",
-                "2.0",
-                files={"/usr/share/rh-p-bad/v": "2\n"},
-                postinst='echo "rh-p-bad: cannot migrate" >&2\nexit 1\n',
-            ),
-        ]
-        (tree / "etc/apt/apt.conf.d/51rh-unattended").write_text(
-            'Unattended-Upgrade::Origins-Pattern { "origin=apt-rehearse-tests"; };\n'
-            'Unattended-Upgrade::Package-Blacklist { "rh-p-bad"; };\n'
-        )
+        v1, v2 = pending_pair(tree, debs, "rh-p")
         install_machine(tree, deb, v1 + v2, v1)
         yield {"tree": tree, "debs": debs}
     finally:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from lib.booted import BootedMachine
 from lib.localrepo import LocalRepo, build_deb
-from lib.machine import install_machine
+from lib.machine import install_machine, pending_pair
 from lib.trees import bookworm_tree, build_package
 
 pytestmark = pytest.mark.integration
@@ -38,21 +38,7 @@ def booted(sandbox_capable: None):
         deb = build_package()
         tree = bookworm_tree(base / "tree", variant="frontends")
         debs = base / "debs"
-        v1 = [build_deb(debs, name, "1.0", files={f"/usr/share/{name}/v": "1\n"}) for name in ("rh-b-good", "rh-b-bad")]
-        v2 = [
-            build_deb(debs, "rh-b-good", "2.0", files={"/usr/share/rh-b-good/v": "2\n"}),
-            build_deb(
-                debs,
-                "rh-b-bad",
-                "2.0",
-                files={"/usr/share/rh-b-bad/v": "2\n"},
-                postinst='echo "rh-b-bad: cannot migrate" >&2\nexit 1\n',
-            ),
-        ]
-        (tree / "etc/apt/apt.conf.d/51rh-unattended").write_text(
-            'Unattended-Upgrade::Origins-Pattern { "origin=apt-rehearse-tests"; };\n'
-            'Unattended-Upgrade::Package-Blacklist { "rh-b-bad"; };\n'
-        )
+        v1, v2 = pending_pair(tree, debs, "rh-b")
         install_machine(tree, deb, v1 + v2, v1)
         # apt's own timers stay still: the test starts what it tests. logind cannot run in this machine, and
         # apt asks it for an inhibitor lock before dpkg runs: masked, the ask fails at once instead of after

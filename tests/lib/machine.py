@@ -81,3 +81,28 @@ def install_machine(tree: Path, product_deb: Path, published: list[Path], instal
         "APT_REHEARSE=0 apt-get update -q",
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+
+def pending_pair(tree: Path, debs: Path, prefix: str) -> tuple[list[Path], list[Path]]:
+    """PREFIX-good and PREFIX-bad at 1.0, with 2.0 of both pending (PREFIX-bad
+    2.0's postinst fails), and unattended-upgrades allowed PREFIX-good only:
+    (v1, v2) for install_machine."""
+    from lib.localrepo import build_deb
+
+    good, bad = f"{prefix}-good", f"{prefix}-bad"
+    v1 = [build_deb(debs, name, "1.0", files={f"/usr/share/{name}/v": "1\n"}) for name in (good, bad)]
+    v2 = [
+        build_deb(debs, good, "2.0", files={f"/usr/share/{good}/v": "2\n"}),
+        build_deb(
+            debs,
+            bad,
+            "2.0",
+            files={f"/usr/share/{bad}/v": "2\n"},
+            postinst=f'echo "{bad}: cannot migrate" >&2\nexit 1\n',
+        ),
+    ]
+    (tree / "etc/apt/apt.conf.d/51rh-unattended").write_text(
+        'Unattended-Upgrade::Origins-Pattern { "origin=apt-rehearse-tests"; };\n'
+        f'Unattended-Upgrade::Package-Blacklist {{ "{bad}"; }};\n'
+    )
+    return v1, v2

@@ -124,9 +124,19 @@ def lookup(
     entry = read_trusted(os.path.join(directory, f"{identity}.json"))
     if entry and entry.get("id") == identity and now - float(entry.get("created", 0)) <= max_age:
         return entry
+    approval = _fresh_approval(directory, transaction, max_age)
+    if approval and _covered(
+        transaction, approval.get("changes", []), installed() if callable(installed) else installed
+    ):
+        return approval
+    return None
+
+
+def _fresh_approval(directory: str, transaction: Transaction, max_age: float) -> dict[str, Any] | None:
+    """The gate's approval, when it is for this root and young enough."""
     approval = read_trusted(os.path.join(directory, "approval.json"))
-    if approval and now - float(approval.get("created", 0)) <= max_age and approval.get("root") == transaction.root:
-        if _covered(transaction, approval.get("changes", []), installed() if callable(installed) else installed):
+    if approval and approval.get("root") == transaction.root:
+        if time.time() - float(approval.get("created", 0)) <= max_age:
             return approval
     return None
 
@@ -136,11 +146,8 @@ def approval_of(cache_dir: str, transaction: Transaction, max_age: float) -> dic
     directory = _directory(cache_dir)
     if not trusted_dir(directory):
         return None
-    approval = read_trusted(os.path.join(directory, "approval.json"))
-    if approval and approval.get("id") == transaction.identity and approval.get("root") == transaction.root:
-        if time.time() - float(approval.get("created", 0)) <= max_age:
-            return approval
-    return None
+    approval = _fresh_approval(directory, transaction, max_age)
+    return approval if approval and approval.get("id") == transaction.identity else None
 
 
 def _covered(transaction: Transaction, approved_rows: list[Any], installed: dict[str, str | None]) -> bool:
