@@ -6,6 +6,7 @@ Rehearsal back; neither knows how the sandbox works.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import functools
 import os
@@ -16,6 +17,10 @@ from apt_rehearse.checks import state as checks
 from apt_rehearse.checks import hazards as hazard_checks
 from apt_rehearse.checks.problems import problems_of
 from apt_rehearse.checks.removals import judge_removals
+from apt_rehearse.checks.downtime import findings as downtime_findings
+from apt_rehearse.checks.downtime import forecast as forecast_downtime
+from apt_rehearse.checks.downtime import host_seconds as downtime_host_seconds
+from apt_rehearse.inside.downtime import probe_targets
 from apt_rehearse.checks.services import service_findings
 from apt_rehearse.fronts.progress import Progress
 from apt_rehearse.inside import bootchain
@@ -26,6 +31,7 @@ from apt_rehearse.inside.observe import observe, settle
 from apt_rehearse.inside.replay import ReplayPlan, replay_inside
 from apt_rehearse.model.clock import PhaseClock
 from apt_rehearse.model.config import Settings
+from apt_rehearse.model.downtime import forecast_range as downtime_range
 from apt_rehearse.model.errors import RehearsalError, RehearsalLimit, UnsupportedSystem, from_kind
 from apt_rehearse.model.hazard_facts import HazardFacts
 from apt_rehearse.model.observation import Observation
@@ -227,6 +233,7 @@ def rehearse(
             phase: Observation.from_json(observations[phase]) if observations.get(phase) else None
             for phase in ("baseline", "upgraded", "rebooted")
         }
+        downtime = forecast_downtime(result.watched, result.apt.status_lines, result.apt.status_times)
         findings, disk = _analyse(
             transaction,
             settings,
@@ -236,6 +243,10 @@ def rehearse(
             source_findings,
             unattended,
             notes,
+        )
+        interval = float((result.watched or {}).get("interval") or 0.1)
+        findings += downtime_findings(
+            downtime, settings.downtime_slowdown, interval, settings.downtime_max, settings.downtime_max_units
         )
         apply_policy(findings, lookup)
         problems = problems_of(findings, transaction, typed["baseline"])
@@ -257,7 +268,26 @@ def rehearse(
         hazards=_hazard_figures(result.hazards),
         replay_parts=result.timings,
         config_fixes=result.config_fixes,
+        downtime=[entry.to_json(settings.downtime_slowdown, interval) for entry in downtime],
+        downtime_watch=_watch_summary(result.watched, downtime, settings.downtime_slowdown),
     )
+
+
+def _watch_summary(watched: dict[str, Any] | None, entries: list[Any], slowdown: float) -> dict[str, Any] | None:
+    """How the downtime was watched, and the host's own: at least one service out."""
+    if not watched:
+        return None
+    interval = float(watched.get("interval") or 0.1)
+    total = downtime_host_seconds(entries)
+    return {
+        "interval_s": interval,
+        "seconds": watched.get("seconds"),
+        "targets": len(watched.get("targets") or []),
+        "samples": sum(int(t.get("samples") or 0) for t in watched.get("targets") or []),
+        "slowdown": slowdown,
+        "host_seconds": total,
+        "host_forecast_s": list(downtime_range(total, slowdown, interval)) if total else [0.0, 0.0],
+    }
 
 
 def _source_findings(transaction: Transaction, unavailable: dict[str, str]) -> list[Finding]:
@@ -598,6 +628,9 @@ def _run_booted(
             observations["boot"] = _inside(booted, settle_now, progress)
         with clock.timed("observe"):
             observations["baseline"] = _inside(booted, observe_now, progress)
+        baseline = observations["baseline"]
+        probes = [entry["probe"] for entry in (baseline.get("probes") or {}).values() if entry.get("ok")]
+        replay_plan = dataclasses.replace(replay_plan, watch=probe_targets(baseline, probes))
         started = time.monotonic()
         result = _inside(booted, functools.partial(replay_inside, replay_plan, None), progress)
         clock.add("replay", time.monotonic() - started)

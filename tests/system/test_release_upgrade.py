@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from apt_rehearse.model.downtime import describe
 from conftest import IN_CI, assert_host_clean, host_snapshot, run_json
 from lib.trees import bookworm_tree, dpkg_status_digest, tree_hash
 
@@ -59,6 +60,17 @@ def test_release_upgrade_reports_php_removals_and_leaves_tree_unchanged(lamp_tre
     services = document["services"]
     assert services["boot"]["state"] in ("running", "degraded")
     assert {"tcp/80", "tcp/22", "tcp/3306"} <= set(services["baseline"]["listening"])
+    # The downtime forecast: the database is restarted by its packages, and so is (or reloaded) Apache.
+    downtime = {entry["unit"]: entry for entry in document["downtime"]}
+    print("release upgrade downtime:", document["downtime_watch"], [describe(e) for e in document["downtime"]])
+    assert {"mariadb.service", "apache2.service"} <= set(downtime), document["downtime"]
+    mariadb = downtime["mariadb.service"]
+    assert mariadb["outages"] and "tcp/3306" in mariadb["probed"], mariadb
+    assert all("mariadb" in outage["cause"] for outage in mariadb["outages"]), mariadb["outages"]
+    assert mariadb["forecast_s"][0] <= mariadb["seconds"] <= mariadb["forecast_s"][1]
+    apache = downtime["apache2.service"]
+    assert apache["restarts"] + apache["reloads"] >= 1, apache
+    assert document["downtime_watch"]["host_seconds"] >= mariadb["seconds"]
     [lost] = [f for f in document["findings"] if f["check"] == "module"]
     assert "php_module" in lost["details"]["lost"] and lost["severity"] == "block"
     [source] = [f for f in document["findings"] if f["check"] == "http" and f["subject"].endswith("/index.php")]

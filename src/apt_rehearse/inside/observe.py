@@ -164,10 +164,12 @@ def sockets() -> list[dict[str, Any]]:
     return sorted(unique.values(), key=lambda s: (s["proto"], s["port"], s["family"], s["address"]))
 
 
-def http_get(host: str, port: int, path: str = "/", tls: bool = False) -> dict[str, Any] | None:
+def http_get(
+    host: str, port: int, path: str = "/", tls: bool = False, timeout: float = HTTP_TIMEOUT
+) -> dict[str, Any] | None:
     """One GET on the sandbox's loopback; None when the port does not speak HTTP."""
     connection_class = http.client.HTTPSConnection if tls else http.client.HTTPConnection
-    kwargs: dict[str, Any] = {"timeout": HTTP_TIMEOUT}
+    kwargs: dict[str, Any] = {"timeout": timeout}
     if tls:
         kwargs["context"] = ssl._create_unverified_context()  # the sandbox's own self-signed certificates
     try:

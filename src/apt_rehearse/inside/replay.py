@@ -22,6 +22,7 @@ from apt_rehearse.inside import bootchain
 from apt_rehearse.inside.commands import finish_command, run_command, sandbox_env, start_command
 from apt_rehearse.inside import config_fixes
 from apt_rehearse.inside import conffile_state
+from apt_rehearse.inside import downtime
 from apt_rehearse.inside import facts
 from apt_rehearse.inside import kernel_settings
 from apt_rehearse.inside import libraries
@@ -72,6 +73,9 @@ class ReplayPlan:
     # --fix: configuration changes to make after apt, in the copy only
     # (inside/config_fixes): {path, line, old, new, unit}.
     config_fixes: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    # With the services live: what to probe during the run for the downtime
+    # forecast (inside/downtime.probe_targets of the baseline observation).
+    watch: list[dict[str, Any]] | None = None
 
 
 DPKG_QUERY_FORMAT = "${Package}\\t${Architecture}\\t${Version}\\t${db:Status-Abbrev}\\n"
@@ -365,7 +369,11 @@ def replay_inside(plan: ReplayPlan, session: SandboxSession | None, channel: Cha
             saved_policy = handle.read()
     if not plan.services_live:
         _write(POLICY_RC_D, "#!/bin/sh\n# apt-rehearse: no service starts during the replay\nexit 101\n", 0o755)
+    # Started before apt, stopped once the inspection is done: a service the
+    # run left down is seen coming back (or not) meanwhile.
+    watcher = downtime.Watcher(plan.watch).start() if plan.services_live and plan.watch is not None else None
     try:
+        apt_at = round(time.monotonic() - watcher.started, 3) if watcher else 0.0
         with parts("apt"):
             apt_run = _run_apt(plan, channel, plan.timeout)
         cache_after_apt = _cache_identity() if placed_cache else None
@@ -405,6 +413,10 @@ def replay_inside(plan: ReplayPlan, session: SandboxSession | None, channel: Cha
     with parts("audit"):
         audit_status, audit_output = run_command(["dpkg", "--audit"])
         check_status, check_output = run_command(["apt-get", "check", *APT_QUIET_OPTIONS])
+    watched = None
+    if watcher:
+        with parts("downtime"):
+            watched = {**watcher.stop(), "apt_started": apt_at}
     with parts("upper"):
         upper, growth = session.measure() if session else ({}, {})
     return {
@@ -420,6 +432,7 @@ def replay_inside(plan: ReplayPlan, session: SandboxSession | None, channel: Cha
         "timings": parts.seconds,
         "hazards": hazards,
         "config_fixes": applied_fixes,
+        "watched": watched,
         # Whether apt took the release's prepared cache as valid (or read
         # every list again): for --debug and the tests.
         "source_cache": None if placed_cache is None else ("reused" if cache_after_apt == placed_cache else "rebuilt"),

@@ -48,6 +48,11 @@ class Settings:
     archives_max_age: float = 7 * 86400.0
     verdict_max_age: float = float(DEFAULT_MAX_AGE)
     mail: str = "root"  # who hears of a blocked prepared upgrade ("" = nobody)
+    # The downtime forecast (checks/downtime): how much slower than the
+    # rehearsal the real run may be, and the sysadmin's limits in seconds.
+    downtime_slowdown: float = 1.5
+    downtime_max: float | None = None  # the host's: at least one service out
+    downtime_max_units: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def parse_option(option: str) -> tuple[str, str]:
@@ -118,6 +123,16 @@ def _weight(value: str, name: str) -> int | None:
     return int(value)
 
 
+def _seconds(text: str, name: str) -> float:
+    try:
+        value = float(text.strip().removesuffix("s").strip())
+    except ValueError:
+        value = -1.0
+    if value < 0 or value != value:
+        raise UsageError(f"APT::Rehearse::{name} '{text}' is not a number of seconds (e.g. 5 or 1.5)")
+    return value
+
+
 def _size_bytes(text: str) -> int:
     text = text.strip().upper().removesuffix("B")
     factor = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(text[-1:], 1)
@@ -156,6 +171,12 @@ def read_settings() -> Settings:
     # In days, as apt's own APT::Archives::MaxAge.
     settings.archives_max_age = 86400.0 * config.find_i("APT::Rehearse::Archives-Max-Age", 7)
     settings.verdict_max_age = float(config.find_i("APT::Rehearse::Cache-Max-Age", int(settings.verdict_max_age)))
+    settings.downtime_slowdown = _seconds(config.find("APT::Rehearse::Downtime-Slowdown", "1.5"), "Downtime-Slowdown")
+    limit = config.find("APT::Rehearse::Downtime-Max", "")
+    settings.downtime_max = _seconds(limit, "Downtime-Max") if limit else None
+    for key in config.list("APT::Rehearse::Downtime-Max"):
+        unit = key.rsplit("::", 1)[-1]
+        settings.downtime_max_units[unit] = _seconds(config.find(key), f"Downtime-Max::{unit}")
     # Set to "" means nobody (find() would give the default for an empty value).
     if config.exists("APT::Rehearse::Mail"):
         settings.mail = config.find("APT::Rehearse::Mail").strip()

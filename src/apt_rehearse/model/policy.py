@@ -73,6 +73,15 @@ DEFAULTS: dict[str, tuple[str, str]] = {
         "upgrade and is not after it",
     ),
     "Probe-Failed": ("block", "a probe of /etc/apt-rehearse/probes.d passed before and fails after"),
+    "Downtime": (
+        "info",
+        "a service stops answering during the run (the forecast of its downtime in the real run, from the "
+        "rehearsal's probes)",
+    ),
+    "Downtime-Max": (
+        "block",
+        "a service's forecast downtime (or the host's, all services together) passes APT::Rehearse::Downtime-Max",
+    ),
 }
 
 

@@ -34,3 +34,6 @@ class Rehearsal:
     problems: list[Problem] = dataclasses.field(default_factory=list)
     # --fix: the configuration changes made in the copy, {path, line, applied[, why]}
     config_fixes: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    # The downtime forecast per unit (checks/downtime, as JSON), and how it was watched.
+    downtime: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    downtime_watch: dict[str, Any] | None = None

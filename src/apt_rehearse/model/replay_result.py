@@ -79,6 +79,8 @@ class ReplayResult:
     source_cache: str | None = None  # "reused" or "rebuilt": the release's prepared apt cache
     # --fix: the configuration changes made in the copy, {path, line, applied[, why]}
     config_fixes: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    # With the services live: the probes and unit transitions during the run (inside/downtime).
+    watched: dict[str, Any] | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "ReplayResult":
@@ -96,4 +98,5 @@ class ReplayResult:
             hazards=HazardFacts.from_json(data.get("hazards")),
             source_cache=data.get("source_cache"),
             config_fixes=list(data.get("config_fixes") or []),
+            watched=data.get("watched"),
         )

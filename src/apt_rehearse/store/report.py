@@ -13,6 +13,7 @@ import textwrap
 from typing import Any
 
 from apt_rehearse import __version__
+from apt_rehearse.model.downtime import describe as describe_downtime
 from apt_rehearse.model.config import Settings
 from apt_rehearse.model.rehearsal import Rehearsal
 from apt_rehearse.model.transaction import INSTALLING_ACTIONS
@@ -54,6 +55,8 @@ def build(rehearsal: Rehearsal) -> dict[str, Any]:
         "notes": rehearsal.notes,
         "suggestion": _suggestion(rehearsal),
         "services": _services_summary(rehearsal.observations),
+        "downtime": rehearsal.downtime,
+        "downtime_watch": rehearsal.downtime_watch,
         "observations": rehearsal.observations,
         **({"config_fixes_made": rehearsal.config_fixes} if rehearsal.config_fixes else {}),
     }
@@ -131,13 +134,16 @@ def render_text(report: dict[str, Any], color: bool = False, width: int = 80) ->
     problems = report.get("problems") or []
     lines += _problem_lines(problems, findings, paint)
     in_problems = {place for problem in problems for place in problem["findings"]}
-    others = [f for place, f in enumerate(findings) if place not in in_problems]
+    # A downtime of no consequence for the verdict is told in its own section.
+    shown = [f for f in findings if not (f["check"] == "downtime" and f["severity"] == "info")]
+    others = [f for place, f in enumerate(findings) if place not in in_problems and f in shown]
     if others:
         lines.append("Other findings:" if problems else "Rehearsal findings:")
         for finding in others:
             lines += _finding_lines(finding, "  ", paint)
-    elif changes and not findings:
+    elif changes and not shown:
         lines.append("Rehearsal findings: none")
+    lines += _downtime_lines(report)
     if report.get("suggestion"):
         lines.append(
             f"N: the fixes add {', '.join(report['suggestion']['also'])}; rehearse the upgrade with them "
@@ -249,6 +255,23 @@ def _fix_lines(fix_of: dict[str, Any] | None, paint: Any) -> list[str]:
         if problem.get("verified_detail"):
             lines.append(f"            {problem['verified_detail']}")
     lines += [f"The real run, with the fixes: {fix_of['real_run']}", ""]
+    return lines
+
+
+def _downtime_lines(report: dict[str, Any]) -> list[str]:
+    watch = report.get("downtime_watch")
+    if not watch:
+        return []
+    entries = report.get("downtime") or []
+    if not entries:
+        return [
+            f"Downtime: none: no service stopped or stopped answering during the run ({watch['targets']} "
+            f"port(s) and page(s) probed every {watch['interval_s']:g} s)"
+        ]
+    low, high = watch["host_forecast_s"]
+    total = f", the host {low:g}-{high:g} s in all" if high else ""
+    lines = [f"Downtime during the real run (forecast from the rehearsal's probes{total}):"]
+    lines += [f"  {describe_downtime(entry)}" for entry in entries]
     return lines
 
 
