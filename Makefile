@@ -2,7 +2,7 @@
 PYTHON ?= /usr/bin/python3
 PYTEST = PYTHONPATH=src $(PYTHON) -m pytest
 RUNTIME_DEPS = python3-apt python3-debian python3-click python3-pyelftools python3-seccomp
-TEST_DEPS = python3-pytest python3-pyflakes black python3-jsonschema mmdebstrap dpkg-dev gcc libc6-dev btrfs-progs python3-btrfsutil
+TEST_DEPS = python3-pytest python3-pyflakes black python3-jsonschema python3-prometheus-client python3-yaml mmdebstrap dpkg-dev gcc libc6-dev btrfs-progs python3-btrfsutil
 DEB_DEPS = debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools lintian \
 	dh-exec bash-completion
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -203,3 +204,90 @@ def release_states_of_test_trees_go() -> Iterator[None]:
     from apt_rehearse.store import housekeeping
 
     housekeeping.prune_release_states("/var/cache/apt-rehearse/releases", None)
+
+
+# Where the tests' rehearsals save their reports: the machine's log directory,
+# and the Log-Dir or tree of a test's own scratch directory (below /var/tmp,
+# or pytest's tmp_path).
+SAVED_REPORTS = (
+    "/var/log/apt-rehearse",
+    "/run/rel-log",
+    "/var/tmp/rh-*/log*",
+    "/var/tmp/rh-*/*/log*",
+    "/var/tmp/rel-*/log*",
+    "/var/tmp/rel-*/*/log*",
+    "/var/tmp/rh-*/var/log/apt-rehearse",
+    "/var/tmp/rh-*/*/var/log/apt-rehearse",
+    "/var/tmp/rel-*/*/var/log/apt-rehearse",
+)
+REPORT_NAME = re.compile(r"^[0-9]{8}T[0-9]{6}-[0-9a-f]{12}\.json$")
+_validated: dict[str, float] = {}
+
+
+def _report_validator() -> Any:
+    """The shipped schema's validator, or None where python3-jsonschema is missing (outside CI)."""
+    try:
+        import jsonschema
+    except ImportError:
+        if IN_CI:
+            pytest.fail("CI must validate the saved reports: python3-jsonschema is not installed")
+        return None
+    schema = json.loads((REPO / "data/report.schema.json").read_text())
+    return jsonschema.Draft202012Validator(schema)
+
+
+def saved_reports(since: float, directories: tuple[str, ...]) -> list[Path]:
+    """Reports apt-rehearse saved since ``since``: <time>-<id>.json with the
+    .txt and .log it writes beside each (a file a test planted to be pruned has
+    no .log)."""
+    import glob
+
+    found = []
+    for pattern in directories:
+        for directory in glob.glob(pattern):
+            for path in Path(directory).glob("2*.json"):
+                try:
+                    recent = path.stat().st_mtime >= since
+                except OSError:
+                    continue  # pruned meanwhile
+                if recent and REPORT_NAME.match(path.name) and path.with_suffix(".log").exists():
+                    found.append(path)
+    return sorted(found)
+
+
+@pytest.fixture(autouse=True)
+def saved_reports_follow_the_schema(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every report a test's rehearsals save validates against the schema the
+    package ships (data/report.schema.json): checked as each test ends, before
+    its scratch directories go."""
+    import time
+
+    started = time.time() - 1
+    yield
+    validator = _report_validator()
+    if validator is None:
+        return
+    scratch = str(tmp_path_factory.getbasetemp())
+    wrong = []
+    for path in saved_reports(started, (*SAVED_REPORTS, scratch + "/*/log*", scratch + "/*/*/log*")):
+        mtime = path.stat().st_mtime
+        if _validated.get(str(path)) != mtime:
+            wrong += report_errors(path, validator)
+            _validated[str(path)] = mtime
+    assert not wrong, "saved reports that break data/report.schema.json:\n" + "\n".join(wrong)
+
+
+def report_errors(path: Path, validator: Any) -> list[str]:
+    """What in a saved report breaks the schema (its first three errors)."""
+    try:
+        errors = sorted(validator.iter_errors(json.loads(path.read_text())), key=lambda e: list(e.path))
+    except (OSError, ValueError) as error:
+        return [f"{path}: {error}"]
+    return [f"{path}: {e.json_path}: {e.message}" for e in errors[:3]]
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _validated:
+        terminalreporter.write_line(
+            f"apt-rehearse: {len(_validated)} saved report(s) validated against data/report.schema.json"
+        )

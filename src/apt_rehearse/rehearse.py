@@ -10,6 +10,7 @@ import dataclasses
 import datetime
 import functools
 import os
+import sys
 import time
 from typing import Any, Callable
 
@@ -38,6 +39,7 @@ from apt_rehearse.model.observation import Observation
 from apt_rehearse.model.policy import Finding, apply_policy, verdict
 from apt_rehearse.model.rehearsal import Rehearsal
 from apt_rehearse.model.replay_result import ReplayResult
+from apt_rehearse.plan import system_class
 from apt_rehearse.plan.fixes import add_archive_fixes
 from apt_rehearse.model.transaction import INSTALLING_ACTIONS, REMOVING_ACTIONS, Transaction
 from apt_rehearse.sandbox import janitor
@@ -61,7 +63,7 @@ from apt_rehearse.sandbox.upper_place import (
     read_meminfo,
     upper_fits_in_memory,
 )
-from apt_rehearse.store import housekeeping, report, verdict_cache
+from apt_rehearse.store import housekeeping, report, textfile, verdict_cache
 from apt_rehearse.store.elf_table import load_elf_table, save_elf_table
 
 CONF_FORCE_OPTIONS = ("--force-confold", "--force-confnew", "--force-confdef", "--force-confmiss", "--force-confask")
@@ -695,7 +697,10 @@ def conclude(
     unattended-upgrades; ``approval``: the gate's whole set) is not rehearsed
     again; the .debs' hashes kept for the hook's cache hit and the next
     planning; what earlier rehearsals left pruned."""
-    document = report.finish(rehearsal, settings, duration_s=time.monotonic() - began)
+    transaction = rehearsal.transaction
+    # What makes another host rehearse the same (a fleet rehearses one per class): the system as the run found it.
+    system = system_class.fingerprint(transaction.root, transaction.to_json()["changes"])
+    document = report.finish(rehearsal, settings, duration_s=time.monotonic() - began, extra={"system_class": system})
     if record_in:
         verdict_cache.record(record_in, rehearsal.transaction, rehearsal.verdict, document.get("report_path"))
         if approval:
@@ -705,4 +710,15 @@ def conclude(
     if known_debs is not None:
         known_debs.save()
     housekeeping.tidy(settings, used_debs, release_state)
+    publish_metrics(settings, rehearsal.transaction.root, document)
     return document
+
+
+def publish_metrics(settings: Settings, root: str, last: dict[str, Any] | None) -> None:
+    """The node exporter's textfile (store/textfile). Monitoring is a reader
+    of the verdict, never a reason for the rehearsal to fail: a write that
+    fails is one warning line."""
+    try:
+        textfile.publish(settings.textfile_dir, settings.cache_dir, root, last)
+    except OSError as error:
+        sys.stderr.write(f"apt-rehearse: W: could not write the metrics to {settings.textfile_dir}: {error}\n")

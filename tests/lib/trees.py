@@ -80,6 +80,23 @@ VARIANTS: dict[str, dict[str, tuple[str, ...]]] = {
         "include": ("systemd-sysv", "dbus", *PRODUCT_DEPENDS, "aptitude", "unattended-upgrades"),
         "customize": (),
     },
+    # A fleet's server (issue 19): the engines that read apt-rehearse's results,
+    # Debian's node_exporter (and its collectors: apt_info.py's textfile beside
+    # ours) and ansible-core; without recommends (ansible-core's pull the whole
+    # "ansible" collection set).
+    "fleet": {
+        "include": (
+            "systemd-sysv",
+            "dbus",
+            *PRODUCT_DEPENDS,
+            "prometheus-node-exporter",
+            "prometheus-node-exporter-collectors",
+            "ansible-core",
+            "sudo",
+        ),
+        "customize": (),
+        "recommends": ("false",),
+    },
     # The same machine on trixie (Python 3.13, apt 3.x): users run both.
     "trixie-frontends": {
         "suite": ("trixie",),
@@ -114,7 +131,7 @@ def mmdebstrap_args(variant: str) -> list[str]:
         "--mode=root",
         "--variant=important",
         "--format=tar",
-        '--aptopt=Apt::Install-Recommends "true"',
+        f'--aptopt=Apt::Install-Recommends "{spec.get("recommends", ("true",))[0]}"',
         "--include=" + ",".join(spec["include"]),
     ]
     args += [f"--customize-hook={hook}" for hook in spec["customize"]]

@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 from apt_rehearse.model.errors import EXIT_BLOCKED, EXIT_FAILED, EXIT_GO, RehearsalError, one_line
-from apt_rehearse.store import inflight, status_file
+from apt_rehearse.store import inflight, status_file, textfile
 
 # What apt runs, in the order they are rehearsed: the smaller first.
 REQUESTS = ("upgrade", "dist-upgrade", "gate")
@@ -31,6 +31,7 @@ SENDMAIL = "/usr/sbin/sendmail"
 def prepare(options: Any, settings: Any, say: Any) -> int:
     """Rehearse each pending transaction once; 10 when one of them blocks."""
     from apt_rehearse.fronts.cli import plan_and_rehearse
+    from apt_rehearse.rehearse import publish_metrics
 
     root = os.path.realpath(options.root)
     rows: list[dict[str, Any]] = []
@@ -61,6 +62,8 @@ def prepare(options: Any, settings: Any, say: Any) -> int:
             say(f"{command}: {_summary(row)}")
     status = status_file.build(root, rows)
     status_file.write(settings.cache_dir, status)
+    # The pending requests' metrics, now that the status says what is pending.
+    publish_metrics(settings, root, textfile.last_saved(settings.log_dir))
     _mail_blocks(settings, status)
     if any(row.get("verdict") == "block" for row in rows):
         return EXIT_BLOCKED
@@ -159,7 +162,44 @@ def status_document(root: str, settings: Any) -> dict[str, Any]:
             # The hook takes a verdict only while it is fresh (APT::Rehearse::Cache-Max-Age).
             row["expired"] = row["age_s"] > settings.verdict_max_age
         document["requests"].append(row)
+    document.update(_pending_summary(document, status, root))
     return document
+
+
+def _pending_summary(document: dict[str, Any], status: dict[str, Any] | None, root: str) -> dict[str, Any]:
+    """At the top, what a fleet tool asks first (the Ansible fact,
+    ansible_local.apt_rehearse): the verdict of what apt full-upgrade would
+    run now, its problems, transaction, age; and the system class, read now,
+    to group hosts that rehearse the same."""
+    from apt_rehearse.plan import system_class
+
+    main = status_file.main_row(status) if status else None
+    row = next((r for r in document["requests"] if main and r.get("request") == main["request"]), main) or {}
+    # The pending changes, while the status still tells them (None: not known).
+    pending: list[dict[str, Any]] | None = None
+    if status is None or document["stale"]:
+        pending = None
+    elif main is None:
+        pending = None if any(r.get("error") for r in status.get("requests") or []) else []
+    else:
+        pending = _saved_changes(row.get("report"))
+    return {
+        "request": row.get("request"),
+        "verdict": row.get("verdict"),
+        "id": row.get("id"),
+        "changes": row.get("changes", 0),
+        "problems": row.get("problems") or [],
+        "age_s": row.get("age_s"),
+        "expired": row.get("expired"),
+        "report": row.get("report"),
+        "system_class": system_class.fingerprint(root, pending),
+    }
+
+
+def _saved_changes(path: str | None) -> list[dict[str, Any]] | None:
+    report = status_file.read_report(path)
+    changes = ((report or {}).get("transaction") or {}).get("changes")
+    return changes if isinstance(changes, list) else None
 
 
 NAMES = {"upgrade": "apt-get upgrade", "dist-upgrade": "apt-get dist-upgrade", "gate": "unattended-upgrades"}

@@ -18,6 +18,7 @@ from apt_rehearse.model.errors import UsageError
 
 LOG_DIR = "/var/log/apt-rehearse"
 CACHE_DIR = "/var/cache/apt-rehearse"
+TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
 
 
 @dataclasses.dataclass
@@ -48,6 +49,8 @@ class Settings:
     archives_max_age: float = 7 * 86400.0
     verdict_max_age: float = float(DEFAULT_MAX_AGE)
     mail: str = "root"  # who hears of a blocked prepared upgrade ("" = nobody)
+    # Where Debian's prometheus-node-exporter reads textfiles; written only when it exists ("" = never).
+    textfile_dir: str = TEXTFILE_DIR
     # The downtime forecast (checks/downtime): how much slower than the
     # rehearsal the real run may be, and the sysadmin's limits in seconds.
     downtime_slowdown: float = 1.5
@@ -180,6 +183,8 @@ def read_settings() -> Settings:
     # Set to "" means nobody (find() would give the default for an empty value).
     if config.exists("APT::Rehearse::Mail"):
         settings.mail = config.find("APT::Rehearse::Mail").strip()
+    if config.exists("APT::Rehearse::Textfile-Dir"):
+        settings.textfile_dir = config.find("APT::Rehearse::Textfile-Dir").strip()
     return settings
 
 

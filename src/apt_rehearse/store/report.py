@@ -298,10 +298,15 @@ def _checked(report: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
-def finish(rehearsal: Rehearsal, settings: Settings, duration_s: float) -> dict[str, Any]:
-    """The final report of a run: built, timed, saved when there was something to rehearse."""
+def finish(
+    rehearsal: Rehearsal, settings: Settings, duration_s: float, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The final report of a run: built, timed, with the keys the front
+    found beside the rehearsal (``extra``: the system class), saved when
+    there was something to rehearse."""
     document = build(rehearsal)
     document["duration_s"] = round(duration_s, 3)
+    document.update(extra or {})
     if settings.save_report and not rehearsal.transaction.is_empty:
         document["report_path"] = save(document, render_text(document), settings.log_dir, rehearsal.replay_log)
     return document

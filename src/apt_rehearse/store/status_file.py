@@ -92,13 +92,20 @@ def problem_lines(document: dict[str, Any]) -> list[str]:
 
 def problems_of_report(path: str | None) -> list[str]:
     """The problems of a saved report, one line each ([] when it is gone)."""
+    report = read_report(path)
+    return problem_lines(report) if report is not None else []
+
+
+def read_report(path: str | None) -> dict[str, Any] | None:
+    """A saved report, or None when it is gone or unreadable."""
     if not path:
-        return []
+        return None
     try:
         with open(path, encoding="utf-8") as handle:
-            return problem_lines(json.load(handle))
+            report = json.load(handle)
     except (OSError, ValueError):
-        return []
+        return None
+    return report if isinstance(report, dict) else None
 
 
 def _mailed_path(cache_dir: str, identity: str) -> str:
