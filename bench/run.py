@@ -23,6 +23,9 @@ something. Cases (--skip any of them):
            peak memory
   host     this machine's own pending `apt-get upgrade`: the real run on a
            plain copy of / (system directories only) against the replay
+  small    a two-package security update (libzstd1, zstd) rehearsed fresh
+           with the services booted, whole, against its real run on a plain
+           copy of / (skipped where it is not pending)
   hook     the apt hook on an apt run: nothing to rehearse, verdict-cache hit
 
 The LAMP tree comes from the test cache (tests/lib/trees.py), the .debs from
@@ -72,6 +75,7 @@ GOALS = {
     "fixed cost ms": 50.0,
     "hook cache hit ms": 100.0,
     "upper/written": 1.1,
+    "small update s": 4.0,  # issue #17: the two-package security update, fresh, services booted
 }
 
 
@@ -652,6 +656,47 @@ def case_host(work: Path, runs: int) -> dict[str, Any]:
     }
 
 
+SMALL_UPDATE = ("zstd",)  # pending here as a two-package security update: libzstd1 and zstd
+
+
+def case_small(work: Path, runs: int) -> dict[str, Any]:
+    """A small security update rehearsed fresh, services booted, whole (the
+    command as the sysadmin waits for it), against its real run on a plain
+    copy of /; interleaved, median of the runs."""
+    log_dir = f"APT::Rehearse::Log-Dir={work}/log"
+    whole, real, phases = [], [], []
+    summary = ""
+    for index in range(runs):
+        log(
+            f"small update: run {index + 1}/{runs}: rehearsal with services (apt-rehearse install {' '.join(SMALL_UPDATE)})"
+        )
+        document, seconds, _ = rehearse("-o", log_dir, "install", *SMALL_UPDATE)
+        if len(document["transaction"]["changes"]) != 2 or any(
+            c["action"] != "upgrade" for c in document["transaction"]["changes"]
+        ):
+            return {"skipped": f"{' '.join(SMALL_UPDATE)} is not a pending two-package upgrade here"}
+        whole.append(seconds)
+        phases.append({p["name"]: p["seconds"] for p in reversed(document["phases"])} | document["replay_parts"])
+        summary = apt_summary(document)
+        copy = work / "small-real"
+        try:
+            copy_host(copy)
+            link_debs(copy)
+            real.append(real_run(copy, [*APT_REAL, "install", *SMALL_UPDATE])["seconds"])
+        finally:
+            shutil.rmtree(copy, ignore_errors=True)
+        log(f"  rehearsal {whole[-1]:.1f} s whole, real {real[-1]:.1f} s")
+    return {
+        "summary": summary,
+        "whole_s": statistics.median(whole),
+        "real_s": statistics.median(real),
+        "ratio": round(statistics.median(whole) / statistics.median(real), 2),
+        "whole_all": whole,
+        "real_all": real,
+        "phases_all": phases,
+    }
+
+
 def case_hook(runs: int) -> dict[str, Any]:
     import hook_overhead
 
@@ -839,6 +884,17 @@ def table(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         )
     elif host:
         rows.append(("this host's upgrade", "-", host["skipped"]))
+    small = results.get("small")
+    if small and "skipped" not in small:
+        rows.append(
+            (
+                f"small security update fresh, services booted ({small['summary']})",
+                f"{small['whole_s']:.1f} s whole / real {small['real_s']:.1f} s",
+                f"rehearsal/real {small['ratio']:.2f}; {ok(small['whole_s'], GOALS['small update s'])}",
+            )
+        )
+    elif small:
+        rows.append(("small security update", "-", small["skipped"]))
     fixed = results.get("fixed")
     if fixed:
         rows.append(
@@ -888,7 +944,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--host-runs", type=int, default=1)
     parser.add_argument("--json", dest="json_path", default=str(REPO / "bench/results.json"))
-    parser.add_argument("--skip", action="append", default=[], choices=("fixed", "one", "release", "host", "hook"))
+    parser.add_argument(
+        "--skip", action="append", default=[], choices=("fixed", "one", "release", "host", "small", "hook")
+    )
     parser.add_argument("--table", metavar="JSON", help="print the table of an earlier run's JSON, measure nothing")
     args = parser.parse_args()
     if args.table:
@@ -934,6 +992,8 @@ def main() -> None:
             results["release"] = case_release(tree, work, args.runs)
         if "host" not in args.skip:
             results["host"] = case_host(work, args.host_runs)
+        if "small" not in args.skip:
+            results["small"] = case_small(work, args.runs)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     results["load_after"] = os.getloadavg()

@@ -21,6 +21,9 @@ from pathlib import Path
 BOOT_SETUP = r"""
 set -e
 R=$1
+# pivot_root needs a mount point; a booted system is not in a chroot (systemd
+# 257 re-executed by its own upgrade does not come back up in one).
+mount --bind "$R" "$R"
 mount -t proc proc "$R/proc"
 mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$R/sys"
 mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 "$R/sys/fs/cgroup"
@@ -35,7 +38,11 @@ ln -s /proc/self/fd "$R/dev/fd"
 mount -t tmpfs -o mode=755,nosuid,nodev tmpfs "$R/run"
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$R/tmp"
 hostname rh-booted
-exec chroot "$R" /usr/bin/env -i container=apt-rehearse-tests TERM=dumb /sbin/init
+cd "$R"
+mkdir -p .rh-old-root
+pivot_root . .rh-old-root
+exec /usr/bin/env -i container=apt-rehearse-tests TERM=dumb /bin/sh -c \
+    'umount -l /.rh-old-root && rmdir /.rh-old-root && exec /sbin/init'
 """
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 

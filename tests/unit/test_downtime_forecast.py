@@ -8,7 +8,7 @@ import pytest
 
 from apt_rehearse.checks import downtime
 from apt_rehearse.model.downtime import describe, forecast_range
-from apt_rehearse.inside.downtime import MAINTAINER_SCRIPT, probe_targets
+from apt_rehearse.inside.downtime import MAINTAINER_SCRIPT, parse_unit_events, probe_targets
 from apt_rehearse.model.policy import apply_policy
 
 
@@ -168,13 +168,20 @@ def test_probe_targets_come_from_the_baseline() -> None:
         ],
         "http": {"80/": {"status": 200, "content_type": "text/html", "sha256": "ab", "stable": True}},
     }
-    targets = probe_targets(baseline, [{"name": "db", "type": "tcp", "port": "5432"}])
+    probes = [
+        {"name": "db", "type": "tcp", "port": "5432"},
+        {"name": "shop", "type": "http", "url": "http://127.0.0.1/shop/", "expect-body": "Add to cart"},
+        {"name": "rrd", "type": "command", "command": "rrdtool info x.rrd"},
+    ]
+    targets = probe_targets(baseline, probes)
     assert [(t["kind"], t["host"], t["port"], t["unit"]) for t in targets] == [
         ("http", "127.0.0.1", 80, "apache2.service"),
         ("tcp", "127.0.0.1", 3306, "mariadb.service"),
         ("tcp", "::1", 22, "ssh.service"),
         ("tcp", "127.0.0.1", 5432, ""),
+        ("http", "127.0.0.1", 80, "apache2.service"),
     ]
+    assert targets[-1]["path"] == "/shop/" and targets[-1]["expect_body"] == "Add to cart"
     assert targets[0]["sha256"] == "ab"
 
 
@@ -190,3 +197,27 @@ def test_maintainer_scripts_are_known_by_their_path(arg: str, package: str | Non
     match = MAINTAINER_SCRIPT.match(arg)
     assert match and match.group("package") == package and match.group("script") == script
     assert not MAINTAINER_SCRIPT.match("/var/lib/dpkg/info/mariadb-server.list")
+
+
+def test_systemds_journal_gives_the_units_transitions() -> None:
+    lines = [
+        # journalctl -o json of PID 1; monotonic timestamps in microseconds
+        '{"__MONOTONIC_TIMESTAMP": "101500000", "UNIT": "mariadb.service",'
+        ' "MESSAGE_ID": "de5b426a63be47a7b6ac3eaac82e2f6f", "MESSAGE": "Stopping MariaDB..."}',
+        '{"__MONOTONIC_TIMESTAMP": "99000000", "UNIT": "old.service",'
+        ' "MESSAGE_ID": "9d1aaa27d60140bd96365438aad20286", "MESSAGE": "Stopped before the watch"}',
+        '{"__MONOTONIC_TIMESTAMP": "120000000", "UNIT": "mariadb.service",'
+        ' "MESSAGE_ID": "39f53479d3a045ac8e11786248231fbf", "MESSAGE": "Started MariaDB."}',
+        '{"__MONOTONIC_TIMESTAMP": "121000000", "UNIT": "rh.service",'
+        ' "MESSAGE_ID": "d9b373ed55a64feb8242e02dbe79a49c", "UNIT_RESULT": "start-limit-hit"}',
+        '{"__MONOTONIC_TIMESTAMP": "122000000", "UNIT": "rh2.service", "MESSAGE": "Start request repeated too quickly."}',
+        '{"__MONOTONIC_TIMESTAMP": "123000000", "MESSAGE": "Reloading."}',
+        "not json",
+    ]
+    events = parse_unit_events("\n".join(lines), 100.0)
+    assert events == [
+        [1.5, "mariadb.service", "stopping", ""],
+        [20.0, "mariadb.service", "started", ""],
+        [21.0, "rh.service", "result", "start-limit-hit"],
+        [22.0, "rh2.service", "start-limit", ""],
+    ]

@@ -239,11 +239,13 @@ def http_pages(listening: list[dict[str, Any]], extra_urls: list[str]) -> dict[s
             targets.append((match.group(2), port, match.group(4) or "/"))
     for host, port, path in dict.fromkeys(targets):
         first = http_get(host, port, path)
+        tls = False
         if first is None and port in (443, 8443):
-            first = http_get(host, port, path, tls=True)
+            first, tls = http_get(host, port, path, tls=True), True
         if first is None:
             continue
-        second = http_get(host, port, path)
+        second = http_get(host, port, path, tls=tls)
+        first["tls"] = tls
         first["stable"] = second is not None and second["sha256"] == first["sha256"]
         first.pop("_body", None)
         pages[f"{port}{path}"] = first
