@@ -8,9 +8,12 @@ boots again (a reboot into the upgraded system).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -153,6 +156,49 @@ def test_no_false_alarm_and_nothing_left(services_tree: dict) -> None:
     assert not _rehearsal_cgroups() - cgroups_before
     assert tree_hash(services_tree["tree"]) == services_tree["hash"]
     assert dpkg_status_digest(services_tree["tree"]) == services_tree["status"]
+
+
+HYBRID_CPU = "/sys/fs/cgroup/cpu"
+
+
+def test_on_a_hybrid_host_the_cpu_weight_goes_to_cgroup_v1(services_tree: dict) -> None:
+    """cgroup v1 controllers beside a cgroup2 tree without cpu (this VM): the
+    prepare service's CPU-Weight becomes cpu.shares of a v1 cpu cgroup that
+    holds the whole sandbox (nice alone is lost to the sessions systemd and
+    apt open, each its own autogroup); removed with the sandbox."""
+    unified = "/sys/fs/cgroup/unified" if os.path.isdir("/sys/fs/cgroup/unified") else "/sys/fs/cgroup"
+    if not os.path.isfile(f"{HYBRID_CPU}/cpu.shares") or "cpu" in Path(unified, "cgroup.controllers").read_text():
+        pytest.skip("not a hybrid host: the cgroup2 tree has the cpu controller, or there is no cgroup v1 cpu")
+    before = {name for name in os.listdir(HYBRID_CPU) if name.startswith("apt-rehearse-")}
+    argv = [*cli_command(), "--root", str(services_tree["tree"]), "-o", "APT::Rehearse::CPU-Weight=20"]
+    argv += ["-o", f"APT::Rehearse::Log-Dir={services_tree['base']}/log", "--json", "install", "rh-quiet"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    seen: dict[str, tuple[str, int]] = {}
+    commands: set[str] = set()
+    try:
+        deadline = time.monotonic() + 300
+        while proc.poll() is None and time.monotonic() < deadline:
+            for name in set(os.listdir(HYBRID_CPU)) - before:
+                if name.startswith("apt-rehearse-"):
+                    with contextlib.suppress(OSError):
+                        shares = Path(HYBRID_CPU, name, "cpu.shares").read_text().strip()
+                        tasks = Path(HYBRID_CPU, name, "tasks").read_text().split()
+                        seen[name] = (shares, max(len(tasks), seen.get(name, ("", 0))[1]))
+                        for task in tasks:
+                            with contextlib.suppress(OSError):
+                                commands.add(Path(f"/proc/{task}/comm").read_text().strip())
+            time.sleep(0.05)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err[-2000:]
+    [(shares, tasks)] = seen.values()
+    assert shares == "204" and tasks > 5, seen  # 20 * 1024 / 100: the booted services are in it
+    assert {"systemd", "apt-get"} <= commands, commands  # and the replay's apt, joined from outside
+    assert {name for name in os.listdir(HYBRID_CPU) if name.startswith("apt-rehearse-")} == before
 
 
 def test_no_services_option(services_tree: dict) -> None:

@@ -17,6 +17,7 @@ every service; a joiner confines itself once it has joined.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -247,9 +248,15 @@ class BootedSandbox:
         """Run ``function`` in the booted system's namespaces; yield its events."""
         fds, root_fd = self._namespace_fds()
         filter_ = self.syscall_filter
+        weighed = list(self.cgroup.v1_paths)
 
         def joiner(write_fd: int) -> int:  # pragma: no cover - joins the sandbox
             syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
+            # The replay (apt, dpkg, the scripts) weighs as the booted services
+            # do: on a hybrid host, in the sandbox's cgroup v1 cpu group.
+            for path in weighed:
+                with contextlib.suppress(OSError), open(f"{path}/cgroup.procs", "w", encoding="ascii") as handle:
+                    handle.write(str(os.getpid()))
             _join(fds, root_fd)
             supervisor = confine.confine(filter_)
             worker = os.fork()  # only children enter the pid namespace

@@ -22,6 +22,9 @@ from apt_rehearse.sandbox.mountinfo import read_mountinfo
 PREFIX = "apt-rehearse-"
 
 
+V1_CPU = "/sys/fs/cgroup/cpu"
+
+
 def cgroup2_mount() -> str | None:
     mounts = [entry.target for entry in read_mountinfo() if entry.fstype == "cgroup2"]
     if "/sys/fs/cgroup" in mounts:
@@ -54,6 +57,7 @@ class SandboxCgroup:
         self.weights = {"cpu.weight": cpu_weight, "io.weight": io_weight}
         self.path: str | None = None
         self.scope = False
+        self.v1_paths: list[str] = []  # the cpu weight on a hybrid host (cgroup v1's cpu.shares)
 
     def adopt(self, pid: int) -> str:
         """Put ``pid`` (the keeper) into a fresh subtree; returns its path."""
@@ -79,7 +83,35 @@ class SandboxCgroup:
                         pass  # no such controller here (cgroup v1 hybrid): the limit cannot be set
             with open(os.path.join(self.path, "cgroup.procs"), "w", encoding="ascii") as handle:
                 handle.write(str(pid))
+            if self.weights["cpu.weight"] and not os.path.exists(os.path.join(self.path, "cpu.weight")):
+                self._v1_cpu_group(pid)
         return self.path or ""
+
+    def _v1_cpu_group(self, pid: int) -> None:
+        """A hybrid host (cgroup v1 controllers, a cgroup2 tree without cpu):
+        the weight goes to the v1 cpu hierarchy as cpu.shares. Without it the
+        weight is lost, and so is nice: systemd inside the sandbox, and apt's
+        session, call setsid(), and with sched_autogroup each new session is
+        scheduled as a group of its own at nice 0, whatever the nice of the
+        process that made it. A task in a cgroup of the cpu controller is
+        not autogrouped."""
+        if not os.path.isfile(os.path.join(V1_CPU, "cpu.shares")):
+            return
+        remove_stale(V1_CPU)
+        path = os.path.join(V1_CPU, f"{PREFIX}{self.name}-{os.getpid()}")
+        janitor.after_death(functools.partial(remove_tree, path))
+        try:
+            os.mkdir(path, 0o755)
+            # systemd's own conversion of CPUWeight= (100 = the default 1024 shares)
+            shares = max(2, int(self.weights["cpu.weight"] or 100) * 1024 // 100)
+            with open(os.path.join(path, "cpu.shares"), "w", encoding="ascii") as handle:
+                handle.write(str(shares))
+            with open(os.path.join(path, "cgroup.procs"), "w", encoding="ascii") as handle:
+                handle.write(str(pid))
+        except OSError:
+            remove_tree(path)
+            return
+        self.v1_paths.append(path)
 
     def _scope(self, pid: int, mount: str) -> None:
         unit = f"{PREFIX}{self.name}-{os.getpid()}.scope"
@@ -128,6 +160,9 @@ class SandboxCgroup:
         """Empty cgroups, deepest first; a scope systemd removes by itself."""
         if self.path and os.path.isdir(self.path):
             remove_tree(self.path, keep_top=self.scope)
+        for path in self.v1_paths:
+            if os.path.isdir(path):
+                remove_tree(path)
 
 
 def remove_tree(path: str, keep_top: bool = False) -> None:
