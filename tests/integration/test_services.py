@@ -176,6 +176,7 @@ def test_on_a_hybrid_host_the_cpu_weight_goes_to_cgroup_v1(services_tree: dict) 
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     seen: dict[str, tuple[str, int]] = {}
     commands: set[str] = set()
+    in_sandbox_cgroup2: set[str] = set()  # v1 and v2 groups have the same name
     try:
         deadline = time.monotonic() + 300
         while proc.poll() is None and time.monotonic() < deadline:
@@ -187,7 +188,10 @@ def test_on_a_hybrid_host_the_cpu_weight_goes_to_cgroup_v1(services_tree: dict) 
                         seen[name] = (shares, max(len(tasks), seen.get(name, ("", 0))[1]))
                         for task in tasks:
                             with contextlib.suppress(OSError):
-                                commands.add(Path(f"/proc/{task}/comm").read_text().strip())
+                                comm = Path(f"/proc/{task}/comm").read_text().strip()
+                                commands.add(comm)
+                                if f"/{name}" in Path(f"/proc/{task}/cgroup").read_text().split("0::", 1)[1]:
+                                    in_sandbox_cgroup2.add(comm)
             time.sleep(0.05)
         out, err = proc.communicate(timeout=60)
     finally:
@@ -198,6 +202,8 @@ def test_on_a_hybrid_host_the_cpu_weight_goes_to_cgroup_v1(services_tree: dict) 
     [(shares, tasks)] = seen.values()
     assert shares == "204" and tasks > 5, seen  # 20 * 1024 / 100: the booted services are in it
     assert {"systemd", "apt-get"} <= commands, commands  # and the replay's apt, joined from outside
+    # The same in the cgroup2 tree: the replay counts against the sandbox's memory limit.
+    assert "apt-get" in in_sandbox_cgroup2, in_sandbox_cgroup2
     assert {name for name in os.listdir(HYBRID_CPU) if name.startswith("apt-rehearse-")} == before
 
 

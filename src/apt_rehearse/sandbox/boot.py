@@ -248,12 +248,13 @@ class BootedSandbox:
         """Run ``function`` in the booted system's namespaces; yield its events."""
         fds, root_fd = self._namespace_fds()
         filter_ = self.syscall_filter
-        weighed = list(self.cgroup.v1_paths)
+        weighed = [path for path in (self.cgroup.path, *self.cgroup.v1_paths) if path]
 
         def joiner(write_fd: int) -> int:  # pragma: no cover - joins the sandbox
             syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
-            # The replay (apt, dpkg, the scripts) weighs as the booted services
-            # do: on a hybrid host, in the sandbox's cgroup v1 cpu group.
+            # The replay (apt, dpkg, the scripts) counts and weighs as the
+            # booted services do: in the sandbox's cgroup (its memory limit,
+            # its weights), and on a hybrid host its cgroup v1 cpu group.
             for path in weighed:
                 with contextlib.suppress(OSError), open(f"{path}/cgroup.procs", "w", encoding="ascii") as handle:
                     handle.write(str(os.getpid()))
