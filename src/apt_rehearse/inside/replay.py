@@ -386,6 +386,11 @@ def replay_inside(plan: ReplayPlan, session: SandboxSession | None, channel: Cha
             with open(POLICY_RC_D, "wb") as handle:
                 handle.write(saved_policy)
     applied_fixes = []
+    watched = None
+    if plan.config_fixes and watcher:
+        # --fix's own restarts are not the real run's downtime.
+        with parts("downtime"):
+            watched = {**watcher.stop(), "apt_started": apt_at}
     if plan.config_fixes:
         with parts("config fixes"):
             applied_fixes = config_fixes.apply(plan.config_fixes, plan.services_live)
@@ -413,8 +418,7 @@ def replay_inside(plan: ReplayPlan, session: SandboxSession | None, channel: Cha
     with parts("audit"):
         audit_status, audit_output = run_command(["dpkg", "--audit"])
         check_status, check_output = run_command(["apt-get", "check", *APT_QUIET_OPTIONS])
-    watched = None
-    if watcher:
+    if watcher and watched is None:
         with parts("downtime"):
             watched = {**watcher.stop(), "apt_started": apt_at}
     with parts("upper"):
