@@ -29,7 +29,7 @@ from apt_rehearse.inside import facts
 from apt_rehearse.inside import kernel_settings
 from apt_rehearse.inside.libraries import lost_libraries, summary as library_summary
 from apt_rehearse.inside.observe import observe, settle
-from apt_rehearse.inside.replay import ReplayPlan, replay_inside
+from apt_rehearse.inside.replay import ReplayPlan, replay_inside, scan_before
 from apt_rehearse.model.clock import PhaseClock
 from apt_rehearse.model.config import Settings
 from apt_rehearse.model.downtime import forecast_range as downtime_range
@@ -620,6 +620,15 @@ def _run_booted(
     def settle_now(channel: object) -> dict[str, Any]:
         return settle(settings.boot_timeout)
 
+    def scan_and_settle(channel: object) -> dict[str, Any]:
+        # The hazard scans read files no boot changes: taken while the boot
+        # settles (a PostgreSQL alone takes 2 s), not after it.
+        started = time.monotonic()
+        hazards = scan_before(replay_plan)
+        settled = settle(settings.boot_timeout)
+        # The boot's own time to settle, from when it began, the scan or not.
+        return {**settled, "seconds": round(time.monotonic() - started, 3), "hazards_before": hazards}
+
     try:
         with clock.timed("sandbox"):
             booted.start()
@@ -627,12 +636,16 @@ def _run_booted(
         progress.phase("booting the rehearsed system")
         with clock.timed("boot"):
             booted.boot()
-            observations["boot"] = _inside(booted, settle_now, progress)
+            early = not replay_plan.release_upgrade
+            observations["boot"] = _inside(booted, scan_and_settle if early else settle_now, progress)
+            hazards_before = observations["boot"].pop("hazards_before", None)
         with clock.timed("observe"):
             observations["baseline"] = _inside(booted, observe_now, progress)
         baseline = observations["baseline"]
         probes = [entry["probe"] for entry in (baseline.get("probes") or {}).values() if entry.get("ok")]
-        replay_plan = dataclasses.replace(replay_plan, watch=probe_targets(baseline, probes))
+        replay_plan = dataclasses.replace(
+            replay_plan, watch=probe_targets(baseline, probes), hazards_before=hazards_before
+        )
         started = time.monotonic()
         result = _inside(booted, functools.partial(replay_inside, replay_plan, None), progress)
         clock.add("replay", time.monotonic() - started)

@@ -76,6 +76,9 @@ class ReplayPlan:
     # With the services live: what to probe during the run for the downtime
     # forecast (inside/downtime.probe_targets of the baseline observation).
     watch: list[dict[str, Any]] | None = None
+    # The hazard facts before apt, when they were taken while the boot
+    # settled (scan_before): the files they read do not change with a boot.
+    hazards_before: dict[str, Any] | None = None
 
 
 DPKG_QUERY_FORMAT = "${Package}\\t${Architecture}\\t${Version}\\t${db:Status-Abbrev}\\n"
@@ -312,6 +315,13 @@ def parse_obsolete(code: int, output: str) -> list[str]:
     return sorted({line.split("/", 1)[0] for line in output.splitlines() if "/" in line and "[installed" in line})
 
 
+def scan_before(plan: ReplayPlan) -> dict[str, Any]:
+    """The hazard facts before apt of a rehearsal that is not a release
+    upgrade (one places the release's apt state first), early: a booted
+    rehearsal takes them while its boot settles, off the critical path."""
+    return _before_apt(plan)
+
+
 def _before_apt(plan: ReplayPlan) -> dict[str, Any]:
     """What the checks compare against, taken in the sandbox just before apt runs."""
     autoremove_run = start_command(AUTOREMOVE_ARGV) if plan.release_upgrade else None
@@ -360,7 +370,7 @@ def replay_inside(plan: ReplayPlan, session: SandboxSession | None, channel: Cha
         os.makedirs(EMPTY_DIR, exist_ok=True)
         before = package_states()
     with parts("hazards before"):
-        hazards_before = _before_apt(plan)
+        hazards_before = plan.hazards_before if plan.hazards_before is not None else _before_apt(plan)
         recorders = bootchain.install_recorders(plan.grub_probe_answers)
     plan = dataclasses.replace(plan, apt_options=[*plan.apt_options, recorders["dpkg_option"]])
     saved_policy = None
