@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -55,3 +56,42 @@ def test_nothing_pending_and_a_failed_prepare_are_said_as_such(tmp_path: Path) -
     failed = status_file.build(root, [{"request": "upgrade", "error": "the sandbox ended without a result"}])
     assert status_file.motd_line(failed, root) == "apt-rehearse: the last prepare failed; see apt-rehearse status"
     assert [status_file.age(s) for s in (5, 600, 7200, 3 * 86400)] == ["5 s", "10 min", "2 h", "3 days"]
+
+
+def test_the_status_names_the_services_the_real_run_takes_down(tmp_path: Path) -> None:
+    from apt_rehearse.fronts.prepare import status_lines
+
+    outage = {"start_s": 2.0, "seconds": 15.1, "forecast_s": [15.0, 22.8], "cause": "mariadb-server preinst (upgrade)"}
+    document = {
+        "downtime": [
+            {
+                "unit": "mariadb.service",
+                "seconds": 15.1,
+                "forecast_s": [15.0, 22.8],
+                "outages": [{**outage, "until_end": False}],
+                "degraded": [],
+                "restarts": 1,
+                "reloads": 0,
+                "start_limit_hit": False,
+                "probed": ["tcp/3306"],
+            },
+            {"unit": "apache2.service", "outages": [], "reloads": 2},  # no outage: not a line
+        ]
+    }
+    [line] = status_file.downtime_lines(document)
+    assert line == "mariadb.service: down once, 15-22.8 s (mariadb-server preinst (upgrade)), 1 restart(s)"
+    report = tmp_path / "r.json"
+    report.write_text(json.dumps(document))
+    assert status_file.downtime_of_report(str(report)) == [line]
+    assert status_file.downtime_of_report(str(tmp_path / "gone.json")) == []
+    shown = status_lines(
+        {
+            "prepared": True,
+            "written": 0,
+            "stale": None,
+            "requests": [
+                {"request": "dist-upgrade", "changes": 3, "verdict": "pass", "age_s": 60, "downtime": [line]},
+            ],
+        }
+    )
+    assert f"      downtime: {line}" in shown

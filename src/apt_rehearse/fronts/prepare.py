@@ -89,6 +89,7 @@ def _row_of(rehearsal: Any, document: dict[str, Any], seen: dict[str, dict[str, 
             "rehearsed_at": entry.get("created"),
             "reused": True,
             "problems": (earlier or {}).get("problems") or status_file.problems_of_report(entry.get("report")),
+            "downtime": (earlier or {}).get("downtime") or status_file.downtime_of_report(entry.get("report")),
         }
     return {
         "id": document["id"],
@@ -98,6 +99,7 @@ def _row_of(rehearsal: Any, document: dict[str, Any], seen: dict[str, dict[str, 
         "rehearsed_at": time.time(),
         "reused": False,
         "problems": status_file.problem_lines(document),
+        "downtime": status_file.downtime_lines(document),
     }
 
 
@@ -189,6 +191,7 @@ def _pending_summary(document: dict[str, Any], status: dict[str, Any] | None, ro
         "id": row.get("id"),
         "changes": row.get("changes", 0),
         "problems": row.get("problems") or [],
+        "downtime": row.get("downtime") or [],
         "age_s": row.get("age_s"),
         "expired": row.get("expired"),
         "report": row.get("report"),
@@ -227,6 +230,7 @@ def status_lines(document: dict[str, Any]) -> list[str]:
             f"{expired}"
         )
         lines += [f"      {line}" for line in row.get("problems") or []]
+        lines += [f"      downtime: {line}" for line in row.get("downtime") or []]
         if row.get("report"):
             lines.append(f"      report {row['report']}")
     holder = document.get("prepare_running")

@@ -16,6 +16,7 @@ import os
 import time
 from typing import Any
 
+from apt_rehearse.model.downtime import describe as describe_downtime
 from apt_rehearse.store.files import write_atomically
 from apt_rehearse.store.verdict_cache import read_trusted
 
@@ -88,6 +89,16 @@ def problem_lines(document: dict[str, Any]) -> list[str]:
     return [
         f"{p['severity'].upper()} {p['title']}" for p in document.get("problems") or [] if p.get("severity") != "info"
     ]
+
+
+def downtime_lines(document: dict[str, Any]) -> list[str]:
+    """The services the real run would take down, one line each (model/downtime)."""
+    return [describe_downtime(entry) for entry in document.get("downtime") or [] if entry.get("outages")]
+
+
+def downtime_of_report(path: str | None) -> list[str]:
+    report = read_report(path)
+    return downtime_lines(report) if report is not None else []
 
 
 def problems_of_report(path: str | None) -> list[str]:
