@@ -5,10 +5,10 @@ Web requests served by the host (a small CPU-bound page in a process of its
 own, as PHP-FPM serves one; one client per core) are timed while idle, then while this machine's pending dist-upgrade is
 rehearsed, with services booted: once at the priority of
 apt-rehearse-prepare.service (Nice=19, CPUSchedulingPolicy=batch,
-IOSchedulingClass=idle, and the CPU-Weight=20 its ExecStart gives the sandbox:
-nice, chrt -b and ionice -c 3 here, where PID 1 is not systemd; on this
-hybrid host the weight becomes cpu.shares of a cgroup v1 cpu group), once at
-the default priority. Goal: during the prepare, requests answered within 10% of idle.
+IOSchedulingClass=idle, and the CPU-Weight=idle its ExecStart gives the
+sandbox: nice, chrt -b and ionice -c 3 here, where PID 1 is not systemd; on
+this hybrid host the weight becomes the least cpu.shares of a cgroup v1 cpu
+group), once at the default priority. Goal: during the prepare, requests answered within 10% of idle.
 
     sudo /usr/bin/python3 bench/prepare_priority.py [--requests-idle N] [--json FILE]
 
@@ -119,7 +119,7 @@ def main() -> None:
         idle = summary(clients(url, lambda made: made < args.requests_idle // CLIENTS))
         rehearse = ["/usr/bin/python3", "-m", "apt_rehearse", "-o", "APT::Rehearse::Mail=", "dist-upgrade", "--json"]
         # As the unit starts it: its priority, and the weights its ExecStart passes on to the sandbox.
-        weights = ["-o", "APT::Rehearse::CPU-Weight=20", "-o", "APT::Rehearse::IO-Weight=20"]
+        weights = ["-o", "APT::Rehearse::CPU-Weight=idle", "-o", "APT::Rehearse::IO-Weight=20"]
         low = during(
             url, ["nice", "-n", "19", "chrt", "-b", "0", "ionice", "-c", "3", *rehearse[:3], *weights, *rehearse[3:]]
         )

@@ -56,8 +56,14 @@ def test_weights_and_mail(clean_keys: None) -> None:
     apt_pkg.config.set("APT::Rehearse::Mail", "")
     settings = read_settings()
     assert (settings.cpu_weight, settings.io_weight, settings.mail) == (20, 10000, "")
+    apt_pkg.config.set("APT::Rehearse::CPU-Weight", "idle")  # systemd's CPUWeight=idle, its weight 0
+    assert read_settings().cpu_weight == 0
     apt_pkg.config.set("APT::Rehearse::CPU-Weight", "0")
-    with pytest.raises(UsageError, match="CPU-Weight must be a number from 1 to 10000"):
+    with pytest.raises(UsageError, match="CPU-Weight must be a number from 1 to 10000 or idle"):
+        read_settings()
+    apt_pkg.config.set("APT::Rehearse::CPU-Weight", "")
+    apt_pkg.config.set("APT::Rehearse::IO-Weight", "idle")  # no idle for I/O (IOSchedulingClass=idle is)
+    with pytest.raises(UsageError, match="IO-Weight must be a number from 1 to 10000, not 'idle'"):
         read_settings()
 
 

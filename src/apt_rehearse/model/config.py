@@ -13,7 +13,7 @@ import os
 
 import apt_pkg
 
-from apt_rehearse.model.defaults import DEFAULT_MAX_AGE
+from apt_rehearse.model.defaults import DEFAULT_MAX_AGE, IDLE_WEIGHT
 from apt_rehearse.model.errors import UsageError
 
 LOG_DIR = "/var/log/apt-rehearse"
@@ -38,7 +38,8 @@ class Settings:
     snapshots: bool = True  # btrfs subvolumes: a read-only snapshot is the lower, not the live system
     boot_timeout: float = 90.0
     memory_max: int | None = None
-    # The sandbox cgroup's cpu.weight and io.weight (1-10000; systemd's CPUWeight=, IOWeight=): None = the default.
+    # The sandbox cgroup's cpu.weight and io.weight (1-10000, cpu also 0 = idle; systemd's CPUWeight=,
+    # IOWeight=): None = the default.
     cpu_weight: int | None = None
     io_weight: int | None = None
     http_urls: list[str] = dataclasses.field(default_factory=list)
@@ -117,12 +118,16 @@ def _finish_apt_config() -> None:
     apt_pkg.init_system()
 
 
-def _weight(value: str, name: str) -> int | None:
-    """A cgroup weight, as systemd's CPUWeight=/IOWeight= take it (1-10000)."""
+def _weight(value: str, name: str, idle: bool = False) -> int | None:
+    """A cgroup weight, as systemd's CPUWeight=/IOWeight= take it (1-10000;
+    CPUWeight= also "idle": only what nothing else wants)."""
     if not value.strip():
         return None
+    if idle and value.strip() == "idle":
+        return IDLE_WEIGHT
     if not value.strip().isdigit() or not 1 <= int(value) <= 10000:
-        raise UsageError(f"APT::Rehearse::{name} must be a number from 1 to 10000, not {value!r}")
+        also = " or idle" if idle else ""
+        raise UsageError(f"APT::Rehearse::{name} must be a number from 1 to 10000{also}, not {value!r}")
     return int(value)
 
 
@@ -166,7 +171,7 @@ def read_settings() -> Settings:
     settings.boot_timeout = float(config.find_i("APT::Rehearse::Boot-Timeout", int(settings.boot_timeout)))
     memory = config.find("APT::Rehearse::Memory-Max", "")
     settings.memory_max = _size_bytes(memory) if memory else None
-    settings.cpu_weight = _weight(config.find("APT::Rehearse::CPU-Weight", ""), "CPU-Weight")
+    settings.cpu_weight = _weight(config.find("APT::Rehearse::CPU-Weight", ""), "CPU-Weight", idle=True)
     settings.io_weight = _weight(config.find("APT::Rehearse::IO-Weight", ""), "IO-Weight")
     settings.http_urls = list(config.value_list("APT::Rehearse::Http-Urls"))
     settings.library_paths = [p for p in config.value_list("APT::Rehearse::Library-Paths") if p.startswith("/")]

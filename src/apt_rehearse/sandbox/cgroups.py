@@ -16,6 +16,7 @@ import subprocess
 import time
 
 from apt_rehearse.sandbox import janitor
+from apt_rehearse.model.defaults import IDLE_WEIGHT
 from apt_rehearse.model.errors import UnsupportedSystem
 from apt_rehearse.sandbox.mountinfo import read_mountinfo
 
@@ -74,6 +75,9 @@ class SandboxCgroup:
             janitor.after_death(functools.partial(remove_tree, self.path))
             os.mkdir(self.path, 0o755)
             limits = {"memory.max": self.memory_max, **self.weights}
+            if self.weights["cpu.weight"] == IDLE_WEIGHT:
+                # As systemd does for CPUWeight=idle (the weight stays, cpu.idle says it).
+                limits.update({"cpu.weight": None, "cpu.idle": 1})
             for name, value in limits.items():
                 if value:
                     try:
@@ -83,7 +87,7 @@ class SandboxCgroup:
                         pass  # no such controller here (cgroup v1 hybrid): the limit cannot be set
             with open(os.path.join(self.path, "cgroup.procs"), "w", encoding="ascii") as handle:
                 handle.write(str(pid))
-            if self.weights["cpu.weight"] and not os.path.exists(os.path.join(self.path, "cpu.weight")):
+            if self.weights["cpu.weight"] is not None and not os.path.exists(os.path.join(self.path, "cpu.weight")):
                 self._v1_cpu_group(pid)
         return self.path or ""
 
@@ -102,8 +106,9 @@ class SandboxCgroup:
         janitor.after_death(functools.partial(remove_tree, path))
         try:
             os.mkdir(path, 0o755)
-            # systemd's own conversion of CPUWeight= (100 = the default 1024 shares)
-            shares = max(2, int(self.weights["cpu.weight"] or 100) * 1024 // 100)
+            # systemd's own conversion of CPUWeight= (100 = the default 1024 shares;
+            # idle: the least there is, as systemd gives it on cgroup v1)
+            shares = max(2, int(self.weights["cpu.weight"] or 0) * 1024 // 100)
             with open(os.path.join(path, "cpu.shares"), "w", encoding="ascii") as handle:
                 handle.write(str(shares))
             with open(os.path.join(path, "cgroup.procs"), "w", encoding="ascii") as handle:
@@ -121,7 +126,7 @@ class SandboxCgroup:
             properties += ["MemoryMax", "t", str(self.memory_max)]
             count += 1
         for name, value in (("CPUWeight", self.weights["cpu.weight"]), ("IOWeight", self.weights["io.weight"])):
-            if value:
+            if value is not None:  # CPUWeight 0: idle
                 properties += [name, "t", str(value)]
                 count += 1
         proc = subprocess.run(
