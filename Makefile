@@ -6,7 +6,7 @@ TEST_DEPS = python3-pytest python3-pyflakes black python3-jsonschema python3-pro
 DEB_DEPS = debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools lintian \
 	dh-exec bash-completion
 
-.PHONY: all deps rehearse check lint format unit integration system reliability bench deb clean
+.PHONY: all deps rehearse check lint format unit integration system reliability bench corpus deb clean
 
 all: check
 
@@ -33,6 +33,13 @@ rehearse:
 # bench/results.json. About 35 minutes; BENCH_ARGS="--runs 1" for a quick look.
 bench: deps
 	$(PYTHON) bench/run.py $(BENCH_ARGS)
+
+# The real-world corpus (issue #20): real server stacks, the real bookworm ->
+# trixie upgrade booted against the rehearsal's prediction; writes
+# bench/corpus.json and the README's table. Not part of check.
+# STACKS=postgresql,bind9 for some stacks only; CORPUS_ARGS="--keep DIR" keeps logs.
+corpus: deps
+	$(PYTHON) bench/corpus.py $(if $(STACKS),--stacks $(STACKS)) $(CORPUS_ARGS)
 
 # Everything CI runs: unit, integration and system tests, then the proof of
 # safety (make reliability).

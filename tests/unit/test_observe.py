@@ -218,3 +218,23 @@ def test_settle_that_times_out_names_the_state_the_boot_is_in() -> None:
         settled = observe.settle(5)
     assert settled["state"] == "starting" and settled["jobs"] == [job]
     assert calls[1] == ["systemctl", "is-system-running"]
+
+
+def test_named_checkconf_runs_where_bind9_utils_ships_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # bookworm's and trixie's bind9-utils: /usr/bin/named-checkconf (corpus, bind9); before, the
+    # test looked in /usr/sbin only and never ran.
+    monkeypatch.setattr(observe.os.path, "exists", lambda path: path == "/usr/bin/named-checkconf")
+    ran = []
+
+    def run_command(argv: list[str], timeout: float) -> tuple[int, str]:
+        ran.append(argv)
+        return 1, "/etc/bind/named.conf.local:4: option 'auto-dnssec' no longer exists\n"
+
+    monkeypatch.setattr(observe, "run_command", run_command)
+    assert ran == [] and observe.config_tests() == {
+        "named-checkconf": {
+            "exit_status": 1,
+            "output": ["/etc/bind/named.conf.local:4: option 'auto-dnssec' no longer exists"],
+        }
+    }
+    assert ran == [["named-checkconf"]]

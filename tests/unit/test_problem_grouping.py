@@ -268,6 +268,11 @@ def test_daemons_name_the_file_and_line_they_reject() -> None:
         ),
         "ERROR: [/etc/php/8.4/fpm/pool.d/www.conf:7] unknown entry 'x'": ("/etc/php/8.4/fpm/pool.d/www.conf", 7),
         "/etc/ssh/sshd_config: line 12: Bad configuration option: Protocol1": ("/etc/ssh/sshd_config", 12),
+        # Dovecot 2.4 on a kept 2.3 conf.d file (corpus, postfix-dovecot).
+        "doveconf: Fatal: Error in configuration file /etc/dovecot/conf.d/10-auth.conf line 128: "
+        "disable_plaintext_auth: Unknown setting: disable_plaintext_auth": ("/etc/dovecot/conf.d/10-auth.conf", 128),
+        # BIND 9.20 on a kept named.conf.local (corpus, bind9).
+        "/etc/bind/named.conf.local:4: option 'auto-dnssec' no longer exists": ("/etc/bind/named.conf.local", 4),
         "everything is fine": (None, None),
     }
     for text, (file, line) in cases.items():

@@ -122,6 +122,42 @@ def test_findings_seen_only_after_a_reboot_say_so() -> None:
     assert finding.subject == "ssh.service" and finding.message.endswith("after a reboot")
 
 
+def test_a_unit_restarting_after_a_failure_is_failed() -> None:
+    # named refusing its configuration, caught between two automatic restarts (corpus, bind9).
+    restarting = {"load": "loaded", "active": "activating", "sub": "auto-restart"}
+    [finding] = service_findings(BASE, after(), after(units={**BASE["units"], "apache2.service": restarting}))
+    assert finding.check == "service" and "activating (auto-restart)" in finding.message
+    starting = {"load": "loaded", "active": "activating", "sub": "start"}
+    assert service_findings(BASE, after(units={**BASE["units"], "apache2.service": starting}), None) == []
+
+
+def test_a_unit_whose_ports_another_unit_took_over_is_not_lost() -> None:
+    # trixie's postfix: postfix@-.service stops, postfix.service listens on 25 (corpus, postfix-dovecot).
+    units = {**BASE["units"], "apache2.service": {"load": "loaded", "active": "inactive", "sub": "dead"}}
+    taken = [{**sock, "unit": "httpd.service"} if sock["port"] == 80 else sock for sock in BASE["sockets"]]
+    assert service_findings(BASE, after(units=units, sockets=taken), None) == []
+    # Stopped with nobody on its port: lost, as before.
+    found = checks_of(service_findings(BASE, after(units=units, sockets=BASE["sockets"][1:]), None))
+    assert [f.subject for f in found["service"]] == ["apache2.service"]
+    # Failed, even with its port served: still a finding.
+    failed = {**BASE["units"], "apache2.service": {"load": "loaded", "active": "failed", "sub": "failed"}}
+    found = checks_of(service_findings(BASE, after(units=failed, sockets=taken), None))
+    assert [f.subject for f in found["service"]] == ["apache2.service"]
+
+
+def test_a_port_the_kernel_picked_is_not_a_lost_socket() -> None:
+    # squid's UDP sockets for DNS replies, another port at every start (corpus, squid).
+    def squid(*ports: int) -> list:
+        return [{"proto": "udp", "family": 4, "address": "0.0.0.0", "port": p, "unit": "squid.service"} for p in ports]
+
+    base = after(sockets=BASE["sockets"] + squid(3130, 45232))
+    assert service_findings(base, after(sockets=BASE["sockets"] + squid(3130, 41464)), None) == []
+    # A fixed port lost is still found; an ephemeral one too, when the unit listens nowhere any more.
+    [lost] = service_findings(base, after(sockets=BASE["sockets"] + squid(41464)), None)
+    assert lost.details["before"]["port"] == 3130
+    assert {f.details["before"]["port"] for f in service_findings(base, after(), None)} == {3130, 45232}
+
+
 def test_probe_files_are_deb822(tmp_path) -> None:
     (tmp_path / "rrd.probe").write_text(
         "# the monitoring data must stay readable\nName: rrd\nType: command\nCommand: rrdtool info /var/lib/m/a.rrd\n"

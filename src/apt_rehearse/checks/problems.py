@@ -46,6 +46,7 @@ FILE_LINE = (
     re.compile(r"\bin (?P<file>/[^\s:]+):(?P<line>\d+)"),  # nginx: [emerg] ... in /etc/nginx/sites-enabled/x:12
     re.compile(r"\[(?P<file>/[^\s:\]]+):(?P<line>\d+)\]"),  # php-fpm: ERROR: [/etc/php/8.4/fpm/pool.d/www.conf:12]
     re.compile(r"(?P<file>/[^\s:]+): line (?P<line>\d+)"),  # sshd: /etc/ssh/sshd_config: line 12: Bad ...
+    re.compile(r"configuration file (?P<file>/[^\s:]+) line (?P<line>\d+)"),  # doveconf: ... file /etc/x.conf line 128:
     re.compile(r"(?P<file>/etc/[^\s:]+):(?P<line>\d+)"),
 )
 

@@ -15,6 +15,17 @@ from apt_rehearse.model.policy import Finding
 from apt_rehearse.model.problem import line_diff
 
 GOOD_STATES = ("active", "reloading", "activating")
+# Linux's default net.ipv4.ip_local_port_range: where a socket bound to port 0 lands.
+EPHEMERAL = (32768, 60999)
+
+
+def _superseded(name: str, before: Observation, after: Observation) -> bool:
+    """A unit stopped (not failed) whose every listening port another unit
+    now serves: the package moved its daemon to another unit (trixie's
+    postfix: postfix@-.service to postfix.service)."""
+    ports = {(s["proto"], s["port"]) for s in before.sockets if s.get("unit") == name}
+    owners = {(s["proto"], s["port"]): s.get("unit") for s in after.sockets}
+    return bool(ports) and all(owners.get(port) not in (None, name) for port in ports)
 
 
 def _units_lost(before: Observation, after: Observation, when: str) -> list[Finding]:
@@ -23,7 +34,11 @@ def _units_lost(before: Observation, after: Observation, when: str) -> list[Find
         if state["active"] != "active" or not name.endswith(".service"):
             continue
         now = after.units.get(name)
-        if now is not None and now["active"] in GOOD_STATES:
+        # "activating (auto-restart)": it failed and systemd waits to start it
+        # again (named with a rejected option, until its start limit).
+        if now is not None and now["active"] in GOOD_STATES and now.get("sub") != "auto-restart":
+            continue
+        if (now is None or now["active"] == "inactive") and _superseded(name, before, after):
             continue
         if state["sub"] == "exited" and (now is None or now["active"] != "failed"):
             continue  # a oneshot that ran at boot: only its failure means something
@@ -59,6 +74,10 @@ def _sockets_lost(before: Observation, after: Observation, when: str) -> list[Fi
         reported.add(key)
         unit = sock.get("unit") or "a process"
         new_ports = sorted({s["port"] for s in after.sockets if s.get("unit") == sock.get("unit") and sock.get("unit")})
+        if EPHEMERAL[0] <= sock["port"] <= EPHEMERAL[1] and new_ports:
+            # A port the kernel picked (squid's DNS and ICP sockets, bound to port 0),
+            # different at every start: not one a client knows, while the unit still listens.
+            continue
         elsewhere = f"; {unit} now listens on {', '.join(map(str, new_ports))}" if new_ports else ""
         findings.append(
             Finding(

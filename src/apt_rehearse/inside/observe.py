@@ -41,7 +41,8 @@ CONFIG_TESTS = (
     ("sshd -t", ["/usr/sbin/sshd", "-t"], "/usr/sbin/sshd"),
     ("php -m", ["php", "-m"], "/usr/bin/php"),
     ("postfix check", ["postfix", "check"], "/usr/sbin/postfix"),
-    ("named-checkconf", ["named-checkconf"], "/usr/sbin/named-checkconf"),
+    # bind9-utils ships it in /usr/bin (bookworm and trixie), older ones in /usr/sbin.
+    ("named-checkconf", ["named-checkconf"], ("/usr/bin/named-checkconf", "/usr/sbin/named-checkconf")),
     ("visudo -c", ["visudo", "-c"], "/usr/sbin/visudo"),
 )
 TCP_STATES = {"0A": "listen"}
@@ -255,7 +256,7 @@ def http_pages(listening: list[dict[str, Any]], extra_urls: list[str]) -> dict[s
 def config_tests() -> dict[str, dict[str, Any]]:
     results = {}
     for name, argv, needed in CONFIG_TESTS:
-        if not os.path.exists(needed):
+        if not any(os.path.exists(path) for path in ((needed,) if isinstance(needed, str) else needed)):
             continue
         code, output = run_command(argv, timeout=60)
         entry: dict[str, Any] = {"exit_status": code, "output": output.strip().splitlines()[-10:]}

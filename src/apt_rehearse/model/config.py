@@ -36,7 +36,10 @@ class Settings:
     save_report: bool = True
     services: bool = True  # boot the system's own init and compare its services
     snapshots: bool = True  # btrfs subvolumes: a read-only snapshot is the lower, not the live system
-    boot_timeout: float = 90.0
+    # Longer than systemd's own start timeout (DefaultTimeoutStartSec, 90 s): a
+    # unit that stalls (nmbd with loopback only) has timed out, and what waits
+    # for it (smbd) has started, when the services are observed.
+    boot_timeout: float = 150.0
     memory_max: int | None = None
     # The sandbox cgroup's cpu.weight and io.weight (1-10000, cpu also 0 = idle; systemd's CPUWeight=,
     # IOWeight=): None = the default.
