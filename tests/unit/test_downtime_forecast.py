@@ -98,8 +98,12 @@ def test_a_unit_without_a_port_is_out_from_stopping_to_started() -> None:
     data = watched([], units=[(1.0, "cron.service", "stopping", ""), (1.2, "cron.service", "started", "")])
     [entry] = downtime.forecast(data, [], [])
     assert [(o.start_s, o.seconds) for o in entry.outages] == [(1.0, 0.2)] and entry.restarts == 1
-    # Oneshots the run starts are no downtime.
+    # Oneshots the run starts are no downtime, nor what the run starts and stops again
+    # (the user manager of a maintainer script's runuser).
     assert not downtime.forecast(watched([], units=[(1.0, "x.service", "started", "")]), [], [])
+    user = [(2.0, "user@101.service", "starting", ""), (2.1, "user@101.service", "started", "")]
+    user += [(3.0, "user@101.service", "stopping", ""), (3.1, "user@101.service", "stopped", "")]
+    assert downtime.forecast(watched([], units=user), [], []) == []
 
 
 def test_the_start_limit_is_named_and_the_outage_lasts_to_the_end() -> None:

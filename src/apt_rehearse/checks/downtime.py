@@ -130,6 +130,10 @@ def forecast(watched: dict[str, Any] | None, status_lines: list[str], status_tim
             degraded = _merge([w for t in targets for w in _windows(t.get("states") or [], end, "degraded")])
             degraded = _subtract(degraded, down)
             down = _split_at_restarts(down, unit_events)
+        elif unit_events and unit_events[0][1] in ("starting", "started"):
+            # Started by the run (a user manager for a maintainer script's
+            # runuser, a oneshot): not serving before it, so never out.
+            down, degraded = [], []
         else:
             down, degraded = _journal_windows(unit_events, end), []
         entry.outages = [_stretch(start, stop, end, causes, unit_events) for start, stop in down]
