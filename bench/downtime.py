@@ -47,7 +47,7 @@ from apt_rehearse.model.downtime import forecast_range  # noqa: E402
 from apt_rehearse.sandbox.boot import HELD_BACK  # noqa: E402
 from lib.booted import BootedMachine  # noqa: E402
 from lib.trees import bookworm_tree  # noqa: E402
-from run import PATH, chroot, copy_tree, link_debs, log, rehearse  # noqa: E402
+from run import PATH, link_debs, log, rehearse, trixie_copy  # noqa: E402
 
 # The watcher of the product, run by this machine's python3 in the booted
 # copy's network namespace only (the copy need not have python3): it probes
@@ -76,20 +76,7 @@ def _read_status(fifo: Path, lines: list[str], times: list[float]) -> None:
 
 def real_run(tree: Path, work: Path, targets: list[dict[str, Any]]) -> dict[str, Any]:
     real = work / "real"
-    copy_tree(tree, real)
-    sources = real / "etc/apt/sources.list"
-    sources.write_text(sources.read_text().replace("bookworm", "trixie"))
-    for extra in (real / "etc/apt/sources.list.d").glob("*"):
-        extra.unlink()
-    for _ in range(3):
-        update = subprocess.run(
-            [*chroot(real, network=True), "apt-get", "-q", "update"], capture_output=True, text=True, check=False
-        )
-        if update.returncode == 0:
-            break
-        time.sleep(10)
-    else:
-        raise SystemExit(f"apt-get update in the real copy failed: {update.stdout[-800:]}{update.stderr[-800:]}")
+    trixie_copy(tree, real)
     link_debs(real)
     # No logind in these namespaces: apt would wait for its inhibitor.
     (real / "etc/systemd/system/systemd-logind.service").symlink_to("/dev/null")

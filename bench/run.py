@@ -345,6 +345,25 @@ def copy_tree(source: Path, dest: Path) -> None:
     subprocess.run(["cp", "-a", "--one-file-system", str(source), str(dest)], check=True)
 
 
+def trixie_copy(tree: Path, dest: Path, tries: int = 3) -> None:
+    """A plain copy of the bookworm tree pointed at trixie, its lists
+    updated in a chroot with the network (a failed download tried again)."""
+    copy_tree(tree, dest)
+    sources = dest / "etc/apt/sources.list"
+    sources.write_text(sources.read_text().replace("bookworm", "trixie"))
+    for extra in (dest / "etc/apt/sources.list.d").glob("*"):
+        extra.unlink()
+    for attempt in range(tries):
+        update = subprocess.run(
+            [*chroot(dest, network=True), "apt-get", "-q", "update"], capture_output=True, text=True, check=False
+        )
+        if update.returncode == 0:
+            return
+        if attempt + 1 < tries:
+            time.sleep(10)
+    raise SystemExit(f"apt-get update in the real copy failed: {update.stdout[-800:]}{update.stderr[-800:]}")
+
+
 def apt_summary(document: dict[str, Any]) -> str:
     actions = [c["action"] for c in document["transaction"]["changes"]]
     return (
@@ -495,16 +514,7 @@ def case_release(tree: Path, work: Path, runs: int) -> dict[str, Any]:
     rows: dict[str, list[Any]] = {k: [] for k in keys}
     # The real run's starting point, once: the tree pointed at trixie, apt-get update done.
     ready = work / "ready"
-    copy_tree(tree, ready)
-    sources = ready / "etc/apt/sources.list"
-    sources.write_text(sources.read_text().replace("bookworm", "trixie"))
-    for extra in (ready / "etc/apt/sources.list.d").glob("*"):
-        extra.unlink()
-    update = subprocess.run(
-        [*chroot(ready, network=True), "apt-get", "-q", "update"], capture_output=True, text=True, check=False
-    )
-    if update.returncode != 0:
-        raise SystemExit(f"apt-get update in the real copy failed: {update.stdout[-800:]}{update.stderr[-800:]}")
+    trixie_copy(tree, ready)
 
     def real(no_fsync: bool, in_memory: bool = False) -> dict[str, Any]:
         place = work / "real"

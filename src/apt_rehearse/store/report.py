@@ -135,8 +135,8 @@ def render_text(report: dict[str, Any], color: bool = False, width: int = 80) ->
     lines += _problem_lines(problems, findings, paint)
     in_problems = {place for problem in problems for place in problem["findings"]}
     # A downtime of no consequence for the verdict is told in its own section.
-    shown = [f for f in findings if not (f["check"] == "downtime" and f["severity"] == "info")]
-    others = [f for place, f in enumerate(findings) if place not in in_problems and f in shown]
+    shown = {place for place, f in enumerate(findings) if not (f["check"] == "downtime" and f["severity"] == "info")}
+    others = [f for place, f in enumerate(findings) if place not in in_problems and place in shown]
     if others:
         lines.append("Other findings:" if problems else "Rehearsal findings:")
         for finding in others:
