@@ -426,3 +426,39 @@ def test_a_rehearsal_keeps_only_the_newest_reports(scenario: dict, tmp_path: Pat
     left = sorted(path.name for path in log_dir.iterdir() if path.name != "latest.json")
     newest = Path(document["report_path"]).name.removesuffix(".json")
     assert left == sorted([old[4].name, old[5].name, f"{newest}.json", f"{newest}.log", f"{newest}.txt"])
+
+
+def test_the_plans_own_apt_cache_follows_the_system(scenario: dict, tmp_path: Path) -> None:
+    # The planner keeps apt's cache files in apt-rehearse's cache directory
+    # (never the system's own): apt checks them against the status file at
+    # every open, so a package installed since is seen at the next plan.
+    copy = tmp_path / "tree"
+    subprocess.run(["cp", "-a", str(scenario["tree"]), str(copy)], check=True)
+    cache_dir = tmp_path / "cache"
+    systems_caches = sorted(os.listdir(copy / "var/cache/apt"))
+
+    def plan() -> list[tuple[str, str, str]]:
+        proc, document = run_json(
+            "--root",
+            str(copy),
+            "-o",
+            f"APT::Rehearse::Cache-Dir={cache_dir}",
+            "-o",
+            f"APT::Rehearse::Log-Dir={tmp_path / 'log'}",
+            "--no-services",
+            "install",
+            "rh-clean",
+        )
+        assert proc.returncode == 0, proc.stderr
+        return [(c["package"], c["action"], c["to"]) for c in document["transaction"]["changes"]]
+
+    assert plan() == [("rh-clean", "upgrade", "2.0")]
+    index = cache_dir / "apt-index/pkgcache.bin"
+    assert index.is_file()
+    built = index.stat().st_mtime_ns
+    assert plan() == [("rh-clean", "upgrade", "2.0")]
+    assert index.stat().st_mtime_ns == built  # valid: opened, not rebuilt
+    install_into(copy, [next((scenario["base"] / "debs").glob("rh-clean_2.0_*.deb"))])
+    assert plan() == []  # the status changed: apt rebuilt its cache, nothing stale was used
+    assert index.stat().st_mtime_ns != built
+    assert sorted(os.listdir(copy / "var/cache/apt")) == systems_caches

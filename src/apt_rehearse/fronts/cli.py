@@ -317,7 +317,13 @@ def plan_and_rehearse(
             source_cache_call = ForkedCall(release.build_source_cache, state, root)
         try:
             transaction = planner.plan_transaction(
-                request, archive_dir, interactive, state.directory if state else None, known_debs.sha256
+                request,
+                archive_dir,
+                interactive,
+                state.directory if state else None,
+                known_debs.sha256,
+                # The system's own lists (a --release plan has its private ones).
+                index_dir=None if state else os.path.join(settings.cache_dir, "apt-index"),
             )
             source_cache = _finished(source_cache_call)
         finally:

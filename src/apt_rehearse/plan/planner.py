@@ -61,15 +61,36 @@ def status_digest(root: str) -> str:
     return sha256_file(os.path.join(root, "var/lib/dpkg/status"))
 
 
-def open_cache(progress: bool) -> apt.Cache:
+def open_cache(progress: bool, index_dir: str | None = None) -> apt.Cache:
+    """apt's cache of the lists and the status. Never apt's own pkgcache.bin
+    (a rehearsal writes no file of the system's): in memory, or with
+    ``index_dir``, apt's cache files kept there, apt-rehearse's own, which
+    apt checks against the lists and the status file at every open and
+    rebuilds when stale (1.2 s for bookworm's lists here, 0.4 s when valid)."""
     op_progress = apt.progress.text.OpProgress(sys.stdout) if progress else apt.progress.base.OpProgress()
+    memonly = not _private_index(index_dir)
     try:
-        return apt.Cache(op_progress, memonly=True)
+        return apt.Cache(op_progress, memonly=memonly)
     except (SystemError, apt_pkg.Error) as error:
         message = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown error"
         raise RehearsalError(
             f"apt cannot read the package lists ({message}); fix the sources and run apt update"
         ) from error
+
+
+def _private_index(index_dir: str | None) -> bool:
+    """Point apt's cache files at index_dir; False (in memory) where it cannot be had."""
+    if not index_dir:
+        return False
+    try:
+        os.makedirs(index_dir, mode=0o755, exist_ok=True)
+    except OSError:
+        return False  # a read-only cache directory: in memory, as before
+    if not os.access(index_dir, os.W_OK):
+        return False
+    apt_pkg.config.set("Dir::Cache::pkgcache", os.path.join(index_dir, "pkgcache.bin"))
+    apt_pkg.config.set("Dir::Cache::srcpkgcache", os.path.join(index_dir, "srcpkgcache.bin"))
+    return True
 
 
 def _split_spec(spec: str) -> tuple[str, str | None, str | None]:
@@ -484,8 +505,10 @@ def plan_transaction(
     progress: bool,
     private_apt_dir: str | None = None,
     sha256_of: Callable[[str], str] = sha256_file,
+    index_dir: str | None = None,
 ) -> Transaction:
-    """Resolve the request with apt's resolver and fetch what it needs."""
+    """Resolve the request with apt's resolver and fetch what it needs
+    (``index_dir``: where apt may keep its cache files for the next plan)."""
     if request.command == "gate":
         # unattended-upgrades' own code decides what it would install.
         from apt_rehearse.plan import gate
@@ -493,7 +516,7 @@ def plan_transaction(
         cache = gate.open_and_mark(gate.load_unattended_upgrade(), request.root)
         requested: set[str] = set()
     else:
-        cache = open_cache(progress)
+        cache = open_cache(progress, index_dir)
         requested = mark_request(cache, request)
     if cache._depcache.broken_count:
         broken = ", ".join(sorted(p.name for p in cache if p.is_inst_broken or p.is_now_broken)[:10])
