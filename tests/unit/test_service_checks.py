@@ -158,6 +158,29 @@ def test_a_port_the_kernel_picked_is_not_a_lost_socket() -> None:
     assert {f.details["before"]["port"] for f in service_findings(base, after(), None)} == {3130, 45232}
 
 
+def test_a_page_on_a_port_the_kernel_picked_has_not_gone() -> None:
+    # containerd's stream server answers 404 on 127.0.0.1:<port 0>: another
+    # port at every start (corpus, docker). The page moved with its unit.
+    def containerd(port: int) -> dict:
+        sock = {"proto": "tcp", "family": 4, "address": "127.0.0.1", "port": port, "unit": "containerd.service"}
+        page = {"status": 404, "content_type": "text/plain", "sha256": "c", "snippet": "404 page not found"}
+        return {"sockets": BASE["sockets"] + [sock], "http": {**BASE["http"], f"{port}/": {**page, "stable": True}}}
+
+    base = after(**containerd(35935))
+    assert service_findings(base, after(**containerd(41211)), None) == []
+    # Gone with its unit: still found, as a page and a socket.
+    gone = {"sockets": BASE["sockets"], "http": BASE["http"]}
+    found = checks_of(service_findings(base, after(**gone), None))
+    assert [f.subject for f in found["http"]] == ["http://localhost:35935/"]
+    assert [f.details["before"]["port"] for f in found["socket"]] == [35935]
+    # A fixed port is no guess: a page gone from port 8080 is a finding even while its unit listens elsewhere.
+    fixed = containerd(8080)
+    moved = containerd(8081)
+    assert [f.subject for f in checks_of(service_findings(after(**fixed), after(**moved), None))["http"]] == [
+        "http://localhost:8080/"
+    ]
+
+
 def test_probe_files_are_deb822(tmp_path) -> None:
     (tmp_path / "rrd.probe").write_text(
         "# the monitoring data must stay readable\nName: rrd\nType: command\nCommand: rrdtool info /var/lib/m/a.rrd\n"

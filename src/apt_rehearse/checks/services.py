@@ -28,6 +28,16 @@ def _superseded(name: str, before: Observation, after: Observation) -> bool:
     return bool(ports) and all(owners.get(port) not in (None, name) for port in ports)
 
 
+def _kernel_picked(port: int, before: Observation, after: Observation) -> bool:
+    """A port in the kernel's ephemeral range whose unit listens again after,
+    elsewhere: one the kernel picks at every start (a socket bound to port 0:
+    squid's DNS sockets, containerd's stream server), not one a client knows."""
+    if not EPHEMERAL[0] <= port <= EPHEMERAL[1]:
+        return False
+    units = {s.get("unit") for s in before.sockets if s["port"] == port} - {None, ""}
+    return any(s.get("unit") in units for s in after.sockets)
+
+
 def _units_lost(before: Observation, after: Observation, when: str) -> list[Finding]:
     findings = []
     for name, state in sorted(before.units.items()):
@@ -74,9 +84,7 @@ def _sockets_lost(before: Observation, after: Observation, when: str) -> list[Fi
         reported.add(key)
         unit = sock.get("unit") or "a process"
         new_ports = sorted({s["port"] for s in after.sockets if s.get("unit") == sock.get("unit") and sock.get("unit")})
-        if EPHEMERAL[0] <= sock["port"] <= EPHEMERAL[1] and new_ports:
-            # A port the kernel picked (squid's DNS and ICP sockets, bound to port 0),
-            # different at every start: not one a client knows, while the unit still listens.
+        if _kernel_picked(sock["port"], before, after):
             continue
         elsewhere = f"; {unit} now listens on {', '.join(map(str, new_ports))}" if new_ports else ""
         findings.append(
@@ -97,6 +105,8 @@ def _http_changed(before: Observation, after: Observation, when: str) -> list[Fi
         new = after.http.get(key)
         port = key.split("/", 1)[0]
         subject = f"http://localhost:{key}"
+        if new is None and _kernel_picked(int(port), before, after):
+            continue  # that page is now on the port the kernel gave its unit this time
         if new is None:
             findings.append(
                 Finding(
