@@ -28,7 +28,7 @@ from apt_rehearse.inside import bootchain
 from apt_rehearse.inside import facts
 from apt_rehearse.inside import kernel_settings
 from apt_rehearse.inside.libraries import lost_libraries, summary as library_summary
-from apt_rehearse.inside.observe import observe, settle
+from apt_rehearse.inside.observe import observe, settle, wait_ready
 from apt_rehearse.inside.replay import ReplayPlan, replay_inside, scan_before
 from apt_rehearse.model.clock import PhaseClock
 from apt_rehearse.model.config import Settings
@@ -614,8 +614,9 @@ def _run_booted(
     )
     observations: dict[str, Any] = {}
 
-    def observe_now(channel: object) -> dict[str, Any]:
-        return observe(settings.http_urls)
+    def observe_now(channel: object, baseline: dict[str, Any] | None = None) -> dict[str, Any]:
+        ready = wait_ready(settings.ready_timeout, baseline)
+        return {**observe(settings.http_urls), "ready": ready}
 
     def settle_now(channel: object) -> dict[str, Any]:
         return settle(settings.boot_timeout)
@@ -651,13 +652,13 @@ def _run_booted(
         clock.add("replay", time.monotonic() - started)
         with clock.timed("observe"):
             observations["settle_after_upgrade"] = _inside(booted, settle_now, progress)
-            observations["upgraded"] = _inside(booted, observe_now, progress)
+            observations["upgraded"] = _inside(booted, functools.partial(observe_now, baseline=baseline), progress)
         progress.phase("rebooting into the upgraded system")
         with clock.timed("reboot"):
             booted.poweroff()
             booted.boot()
             observations["reboot"] = _inside(booted, settle_now, progress)
-            observations["rebooted"] = _inside(booted, observe_now, progress)
+            observations["rebooted"] = _inside(booted, functools.partial(observe_now, baseline=baseline), progress)
         measured = booted.measure()
         if shell:
             progress.done()

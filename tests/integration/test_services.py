@@ -158,6 +158,49 @@ def test_no_false_alarm_and_nothing_left(services_tree: dict) -> None:
     assert dpkg_status_digest(services_tree["tree"]) == services_tree["status"]
 
 
+# Busy for 4 s (as a JVM deploying its applications is), then listening: systemd calls it started at once
+# (%% is systemd's own: %s alone would be the shell).
+SLOW_START = (
+    "/bin/sh -c 'end=$(($(date +%%s) + 4)); while [ $(date +%%s) -lt $end ]; do :; done; "
+    "exec /usr/bin/python3 -m http.server 8084 --bind 127.0.0.1 --directory /usr/share/rh-slow'"
+)
+
+
+def test_a_service_that_answers_late_is_waited_for(services_tree: dict, tmp_path: Path) -> None:
+    copy = tmp_path / "tree"
+    subprocess.run(["cp", "-a", str(services_tree["tree"]), str(copy)], check=True)
+    debs = tmp_path / "debs"
+    page = {"/usr/share/rh-slow/index.html": "slow but there\n"}
+    v1, v2 = (service_package(debs, "rh-slow", version, SLOW_START, page) for version in ("1.0", "2.0"))
+    install_into(copy, [v1])
+    repo = LocalRepo(tmp_path / "repo")
+    repo.add(v2)
+    repo.publish()
+    serve_to_tree(copy, repo)
+    (copy / "etc/apt-rehearse/probes.d/slow.probe").write_text(
+        "Name: slow-page\nType: http\nURL: http://127.0.0.1:8084/\nExpect-Body: slow but there\n"
+    )
+
+    def rehearse_copy(*options: str) -> dict:
+        proc, document = run_json("--root", str(copy), "-o", f"APT::Rehearse::Log-Dir={tmp_path}/log", *options)
+        assert proc.returncode == 0, (proc.stderr, document.get("findings"))
+        return document
+
+    document = rehearse_copy("install", "rh-slow")
+    observations = document["observations"]
+    assert document["verdict"] == "pass", document["findings"]
+    for phase in ("baseline", "upgraded", "rebooted"):
+        assert observations[phase]["probes"]["slow-page"]["ok"], (phase, observations[phase]["probes"])
+        assert observations[phase]["ready"]["missing"] == [], (phase, observations[phase]["ready"])
+        assert "tcp/8084" in document["services"][phase]["listening"]
+    assert observations["baseline"]["ready"]["seconds"] >= 2, observations["baseline"]["ready"]
+    assert observations["rebooted"]["ready"]["seconds"] >= 2, observations["rebooted"]["ready"]
+    # Observed at once, it had not answered yet: the wait is what saw it.
+    document = rehearse_copy("-o", "APT::Rehearse::Ready-Timeout=0", "install", "rh-slow")
+    assert not document["observations"]["baseline"]["probes"]["slow-page"]["ok"]
+    assert "tcp/8084" not in document["services"]["baseline"]["listening"]
+
+
 HYBRID_CPU = "/sys/fs/cgroup/cpu"
 
 

@@ -10,13 +10,11 @@ from __future__ import annotations
 import os
 import re
 
-from apt_rehearse.model.observation import Observation
+from apt_rehearse.model.observation import Observation, kernel_picked
 from apt_rehearse.model.policy import Finding
 from apt_rehearse.model.problem import line_diff
 
 GOOD_STATES = ("active", "reloading", "activating")
-# Linux's default net.ipv4.ip_local_port_range: where a socket bound to port 0 lands.
-EPHEMERAL = (32768, 60999)
 
 
 def _superseded(name: str, before: Observation, after: Observation) -> bool:
@@ -32,7 +30,7 @@ def _kernel_picked(port: int, before: Observation, after: Observation) -> bool:
     """A port in the kernel's ephemeral range whose unit listens again after,
     elsewhere: one the kernel picks at every start (a socket bound to port 0:
     squid's DNS sockets, containerd's stream server), not one a client knows."""
-    if not EPHEMERAL[0] <= port <= EPHEMERAL[1]:
+    if not kernel_picked(port):
         return False
     units = {s.get("unit") for s in before.sockets if s["port"] == port} - {None, ""}
     return any(s.get("unit") in units for s in after.sockets)

@@ -28,6 +28,7 @@ from typing import Any
 from debian.deb822 import Deb822
 
 from apt_rehearse.inside.commands import run_command
+from apt_rehearse.model.observation import kernel_picked
 
 PROBES_DIR = "/etc/apt-rehearse/probes.d"
 HTTP_TIMEOUT = 5.0
@@ -218,6 +219,13 @@ def site_index_paths() -> list[str]:
     return sorted(set(found))
 
 
+def _local_host(sock: dict[str, Any]) -> str:
+    """Where a listening socket is reached from inside."""
+    if sock["address"] not in ("0.0.0.0", "::", "127.0.0.1", "::1"):
+        return sock["address"]
+    return "127.0.0.1" if sock["family"] == 4 else "::1"
+
+
 def http_pages(listening: list[dict[str, Any]], extra_urls: list[str]) -> dict[str, Any]:
     """GET / on every TCP port that answers HTTP, twice: a page that changes
     by itself (a clock, a session) is not compared by its body."""
@@ -227,9 +235,7 @@ def http_pages(listening: list[dict[str, Any]], extra_urls: list[str]) -> dict[s
     for sock in listening:
         if sock["proto"] != "tcp":
             continue
-        host = "127.0.0.1" if sock["family"] == 4 else "::1"
-        if sock["address"] not in ("0.0.0.0", "::", "127.0.0.1", "::1"):
-            host = sock["address"]
+        host = _local_host(sock)
         targets.append((host, sock["port"], "/"))
         if sock["port"] in (80, 443, 8080):
             targets += [(host, sock["port"], path) for path in index_paths]
@@ -388,6 +394,108 @@ def _sockets_in(directory: str) -> list[str]:
         except OSError:
             continue
     return beside
+
+
+# The booted system's services, as its own systemd groups them.
+SERVICES_CPU_STAT = "/sys/fs/cgroup/system.slice/cpu.stat"
+# Busier than this (of one CPU) is still starting; idle this many rounds in a row, nothing more is coming.
+BUSY_SHARE = 0.05
+IDLE_ROUNDS = 3
+
+
+def wait_ready(timeout: float, baseline: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Once systemd has settled, wait for what should answer to answer:
+    systemd calls a simple service started when its process runs, and an
+    application server (Tomcat deploying its WARs, a JVM) listens, or serves
+    its page, some seconds later. Without ``baseline``: every probe passes.
+    With it (after the upgrade, after the reboot): also every port that
+    listened then listens again (not those the kernel picks at each start)
+    and every page it answered answers with the same status.
+
+    Asked again every second, for at most ``timeout`` seconds (a probe's own
+    Wait field bounds that probe), and only while the services still work:
+    once they have been idle for three seconds in a row, what is missing is
+    not coming, and a real breakage costs that, not the timeout.
+
+    Returns how long it waited and what still did not answer."""
+    if timeout <= 0:
+        return {"seconds": 0.0, "missing": []}  # observed at once, as asked
+    started = time.monotonic()
+    probes = read_probes()
+    ports: set[tuple[str, int]] = set()
+    pages: dict[tuple[str, int, str], tuple[int, bool]] = {}
+    if baseline is not None:
+        passed = {name for name, result in (baseline.get("probes") or {}).items() if result.get("ok")}
+        probes = [probe for probe in probes if probe["name"] in passed]
+        listening = [s for s in baseline.get("sockets") or [] if not kernel_picked(s["port"])]
+        ports = {(s["proto"], s["port"]) for s in listening}
+        hosts = {s["port"]: _local_host(s) for s in listening if s["proto"] == "tcp"}
+        for key, page in (baseline.get("http") or {}).items():
+            port, _, path = key.partition("/")
+            if port.isdigit() and int(port) in hosts:
+                pages[(hosts[int(port)], int(port), "/" + path)] = (page["status"], bool(page.get("tls")))
+    pending = {probe["name"]: probe for probe in probes}
+    idle = 0
+    used, used_at = _services_cpu_usec(), time.monotonic()
+    while True:
+        elapsed = time.monotonic() - started
+        missing = _missing(ports, pages, pending, elapsed, timeout)
+        if not missing or elapsed >= timeout:
+            return {"seconds": round(elapsed, 3), "missing": missing}
+        time.sleep(1.0)
+        now_used, now_at = _services_cpu_usec(), time.monotonic()
+        if used is not None and now_used is not None:
+            busy = (now_used - used) / 1e6 / max(now_at - used_at, 1e-3) > BUSY_SHARE
+            idle = 0 if busy else idle + 1
+            if idle >= IDLE_ROUNDS:
+                missing = _missing(ports, pages, pending, time.monotonic() - started, timeout)
+                return {"seconds": round(time.monotonic() - started, 3), "missing": missing, "idle": True}
+        used, used_at = now_used, now_at
+
+
+def _missing(
+    ports: set[tuple[str, int]],
+    pages: dict[tuple[str, int, str], tuple[int, bool]],
+    pending: dict[str, dict[str, str]],
+    elapsed: float,
+    timeout: float,
+) -> list[str]:
+    """What of the expected does not answer now (a probe that passes leaves ``pending``)."""
+    now = {(s["proto"], s["port"]) for s in sockets()} if ports or pages else set()
+    missing = [f"{proto} port {port}" for proto, port in sorted(ports - now)]
+    for (host, port, path), (status, tls) in sorted(pages.items()):
+        if ("tcp", port) in now:
+            page = http_get(host, port, path, tls=tls)
+            if page is None or page["status"] != status:
+                missing.append(f"http://{host}:{port}{path}")
+    for name, probe in list(pending.items()):
+        if elapsed > _seconds(probe.get("wait"), timeout) or run_probe(probe)["ok"]:
+            del pending[name]  # passed, or waited for as long as it may be
+        else:
+            missing.append(f"probe {name}")
+    return missing
+
+
+def _services_cpu_usec() -> int | None:
+    """CPU time the booted system's services have used so far (cgroup v2's
+    cpu.stat, there with or without the cpu controller); None where unknown:
+    then only the timeout ends the wait."""
+    try:
+        with open(SERVICES_CPU_STAT, encoding="ascii") as handle:
+            for line in handle:
+                key, _, value = line.partition(" ")
+                if key == "usage_usec":
+                    return int(value)
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def _seconds(text: str | None, default: float) -> float:
+    try:
+        return float(text) if text is not None else default
+    except ValueError:
+        return default
 
 
 def observe(extra_urls: list[str]) -> dict[str, Any]:

@@ -40,6 +40,9 @@ class Settings:
     # unit that stalls (nmbd with loopback only) has timed out, and what waits
     # for it (smbd) has started, when the services are observed.
     boot_timeout: float = 150.0
+    # After systemd has settled: how long an observation waits for what
+    # should answer (see observe.wait_ready); only a failure costs it.
+    ready_timeout: float = 60.0
     memory_max: int | None = None
     # The sandbox cgroup's cpu.weight and io.weight (1-10000, cpu also 0 = idle; systemd's CPUWeight=,
     # IOWeight=): None = the default.
@@ -172,6 +175,7 @@ def read_settings() -> Settings:
     settings.services = config.find_b("APT::Rehearse::Services", True)
     settings.snapshots = config.find_b("APT::Rehearse::Snapshots", True)
     settings.boot_timeout = float(config.find_i("APT::Rehearse::Boot-Timeout", int(settings.boot_timeout)))
+    settings.ready_timeout = float(max(config.find_i("APT::Rehearse::Ready-Timeout", int(settings.ready_timeout)), 0))
     memory = config.find("APT::Rehearse::Memory-Max", "")
     settings.memory_max = _size_bytes(memory) if memory else None
     settings.cpu_weight = _weight(config.find("APT::Rehearse::CPU-Weight", ""), "CPU-Weight", idle=True)

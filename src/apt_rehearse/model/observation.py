@@ -8,6 +8,15 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+# Linux's default net.ipv4.ip_local_port_range: where a socket bound to port 0
+# lands, another port at every start (squid's DNS sockets, containerd's stream
+# server): not a port a client knows.
+EPHEMERAL = (32768, 60999)
+
+
+def kernel_picked(port: int) -> bool:
+    return EPHEMERAL[0] <= port <= EPHEMERAL[1]
+
 
 @dataclasses.dataclass
 class Observation:
