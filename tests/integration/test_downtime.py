@@ -142,7 +142,11 @@ def test_a_service_stopped_for_three_seconds_is_forecast_with_its_cause(downtime
     assert SLOW_TOLERANCE[0] <= outage["seconds"] <= SLOW_TOLERANCE[1], outage
     assert outage["cause"] == "rh-slow postinst (configure)", outage
     low, high = entry["forecast_s"]
-    assert low <= SLOW_SECONDS <= high and high <= 1.5 * (SLOW_TOLERANCE[1] + 0.1), entry
+    # The outage is the postinst's sleep and then the server's own start
+    # (3.1 to 3.2 s on this VM): the forecast holds what was measured, and
+    # reaches from about the sleep to at most the slowdown above it.
+    assert low <= outage["seconds"] <= high, entry
+    assert SLOW_TOLERANCE[0] - 0.1 <= low and high <= 1.5 * (SLOW_TOLERANCE[1] + 0.1), entry
     assert entry["probed"] == ["http/8090/"] and entry["restarts"] == 1, entry
     [finding] = [f for f in document["findings"] if f["check"] == "downtime"]
     assert finding["severity"] == "info" and finding["kinds"] == ["Downtime"]
