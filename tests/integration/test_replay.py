@@ -456,6 +456,7 @@ def test_the_plans_own_apt_cache_follows_the_system(scenario: dict, tmp_path: Pa
     index = cache_dir / "apt-index/pkgcache.bin"
     assert index.is_file()
     built = index.stat().st_mtime_ns
+    assert stat.S_IMODE(index.stat().st_mode) & 0o077 == 0  # root's only, as the rest of the cache
     assert plan() == [("rh-clean", "upgrade", "2.0")]
     assert index.stat().st_mtime_ns == built  # valid: opened, not rebuilt
     install_into(copy, [next((scenario["base"] / "debs").glob("rh-clean_2.0_*.deb"))])

@@ -8,6 +8,7 @@ apt-rehearse's own archive cache, never to apt's: the host's
 from __future__ import annotations
 
 import bisect
+import contextlib
 import dataclasses
 import itertools
 import os
@@ -69,13 +70,23 @@ def open_cache(progress: bool, index_dir: str | None = None) -> apt.Cache:
     rebuilds when stale (1.2 s for bookworm's lists here, 0.4 s when valid)."""
     op_progress = apt.progress.text.OpProgress(sys.stdout) if progress else apt.progress.base.OpProgress()
     memonly = not _private_index(index_dir)
+    # Root's only, as the rest of apt-rehearse's cache (the umask reaches the
+    # files apt writes there; the chmod, ones an earlier version left).
+    umask = os.umask(0o077)
     try:
-        return apt.Cache(op_progress, memonly=memonly)
+        cache = apt.Cache(op_progress, memonly=memonly)
+        if not memonly and index_dir:
+            for name in ("pkgcache.bin", "srcpkgcache.bin"):
+                with contextlib.suppress(OSError):
+                    os.chmod(os.path.join(index_dir, name), 0o600)
+        return cache
     except (SystemError, apt_pkg.Error) as error:
         message = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown error"
         raise RehearsalError(
             f"apt cannot read the package lists ({message}); fix the sources and run apt update"
         ) from error
+    finally:
+        os.umask(umask)
 
 
 def _private_index(index_dir: str | None) -> bool:
@@ -83,7 +94,8 @@ def _private_index(index_dir: str | None) -> bool:
     if not index_dir:
         return False
     try:
-        os.makedirs(index_dir, mode=0o755, exist_ok=True)
+        os.makedirs(index_dir, mode=0o700, exist_ok=True)
+        os.chmod(index_dir, 0o700)
     except OSError:
         return False  # a read-only cache directory: in memory, as before
     if not os.access(index_dir, os.W_OK):
