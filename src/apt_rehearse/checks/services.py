@@ -26,7 +26,7 @@ def _superseded(name: str, before: Observation, after: Observation) -> bool:
     return bool(ports) and all(owners.get(port) not in (None, name) for port in ports)
 
 
-def _kernel_picked(port: int, before: Observation, after: Observation) -> bool:
+def _moved_by_kernel(port: int, before: Observation, after: Observation) -> bool:
     """A port in the kernel's ephemeral range whose unit listens again after,
     elsewhere: one the kernel picks at every start (a socket bound to port 0:
     squid's DNS sockets, containerd's stream server), not one a client knows."""
@@ -82,7 +82,7 @@ def _sockets_lost(before: Observation, after: Observation, when: str) -> list[Fi
         reported.add(key)
         unit = sock.get("unit") or "a process"
         new_ports = sorted({s["port"] for s in after.sockets if s.get("unit") == sock.get("unit") and sock.get("unit")})
-        if _kernel_picked(sock["port"], before, after):
+        if _moved_by_kernel(sock["port"], before, after):
             continue
         elsewhere = f"; {unit} now listens on {', '.join(map(str, new_ports))}" if new_ports else ""
         findings.append(
@@ -103,7 +103,7 @@ def _http_changed(before: Observation, after: Observation, when: str) -> list[Fi
         new = after.http.get(key)
         port = key.split("/", 1)[0]
         subject = f"http://localhost:{key}"
-        if new is None and _kernel_picked(int(port), before, after):
+        if new is None and _moved_by_kernel(int(port), before, after):
             continue  # that page is now on the port the kernel gave its unit this time
         if new is None:
             findings.append(

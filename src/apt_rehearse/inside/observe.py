@@ -440,16 +440,16 @@ def wait_ready(timeout: float, baseline: dict[str, Any] | None = None) -> dict[s
     while True:
         elapsed = time.monotonic() - started
         missing = _missing(ports, pages, pending, elapsed, timeout)
-        if not missing or elapsed >= timeout:
-            return {"seconds": round(elapsed, 3), "missing": missing}
+        if not missing or elapsed >= timeout or idle >= IDLE_ROUNDS:
+            result: dict[str, Any] = {"seconds": round(elapsed, 3), "missing": missing}
+            if idle >= IDLE_ROUNDS:
+                result["idle"] = True
+            return result
         time.sleep(1.0)
         now_used, now_at = _services_cpu_usec(), time.monotonic()
         if used is not None and now_used is not None:
             busy = (now_used - used) / 1e6 / max(now_at - used_at, 1e-3) > BUSY_SHARE
             idle = 0 if busy else idle + 1
-            if idle >= IDLE_ROUNDS:
-                missing = _missing(ports, pages, pending, time.monotonic() - started, timeout)
-                return {"seconds": round(time.monotonic() - started, 3), "missing": missing, "idle": True}
         used, used_at = now_used, now_at
 
 

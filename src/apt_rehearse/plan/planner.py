@@ -70,23 +70,19 @@ def open_cache(progress: bool, index_dir: str | None = None) -> apt.Cache:
     rebuilds when stale (1.2 s for bookworm's lists here, 0.4 s when valid)."""
     op_progress = apt.progress.text.OpProgress(sys.stdout) if progress else apt.progress.base.OpProgress()
     memonly = not _private_index(index_dir)
-    # Root's only, as the rest of apt-rehearse's cache (the umask reaches the
-    # files apt writes there; the chmod, ones an earlier version left).
-    umask = os.umask(0o077)
     try:
         cache = apt.Cache(op_progress, memonly=memonly)
-        if not memonly and index_dir:
-            for name in ("pkgcache.bin", "srcpkgcache.bin"):
-                with contextlib.suppress(OSError):
-                    os.chmod(os.path.join(index_dir, name), 0o600)
-        return cache
     except (SystemError, apt_pkg.Error) as error:
         message = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown error"
         raise RehearsalError(
             f"apt cannot read the package lists ({message}); fix the sources and run apt update"
         ) from error
-    finally:
-        os.umask(umask)
+    if not memonly:
+        # apt writes them 0644 whatever the umask: root's only, as the rest of apt-rehearse's cache.
+        for name in ("pkgcache.bin", "srcpkgcache.bin"):
+            with contextlib.suppress(OSError):
+                os.chmod(os.path.join(index_dir or "", name), 0o600)
+    return cache
 
 
 def _private_index(index_dir: str | None) -> bool:
