@@ -115,3 +115,37 @@ def test_apt_update_starts_the_prepare_without_making_apt_wait(booted: dict) -> 
     run = machine.run("apt-get -y install rh-b-good")
     assert run.returncode == 0 and "already rehearsed (an earlier rehearsal): PASS" in run.stderr, run.stderr
     assert _reports(tree) == before
+
+
+def _rehearsing(tree: Path, who: str) -> bool:
+    from apt_rehearse.store import inflight
+
+    cache = tree / "var/cache/apt-rehearse"
+    names = [p.name for p in (cache / "inflight").glob("*")] if (cache / "inflight").is_dir() else []
+    return any((inflight.holder_of(str(cache), name) or {}).get("who") == who for name in names if name != "prepare")
+
+
+POLICY = "chrt -p $(systemctl show -p MainPID --value apt-rehearse-prepare.service)"
+
+
+def test_the_hook_that_waits_for_the_prepare_raises_it_to_normal_priority(booted: dict) -> None:
+    """The unit runs the prepare at SCHED_IDLE (it takes only what the host's
+    services leave); apt's hook, joining its rehearsal, lifts it: apt does not
+    wait for as long as the host is busy."""
+    machine, tree = booted["machine"], booted["tree"]
+    repo = LocalRepo(tree / "srv/rh-repo")
+    repo.add(build_deb(booted["debs"], "rh-b-good", "4.0", files={"/usr/share/rh-b-good/v": "4\n"}))
+    repo.publish()
+    assert machine.run("apt-get update -q").returncode == 0  # which starts the prepare
+    deadline = time.monotonic() + 300
+    while not _rehearsing(tree, "apt-rehearse upgrade") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _rehearsing(tree, "apt-rehearse upgrade"), machine.run("journalctl -u apt-rehearse-prepare").stdout[-2000:]
+    assert "SCHED_IDLE" in machine.run(POLICY).stdout
+    before = _reports(tree)
+    run = machine.run("apt-get -y dist-upgrade")
+    assert "being rehearsed already by apt-rehearse upgrade" in run.stderr, run.stderr
+    assert "raised to normal priority" in run.stderr, run.stderr
+    assert run.returncode != 0 and "already rehearsed (an earlier rehearsal): BLOCK" in run.stderr, run.stderr
+    assert len(_reports(tree) - before) <= 2  # the prepare's (upgrade, gate), none of the hook's
+    machine.run("systemctl start apt-rehearse-prepare.service")  # what is left of it: done before the next

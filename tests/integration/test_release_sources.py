@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import shutil
+import stat
 import subprocess
 import tempfile
 from email.utils import format_datetime
@@ -225,3 +226,34 @@ def test_an_insecure_source_allowed_unauthenticated_is_rehearsed(unsigned_source
     changes = {c["package"]: c for c in document["transaction"]["changes"]}
     assert (changes["rh-tool"]["from"], changes["rh-tool"]["to"]) == ("1.0", "2.0")
     assert tree_hash(unsigned_source["tree"]) == before
+
+
+def test_a_repeated_release_plan_opens_the_kept_apt_cache_of_its_lists(two_sources: dict, tmp_path: Path) -> None:
+    # The release's lists are apt-rehearse's own (its release state): apt's
+    # cache files of them are kept beside them, root's only, and opened, not
+    # rebuilt, while neither the lists nor the status changed.
+    cache_dir = tmp_path / "cache"
+
+    def plan() -> dict:
+        proc, document = run_json(
+            "--root",
+            str(two_sources["tree"]),
+            "--no-services",
+            "-o",
+            f"APT::Rehearse::Cache-Dir={cache_dir}",
+            "-o",
+            f"APT::Rehearse::Log-Dir={tmp_path / 'log'}",
+            "dist-upgrade",
+            "--release",
+            "trixie",
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return {c["package"]: c["to"] for c in document["transaction"]["changes"]}
+
+    assert plan() == {"rh-tool": "2.0"}
+    [index] = list(cache_dir.glob("releases/trixie-*/index/pkgcache.bin"))
+    built = index.stat().st_mtime_ns
+    assert stat.S_IMODE(index.stat().st_mode) & 0o077 == 0 and stat.S_IMODE(index.parent.stat().st_mode) == 0o700
+    assert plan() == {"rh-tool": "2.0"}
+    assert index.stat().st_mtime_ns == built
+    assert not (cache_dir / "apt-index").exists()  # the system's own lists were not opened for it

@@ -20,13 +20,21 @@ def test_a_second_claim_waits_for_the_first_and_knows_whose_it_was(tmp_path: Pat
         os._exit(0)
     os.read(ready_r, 1)
     assert inflight.holder_of(str(tmp_path), "abc")["who"] == "the prepare service"
-    told = []
+    told, held_by = [], []
     began = time.monotonic()
-    with inflight.claim(str(tmp_path), "abc", "the apt hook", on_wait=lambda holder, s: told.append(holder)) as held:
+    with inflight.claim(
+        str(tmp_path),
+        "abc",
+        "the apt hook",
+        on_wait=lambda holder, s: told.append(holder),
+        on_held=lambda pid, fd: held_by.append(pid),
+    ) as held:
         assert held.waited and held.holder["pid"] == child
         assert time.monotonic() - began > 0.3
     os.waitpid(child, 0)
     assert told and told[0]["who"] == "the prepare service"
+    # Once, before the wait: the holder is in this pid namespace (sandbox/priority may lift it).
+    assert held_by == [child] and told[0]["pidns"] == inflight.pid_namespace() != 0
     assert inflight.holder_of(str(tmp_path), "abc") is None
     with inflight.claim(str(tmp_path), "abc", "again") as held:
         assert not held.waited

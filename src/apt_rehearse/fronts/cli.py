@@ -322,8 +322,8 @@ def plan_and_rehearse(
                 interactive,
                 state.directory if state else None,
                 known_debs.sha256,
-                # The system's own lists (a --release plan has its private ones).
-                index_dir=None if state else os.path.join(settings.cache_dir, "apt-index"),
+                # The system's own lists, or the --release state's private ones.
+                index_dir=release.index_dir(state) if state else os.path.join(settings.cache_dir, "apt-index"),
             )
             source_cache = _finished(source_cache_call)
         finally:
@@ -351,14 +351,20 @@ def plan_and_rehearse(
 
 def _claim(held: Any, transaction: Any, settings: Any, command: str, interactive: bool) -> Any:
     """Hold the transaction's lock (store/inflight) for the rehearsal."""
+    from apt_rehearse.sandbox.priority import Lifter
     from apt_rehearse.store import inflight
+
+    lifter = Lifter()  # a prepare at idle priority goes on at ours while we wait
 
     def waiting(holder: dict[str, Any], elapsed: float) -> None:
         if interactive and elapsed < 1.5:
-            click.echo(f"Waiting for the rehearsal of this transaction that {holder.get('who', '?')} is running ...")
+            lifted = " (raised to normal priority)" if lifter.raised else ""
+            click.echo(
+                f"Waiting for the rehearsal of this transaction that {holder.get('who', '?')} is running{lifted} ..."
+            )
 
     return held.enter_context(
-        inflight.claim(settings.cache_dir, transaction.identity, f"apt-rehearse {command}", waiting)
+        inflight.claim(settings.cache_dir, transaction.identity, f"apt-rehearse {command}", waiting, on_held=lifter)
     )
 
 

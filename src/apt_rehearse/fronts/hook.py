@@ -159,7 +159,12 @@ def main() -> int:
         from apt_rehearse.store import inflight
 
         # The prepare service (or a CLI run) rehearsing this very transaction now: wait for it, take its verdict.
-        with inflight.claim(cache_dir, transaction.identity, "the apt hook", on_wait=_waiting(unattended)) as held:
+        from apt_rehearse.sandbox.priority import Lifter
+
+        # A prepare runs at idle priority: waited for, it goes on at the hook's.
+        lifter = Lifter()
+        waiting = _waiting(unattended, lifter)
+        with inflight.claim(cache_dir, transaction.identity, "the apt hook", waiting, on_held=lifter) as held:
             if held.waited:
                 cached = verdict_cache.lookup(cache_dir, transaction, max_age, lambda: installed_versions(root))
                 if cached is not None:
@@ -209,15 +214,16 @@ def _successors(transaction: Transaction) -> dict[str, str]:
     return find_successors(transaction.changes, provides)
 
 
-def _waiting(unattended: bool) -> Any:
+def _waiting(unattended: bool, lifter: Any) -> Any:
     shown = {"now": None}
 
     def say(holder: dict, elapsed: float) -> None:
         if elapsed < 1.5:
             since = time.time() - float(holder.get("started") or time.time())
+            lifted = ", raised to normal priority" if lifter.raised else ""
             _say(
                 f"this transaction is being rehearsed already by {holder.get('who', '?')} (pid {holder.get('pid', '?')},"
-                f" for {since:.0f} s); waiting for its verdict ..."
+                f" for {since:.0f} s{lifted}); waiting for its verdict ..."
             )
         # On a terminal, where that rehearsal is, as it moves: apt's user sees it is not hung.
         now = holder.get("now")

@@ -22,6 +22,7 @@ import apt.progress.text
 import apt_pkg
 from debian.deb822 import Deb822
 
+from apt_rehearse.plan.planner import open_cache
 from apt_rehearse.sandbox import syscalls
 from apt_rehearse.model.config import apt_download_dir
 from apt_rehearse.model.errors import RehearsalError, UsageError
@@ -169,14 +170,10 @@ def prepare(root: str, release: str, cache_dir: str) -> ReleaseState:
     lists_dir = os.path.join(directory, "lists")
     os.makedirs(parts_dir, mode=0o755, exist_ok=True)
     apt_download_dir(lists_dir)
-    for stale in os.listdir(parts_dir):
-        os.unlink(os.path.join(parts_dir, stale))
     real_root = os.path.realpath(root)
     sources: dict[str, str] = {}
+    wanted: dict[str, str] = {os.path.join(directory, "sources.list"): ""}
     total = 0
-    main_path = os.path.join(directory, "sources.list")
-    with open(main_path, "w", encoding="utf-8") as handle:
-        handle.write("")
     for path in source_files():
         with open(path, encoding="utf-8") as handle:
             text = handle.read()
@@ -185,16 +182,31 @@ def prepare(root: str, release: str, cache_dir: str) -> ReleaseState:
         total += count
         relative = "/" + os.path.relpath(path, real_root)
         sources[relative] = new_text
-        target = (
-            main_path
-            if path.endswith("sources.list") and "sources.list.d" not in path
-            else os.path.join(parts_dir, os.path.basename(path))
-        )
-        with open(target, "w", encoding="utf-8") as handle:
-            handle.write(new_text)
+        main = path.endswith("sources.list") and "sources.list.d" not in path
+        wanted[
+            os.path.join(directory, "sources.list") if main else os.path.join(parts_dir, os.path.basename(path))
+        ] = new_text
+    for stale in os.listdir(parts_dir):
+        if os.path.join(parts_dir, stale) not in wanted:
+            os.unlink(os.path.join(parts_dir, stale))
+    for target, text in wanted.items():
+        _write_if_changed(target, text)
     if total == 0:
         raise UsageError(f"no apt source names '{old}' or '{old}-*'; cannot switch them to {release}")
     return ReleaseState(directory, lists_dir, sources, release)
+
+
+def _write_if_changed(path: str, text: str) -> None:
+    """apt takes a sources file newer than its cache files as a reason to
+    rebuild them: one the same as last time keeps its mtime."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            if handle.read() == text:
+                return
+    except (OSError, UnicodeDecodeError):
+        pass
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(text)
 
 
 def use(state: ReleaseState, progress: bool) -> None:
@@ -212,7 +224,9 @@ def use(state: ReleaseState, progress: bool) -> None:
     apt_pkg.config.set("Dir::Etc::sourceparts", os.path.join(state.directory, "sources.list.d"))
     apt_pkg.config.set("Dir::State::lists", state.lists_dir + "/")
     fetch_progress = apt.progress.text.AcquireProgress() if progress else apt.progress.base.AcquireProgress()
-    cache = apt.Cache(memonly=True)
+    # The update needs a cache of the lists as they were: kept, it is valid at
+    # the next rehearsal of this release when the lists did not change.
+    cache = open_cache(False, index_dir(state))
     last_error: Exception | None = None
     # libapt runs APT::Update::Post-Invoke-Success after this update too; ours
     # (hooks/20apt-rehearse) must not start a prepare for a private one.
@@ -244,6 +258,13 @@ def use(state: ReleaseState, progress: bool) -> None:
         except apt.cache.LockFailedException as error:
             raise RehearsalError(f"cannot lock {state.lists_dir}: {error}") from error
     raise RehearsalError(f"cannot fetch the package lists of the target release: {str(last_error).strip()}")
+
+
+def index_dir(state: ReleaseState) -> str:
+    """Where apt's cache files of the release's lists are kept (plan/planner's
+    open_cache): a repeated rehearsal of the release opens them instead of
+    reading every list again."""
+    return os.path.join(state.directory, "index")
 
 
 def _has_lists_of(state: ReleaseState) -> bool:

@@ -111,6 +111,15 @@ class SandboxCgroup:
             shares = max(2, int(self.weights["cpu.weight"] or 0) * 1024 // 100)
             with open(os.path.join(path, "cpu.shares"), "w", encoding="ascii") as handle:
                 handle.write(str(shares))
+            if self.weights["cpu.weight"] == IDLE_WEIGHT:
+                # The least weight still wins a wakeup against the host's
+                # services for a slice; an idle group (Linux 5.15, v1 too)
+                # gives way at once, as SCHED_IDLE does.
+                try:
+                    with open(os.path.join(path, "cpu.idle"), "w", encoding="ascii") as handle:
+                        handle.write("1")
+                except OSError:
+                    pass  # older kernel: the shares alone
             with open(os.path.join(path, "cgroup.procs"), "w", encoding="ascii") as handle:
                 handle.write(str(pid))
         except OSError:

@@ -44,6 +44,15 @@ def _holder(fd: int) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def pid_namespace() -> int:
+    """This process's pid namespace (its inode): a holder's pid means
+    something only to a waiter in the same one."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
+
+
 def _try_lock(fd: int) -> bool:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -86,17 +95,23 @@ def claim(
     who: str,
     on_wait: Callable[[dict[str, Any], float], None] | None = None,
     timeout_s: float | None = None,
+    on_held: Callable[[int, int], None] | None = None,
 ) -> Iterator[Claim]:
     """Hold the lock ``name`` (a transaction's identity, or "prepare") for
     the block; when another process holds it, wait (``on_wait`` is told who
     and for how long, about once a second) until it lets go. TimeoutError
-    after ``timeout_s``."""
+    after ``timeout_s``. ``on_held`` is called once, before the wait, with
+    the holder's pid and the lock's descriptor, when the holder is in this
+    pid namespace (sandbox/priority lifts it)."""
     fd = _open(cache_dir, name)
     try:
         waited, holder, began, told = False, {}, time.monotonic(), -1.0
         while not _try_lock(fd):
             if not waited:
                 waited, holder = True, _holder(fd)
+                pid = holder.get("pid")
+                if on_held is not None and isinstance(pid, int) and holder.get("pidns") == pid_namespace():
+                    on_held(pid, fd)
             elapsed = time.monotonic() - began
             if timeout_s is not None and elapsed > timeout_s:
                 raise TimeoutError(f"{name} is still held by {holder.get('who', '?')} after {elapsed:.0f} s")
@@ -104,7 +119,7 @@ def claim(
                 on_wait(_holder(fd) or holder, elapsed)  # read again: the holder says where it is
                 told = elapsed
             time.sleep(WAIT_TICK_S)
-        mine = {"who": who, "pid": os.getpid(), "started": time.time()}
+        mine = {"who": who, "pid": os.getpid(), "pidns": pid_namespace(), "started": time.time()}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(mine).encode(), 0)
         try:
