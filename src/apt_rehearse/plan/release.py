@@ -172,7 +172,8 @@ def prepare(root: str, release: str, cache_dir: str) -> ReleaseState:
     apt_download_dir(lists_dir)
     real_root = os.path.realpath(root)
     sources: dict[str, str] = {}
-    wanted: dict[str, str] = {os.path.join(directory, "sources.list"): ""}
+    main_path = os.path.join(directory, "sources.list")
+    wanted: dict[str, str] = {main_path: ""}  # path -> content, written only when it changed
     total = 0
     for path in source_files():
         with open(path, encoding="utf-8") as handle:
@@ -183,9 +184,7 @@ def prepare(root: str, release: str, cache_dir: str) -> ReleaseState:
         relative = "/" + os.path.relpath(path, real_root)
         sources[relative] = new_text
         main = path.endswith("sources.list") and "sources.list.d" not in path
-        wanted[
-            os.path.join(directory, "sources.list") if main else os.path.join(parts_dir, os.path.basename(path))
-        ] = new_text
+        wanted[main_path if main else os.path.join(parts_dir, os.path.basename(path))] = new_text
     for stale in os.listdir(parts_dir):
         if os.path.join(parts_dir, stale) not in wanted:
             os.unlink(os.path.join(parts_dir, stale))

@@ -20,9 +20,8 @@ from __future__ import annotations
 import os
 import subprocess
 
-from apt_rehearse.sandbox.cgroups import V1_CPU, cgroup2_mount
+from apt_rehearse.sandbox.cgroups import PREFIX, V1_CPU, cgroup2_mount
 
-PREFIX = "apt-rehearse-"
 # What a lifted cgroup gets: the kernel's and systemd's defaults.
 V2_DEFAULTS = {"cpu.idle": "0", "cpu.weight": "100", "io.weight": "default 100"}
 V1_DEFAULTS = {"cpu.idle": "0", "cpu.shares": "1024"}
