@@ -205,6 +205,8 @@ def rehearse(
             raw, observations = _run_booted(
                 plan, init, replay_plan, progress, clock, settings, transaction.identity, shell
             )
+            if observations.get("not_rebooted"):
+                notes.append(observations["not_rebooted"])
         else:
             raw = _run(SandboxRunner(spec, plan), replay_plan, progress, clock)
         # What crossed the sandbox's boundary as JSON, typed once.
@@ -653,16 +655,25 @@ def _run_booted(
         with clock.timed("observe"):
             observations["settle_after_upgrade"] = _inside(booted, settle_now, progress)
             observations["upgraded"] = _inside(booted, functools.partial(observe_now, baseline=baseline), progress)
-        progress.phase("rebooting into the upgraded system")
-        with clock.timed("reboot"):
-            booted.poweroff()
-            booted.boot()
-            observations["reboot"] = _inside(booted, settle_now, progress)
-            observations["rebooted"] = _inside(booted, functools.partial(observe_now, baseline=baseline), progress)
+        # The copy reboots only into systemd: without an init to start (a
+        # finding of the boot chain) or with another one, nothing is booted.
+        next_init = _inside(booted, functools.partial(_next_init, init), progress)["init"]
+        if next_init is None:
+            observations["not_rebooted"] = (
+                "the rehearsed system was not rebooted: after the run, /sbin/init is not systemd "
+                "(or is gone); the services were observed after the upgrade only"
+            )
+        else:
+            progress.phase("rebooting into the upgraded system")
+            with clock.timed("reboot"):
+                booted.poweroff()
+                booted.boot()
+                observations["reboot"] = _inside(booted, settle_now, progress)
+                observations["rebooted"] = _inside(booted, functools.partial(observe_now, baseline=baseline), progress)
         measured = booted.measure()
         if shell:
             progress.done()
-            _interactive_shell(booted, result)
+            _interactive_shell(booted, result, rebooted="rebooted" in observations)
         booted.poweroff(timeout=0)  # nothing to keep: no need to wait for a clean shutdown
         result["upper_bytes"] = measured["upper_bytes"]
         result["growth"] = measured["growth"]
@@ -672,14 +683,21 @@ def _run_booted(
     return result, observations
 
 
-def _interactive_shell(booted: BootedSandbox, result: dict[str, Any]) -> None:
+def _next_init(booted_init: str, channel: object) -> dict[str, Any]:
+    """Inside, after the upgrade: the init the copy booted, if it still leads
+    to systemd (a kernel starts the same path again; it has no fallback to
+    systemd's own binary when /sbin/init is gone)."""
+    return {"init": find_init("/", (booted_init,))}
+
+
+def _interactive_shell(booted: BootedSandbox, result: dict[str, Any], rebooted: bool) -> None:
     """The sysadmin looks around the upgraded, running system by hand."""
     import sys
 
     exit_status = result["apt"]["exit_status"]
     sys.stderr.write(
         "apt-rehearse: a shell in the rehearsed system, after the upgrade (apt exited "
-        f"{exit_status}), rebooted, services running, on its own loopback network.\n"
+        f"{exit_status}), {'rebooted, ' if rebooted else ''}services running, on its own loopback network.\n"
         "apt-rehearse: nothing you do here reaches this machine; leave the shell to end the rehearsal.\n"
     )
     env = {

@@ -201,6 +201,28 @@ def test_a_service_that_answers_late_is_waited_for(services_tree: dict, tmp_path
     assert "tcp/8084" not in document["services"]["baseline"]["listening"]
 
 
+def test_a_system_left_without_init_is_not_rebooted_and_blocks(services_tree: dict, tmp_path: Path) -> None:
+    copy = tmp_path / "tree"
+    subprocess.run(["cp", "-a", str(services_tree["tree"]), str(copy)], check=True)
+    # A kernel of its own in /boot, as a server booted by its bootloader has. (The tree's sources
+    # offer no other init, so apt removes init with systemd-sysv: the sysadmin said so.)
+    (copy / "boot/vmlinuz-6.1.0-rh").write_text("kernel\n")
+    (copy / "boot/initrd.img-6.1.0-rh").write_text("initrd\n")
+    before = tree_hash(copy)
+    proc, document = run_json(
+        "--root", str(copy), "-o", f"APT::Rehearse::Log-Dir={tmp_path}/log", "remove", "systemd-sysv", "init"
+    )
+    assert proc.returncode == 10, (proc.stderr, document.get("findings"))
+    assert "Traceback" not in proc.stderr
+    [finding] = [f for f in findings(document, "boot") if "Boot-Chain" in f["kinds"]]
+    assert finding["subject"] == "/sbin/init" and finding["severity"] == "block"
+    assert "the kernel would find no init to start" in finding["message"] and "systemd-sysv" in finding["message"]
+    assert document["services"]["upgraded"]["active_services"] > 5  # observed after the upgrade, still running
+    assert "reboot" not in document["services"] and "rebooted" not in document["services"]
+    assert any("was not rebooted" in note for note in document["notes"]), document["notes"]
+    assert tree_hash(copy) == before
+
+
 HYBRID_CPU = "/sys/fs/cgroup/cpu"
 
 

@@ -304,3 +304,34 @@ def test_hazard_facts_from_the_replays_json() -> None:
     assert facts.recorded_commands == [] and facts.conffile_leftovers == []
     # No hazards collected (a refused run): nothing to read, not empty facts that look like "all fine".
     assert HazardFacts.from_json(None) is None and HazardFacts.from_json({}) is None
+
+
+def _init(target: str | None, exists: bool, systemd: bool = False) -> dict:
+    return {"path": "/sbin/init", "target": target, "exists": exists, "systemd": systemd}
+
+
+def test_a_system_left_without_init_is_a_boot_chain_finding() -> None:
+    kernel = {"kernel": "/boot/vmlinuz-6", "kernel_bytes": 9, "initrd": "/boot/initrd.img-6", "initrd_bytes": 9}
+    systemd = _init("/usr/lib/systemd/systemd", True, systemd=True)
+    before = {**_boot({"6": kernel}, []), "init": systemd}
+    gone = {**_boot({"6": kernel}, []), "init": _init("/sbin/init", False)}
+    tx = Transaction(
+        changes=[Change("systemd-sysv", "amd64", "252", None, "remove")], root="/", request="remove systemd-sysv"
+    )
+    [finding] = hazard_checks.boot_findings(tx, HazardFacts.from_json({"before": {"boot": before}, "boot": gone}))
+    assert finding.kinds == ["Boot-Chain"] and finding.subject == "/sbin/init"
+    assert finding.message == (
+        "/sbin/init is gone after the upgrade: the kernel would find no init to start (removed: systemd-sysv)"
+    )
+    dangling = {**gone, "init": _init("/lib/sysvinit/init", False)}
+    [finding] = hazard_checks.boot_findings(tx, HazardFacts.from_json({"before": {"boot": before}, "boot": dangling}))
+    assert "points to /lib/sysvinit/init, which does not exist" in finding.message
+    # Another init in its place (sysvinit-core) boots: not this check's to judge.
+    other = {**gone, "init": _init("/lib/sysvinit/init", True)}
+    assert hazard_checks.boot_findings(tx, HazardFacts.from_json({"before": {"boot": before}, "boot": other})) == []
+    # No kernel of its own in /boot (a container, a VM given its kernel from outside): what starts it is not ours.
+    container = {"before": {"boot": {**before, "kernels": {}}}, "boot": {**gone, "kernels": {}}}
+    assert hazard_checks.boot_findings(tx, HazardFacts.from_json(container)) == []
+    # A report from before the init was recorded: nothing to compare.
+    old = {"before": {"boot": _boot({"6": kernel}, [])}, "boot": _boot({"6": kernel}, [])}
+    assert hazard_checks.boot_findings(tx, HazardFacts.from_json(old)) == []

@@ -108,7 +108,29 @@ def boot_findings(transaction: Transaction, hazards: HazardFacts) -> list[Findin
                     {"link": link, **state},
                 )
             )
+    findings += _init_findings(transaction, before, after)
     return findings
+
+
+def _init_findings(transaction: Transaction, before: Any, after: Any) -> list[Finding]:
+    """A system that boots a kernel of its own and is left with no init to
+    start. One without kernels in /boot (a container, a VM started with a
+    kernel from outside) is not judged: what it runs as PID 1 is not ours to know."""
+    if not before.kernels or not before.init.get("exists") or after.init.get("exists", True):
+        return []
+    removed = sorted(c.package for c in transaction.by_action(*REMOVING_ACTIONS))
+    target = after.init.get("target")
+    what = "is gone" if target in (None, after.init["path"]) else f"points to {target}, which does not exist"
+    return [
+        Finding(
+            "boot",
+            ["Boot-Chain"],
+            after.init["path"],
+            f"{after.init['path']} {what} after the upgrade: the kernel would find no init to start"
+            + (f" (removed: {', '.join(removed[:LIST_LIMIT])})" if removed else ""),
+            {"before": before.init, "after": after.init, "removed": removed},
+        )
+    ]
 
 
 def boot_summary(hazards: HazardFacts) -> dict[str, Any]:

@@ -96,6 +96,8 @@ BOOT_LINKS = (
     "/boot/initrd.img",
     "/boot/initrd.img.old",
 )
+# What the kernel starts as PID 1 when the command line names no init=.
+INIT_PATH = "/sbin/init"
 GRUB_LINE_RE = re.compile(r"^\s*(?P<kind>linux|linux16|linuxefi|initrd|initrd16|initrdefi)\s+(?P<args>.+)$")
 KEYWORD_LINE_RE = re.compile(r"^\s*(?P<kind>linux|kernel|initrd)\s+(?P<args>.+)$", re.IGNORECASE)
 
@@ -329,7 +331,7 @@ def initramfs_generator() -> str | None:
 
 
 def boot_state() -> dict[str, Any]:
-    """Kernels with their initrds, bootloader references, the /vmlinuz links."""
+    """Kernels with their initrds, bootloader references, the /vmlinuz links, the init."""
     kernels: dict[str, dict[str, Any]] = {}
     try:
         names = sorted(os.listdir("/boot"))
@@ -357,6 +359,18 @@ def boot_state() -> dict[str, Any]:
         "generator": initramfs_generator(),
         "references": bootloader_references(),
         "links": links,
+        "init": init_state(),
+    }
+
+
+def init_state() -> dict[str, Any]:
+    """/sbin/init: where it leads, and whether a kernel could start it."""
+    target = os.path.realpath(INIT_PATH)
+    return {
+        "path": INIT_PATH,
+        "target": target,
+        "exists": os.path.isfile(target) and os.access(target, os.X_OK),
+        "systemd": os.path.basename(target) == "systemd",
     }
 
 

@@ -24,6 +24,8 @@ class BootState:
     references: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     # /vmlinuz, /initrd.img and their .old -> {target, exists}
     links: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    # /sbin/init -> {path, target, exists, systemd}; empty from a report older than it
+    init: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_json(cls, data: dict[str, Any] | None) -> "BootState":
@@ -33,6 +35,7 @@ class BootState:
             data.get("generator"),
             list(data.get("references") or []),
             dict(data.get("links") or {}),
+            dict(data.get("init") or {}),
         )
 
 

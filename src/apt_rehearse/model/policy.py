@@ -45,7 +45,10 @@ DEFAULTS: dict[str, tuple[str, str]] = {
     "Disk-Space": ("block", "a mount has less free space than the run writes there (measured, not estimated)"),
     "Disk-Margin": ("warn", "a mount keeps less than 5% free after the run"),
     "Lost-Library": ("block", "a program or module outside dpkg's knowledge no longer finds a library it needs"),
-    "Boot-Chain": ("block", "a kernel's initramfs is not built, or a bootloader config names a missing kernel/initrd"),
+    "Boot-Chain": (
+        "block",
+        "a kernel's initramfs is not built, a bootloader config names a missing kernel/initrd, or /sbin/init is gone",
+    ),
     "Boot-Command": ("info", "a command that writes to disks or firmware (grub-install, ...) would run; recorded"),
     "Kernel-Settings": (
         "info",

@@ -85,9 +85,9 @@ HELD_BACK = (
 UNIT_DIRS = ("etc/systemd/system", "lib/systemd/system", "usr/lib/systemd/system")
 
 
-def find_init(root: str) -> str | None:
+def find_init(root: str, candidates: tuple[str, ...] = INIT_CANDIDATES) -> str | None:
     """The system's init when it is systemd; None for systems without it."""
-    for candidate in INIT_CANDIDATES:
+    for candidate in candidates:
         path = os.path.join(root, candidate.lstrip("/"))
         for _ in range(10):  # resolve links inside the tree, not on the host
             if not os.path.islink(path):
