@@ -164,6 +164,15 @@ def test_modified_conffile_is_a_prompt(scenario: dict) -> None:
     assert document["verdict"] == "warn"
 
 
+def test_purge_is_replayed_as_a_purge(scenario: dict) -> None:
+    # apt-get knows no "rh-conf_" (aptitude's purge suffix): apt failed on every purge before.
+    proc, document = rehearse(scenario, "purge", "rh-conf")
+    assert proc.returncode == 0, (proc.stderr, document["findings"])
+    assert [(c["package"], c["action"]) for c in document["transaction"]["changes"]] == [("rh-conf", "purge")]
+    assert not by_check(document, "apt") and not by_check(document, "replay-mismatch"), document["findings"]
+    assert document["verdict"] == "pass"
+
+
 def test_clean_upgrade_passes(scenario: dict) -> None:
     proc, document = rehearse(scenario, "install", "rh-clean")
     assert proc.returncode == 0, proc.stderr

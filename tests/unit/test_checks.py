@@ -134,6 +134,17 @@ def test_mismatch_and_half_configured_are_found() -> None:
     assert kinds["replay-mismatch"].details["differences"] == [{"package": "z:amd64", "expected": "9", "actual": None}]
 
 
+def test_a_purge_that_left_the_config_files_is_a_mismatch() -> None:
+    tx = _tx(Change("p", "amd64", "1", None, "purge"), Change("r", "amd64", "1", None, "remove"))
+    before = {"p:amd64": {"version": "1", "status": "ii "}, "r:amd64": {"version": "1", "status": "ii "}}
+    removed = {"p:amd64": {"version": "1", "status": "rc "}, "r:amd64": {"version": "1", "status": "rc "}}
+    [finding] = checks.state_findings(tx, _replay(removed, before))
+    assert finding.check == "replay-mismatch"
+    assert finding.details["differences"] == [{"package": "p:amd64", "expected": "purged", "actual": "config-files"}]
+    purged = {"r:amd64": {"version": "1", "status": "rc "}}  # dpkg forgets a purged package
+    assert checks.state_findings(tx, _replay(purged, before)) == []
+
+
 def test_an_upgrade_that_changes_the_architecture_is_no_mismatch() -> None:
     # bookworm -> trixie: linux-libc-dev goes amd64 -> all, python3-tomli all -> amd64.
     tx = _tx(

@@ -350,6 +350,10 @@ def _mismatch_findings(transaction: Transaction, replay: ReplayResult, failed_pa
             want, got = expected.get(name), actual.get(name)
             if want != got and _bare(name) not in failed_packages:
                 differences.append({"package": name, "expected": want, "actual": got})
+        for change in transaction.by_action("purge"):
+            status = (after.get(change.name) or {}).get("status", "")
+            if status[1:2] == "c" and change.package not in failed_packages:
+                differences.append({"package": change.name, "expected": "purged", "actual": "config-files"})
         if differences and apt.exit_status == 0:
             summary = ", ".join(
                 f"{d['package']} {d['expected'] or 'absent'} -> {d['actual'] or 'absent'}" for d in differences[:5]

@@ -29,7 +29,7 @@ from apt_rehearse.inside import libraries
 from apt_rehearse.model.clock import PhaseClock
 from apt_rehearse.model.errors import RehearsalError
 from apt_rehearse.sandbox.namespaces import Channel, SandboxSession
-from apt_rehearse.model.transaction import INSTALLING_ACTIONS, Transaction
+from apt_rehearse.model.transaction import INSTALLING_ACTIONS, REMOVING_ACTIONS, Transaction
 
 POLICY_RC_D = "/usr/sbin/policy-rc.d"
 EMPTY_DIR = "/run/apt-rehearse/empty"
@@ -103,8 +103,12 @@ def apt_command(plan: ReplayPlan, status_fd: int = 3) -> list[str]:
     """apt-get install with exactly the transaction's packages and versions.
 
     Each installing change names its .deb file, each removal its package with
-    apt's "-" (remove) or "_" (purge) suffix; apt's resolver must then find
-    nothing else to do, and any difference is reported.
+    apt's "-" suffix; apt's resolver must then find nothing else to do, and
+    any difference is reported. apt-get has no suffix to purge one package
+    and remove another: purges are APT::Get::Purge for every removal, which is
+    what the real runs that purge (apt-get purge, autoremove --purge) do. A
+    transaction with both (aptitude's "_") removes them all, and the
+    comparison afterwards reports the purges not done.
     """
     argv = [
         "apt-get",
@@ -141,13 +145,16 @@ def apt_command(plan: ReplayPlan, status_fd: int = 3) -> list[str]:
     changes = plan.transaction.changes
     if any(c.action == "reinstall" for c in changes):
         argv.append("--reinstall")
+    removals = {c.action for c in changes if c.action in REMOVING_ACTIONS}
+    if removals == {"purge"}:
+        argv += ["-o", "APT::Get::Purge=true"]
     for change in sorted(changes, key=lambda c: c.name):
         if change.action in INSTALLING_ACTIONS:
             argv.append(plan.deb_paths[change.name])
         else:
             # apt names an arch-all package by its native architecture.
             name = change.package if change.arch == "all" else change.name
-            argv.append(name + ("-" if change.action == "remove" else "_"))
+            argv.append(name + "-")
     return argv
 
 
