@@ -36,6 +36,7 @@ def machine(sandbox_capable: None):
         v1 = [build_deb(debs, name, "1.0", files={f"/usr/share/{name}/v": "1\n"}) for name in GOOD + BAD]
         v1.append(build_deb(debs, "rh-keep", "1.0", files={"/usr/share/rh-keep/v": "1\n"}))
         v1.append(build_deb(debs, "rh-app", "1.0", files={"/usr/share/rh-app/v": "1\n"}))
+        v1.append(build_deb(debs, "rh-purge-me", "1.0", conffiles={"/etc/rh-purge-me.conf": "a=1\n"}))
         v2 = [build_deb(debs, name, "2.0", files={f"/usr/share/{name}/v": "2\n"}) for name in GOOD]
         v2 += [
             build_deb(
@@ -105,6 +106,17 @@ def test_harmless_upgrade_goes_through(machine: dict, frontend: str, package: st
     assert proc.returncode == 0, output[-3000:]
     assert "apt-rehearse: verdict PASS" in output
     assert installed_version(machine, package) == "2.0"
+
+
+def test_a_purge_goes_through(machine: dict) -> None:
+    # The replay once named it "rh-purge-me_", which apt-get does not know: every purge was blocked.
+    assert (machine["tree"] / "etc/rh-purge-me.conf").exists()
+    proc = in_tree(machine["tree"], "apt-get -y purge rh-purge-me")
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-3000:]
+    assert "apt-rehearse: verdict PASS" in output
+    assert installed_version(machine, "rh-purge-me") == ""
+    assert not (machine["tree"] / "etc/rh-purge-me.conf").exists()
 
 
 def test_unattended_upgrades_is_gated(machine: dict) -> None:
