@@ -657,11 +657,12 @@ def _run_booted(
             observations["upgraded"] = _inside(booted, functools.partial(observe_now, baseline=baseline), progress)
         # The copy reboots only into systemd: without an init to start (a
         # finding of the boot chain) or with another one, nothing is booted.
-        next_init = _inside(booted, functools.partial(_next_init, init), progress)["init"]
-        if next_init is None:
+        next_init = _inside(booted, functools.partial(_next_init, init), progress)
+        if next_init["init"] is None:
+            leads = f"leads to {next_init['target']}, not systemd" if next_init["target"] else "is gone"
             observations["not_rebooted"] = (
-                "the rehearsed system was not rebooted: after the run, /sbin/init is not systemd "
-                "(or is gone); the services were observed after the upgrade only"
+                f"the rehearsed system was not rebooted: after the run, {init} {leads}; "
+                "the services were observed after the upgrade only"
             )
         else:
             progress.phase("rebooting into the upgraded system")
@@ -687,7 +688,8 @@ def _next_init(booted_init: str, channel: object) -> dict[str, Any]:
     """Inside, after the upgrade: the init the copy booted, if it still leads
     to systemd (a kernel starts the same path again; it has no fallback to
     systemd's own binary when /sbin/init is gone)."""
-    return {"init": find_init("/", (booted_init,))}
+    target = os.path.realpath(booted_init)
+    return {"init": find_init("/", (booted_init,)), "target": target if os.path.isfile(target) else None}
 
 
 def _interactive_shell(booted: BootedSandbox, result: dict[str, Any], rebooted: bool) -> None:
