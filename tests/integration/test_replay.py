@@ -302,6 +302,7 @@ def test_a_disk_upper_that_outgrows_its_estimate_is_stopped(scenario: dict, tmp_
         (("install",), 2, "Missing argument"),
         (("frobnicate",), 2, "No such command"),
         (("dist-upgrade", "--release", "Trixie!"), 2, "is not a release codename"),
+        (("install", "./rh-clean_2.0_all.deb"), 2, "is a file: rehearsals take package names"),
     ],
 )
 def test_bad_input_is_one_line_and_an_exit_code(scenario: dict, args: tuple[str, ...], code: int, words: str) -> None:

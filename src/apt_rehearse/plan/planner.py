@@ -103,6 +103,13 @@ def _private_index(index_dir: str | None) -> bool:
 
 def _split_spec(spec: str) -> tuple[str, str | None, str | None]:
     """PKG[=VERSION] or PKG[/RELEASE], as apt-get install takes them."""
+    if spec.endswith(".deb") or spec.startswith(("/", "./", "../")):
+        # apt install ./x.deb: a file, not a name; split on "/" it would be
+        # the package "" of the release "tmp/x.deb".
+        raise UsageError(
+            f"'{spec}' is a file: rehearsals take package names as apt's sources offer them "
+            "(PKG, PKG=VERSION, PKG/RELEASE); put the .deb in a local repository to rehearse it"
+        )
     if "=" in spec:
         name, _, version = spec.partition("=")
         return name, version, None
