@@ -119,6 +119,17 @@ def test_a_purge_goes_through(machine: dict) -> None:
     assert not (machine["tree"] / "etc/rh-purge-me.conf").exists()
 
 
+def test_a_local_deb_installed_by_path_is_rehearsed(machine: dict, tmp_path: Path) -> None:
+    # apt install ./x.deb: in no source; apt hands the hook the file's own path.
+    deb = build_deb(tmp_path, "rh-local", "1.0", files={"/usr/share/rh-local/v": "1\n"})
+    shutil.copy(deb, machine["tree"] / "root" / deb.name)
+    proc = in_tree(machine["tree"], f"cd /root && apt-get -y install ./{deb.name}")
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-3000:]
+    assert "apt-rehearse: verdict PASS" in output
+    assert installed_version(machine, "rh-local") == "1.0"
+
+
 def test_unattended_upgrades_is_gated(machine: dict) -> None:
     """The real unattended-upgrade: the gate rehearses its whole set once; its
     blocked step is stopped by the hook, and its log names the report."""

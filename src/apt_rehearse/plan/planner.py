@@ -108,7 +108,7 @@ def _split_spec(spec: str) -> tuple[str, str | None, str | None]:
         # the package "" of the release "tmp/x.deb".
         raise UsageError(
             f"'{spec}' is a file: rehearsals take package names as apt's sources offer them "
-            "(PKG, PKG=VERSION, PKG/RELEASE); put the .deb in a local repository to rehearse it"
+            f"(PKG, PKG=VERSION, PKG/RELEASE); 'apt install {spec}' is rehearsed by the hook"
         )
     if "=" in spec:
         name, _, version = spec.partition("=")
