@@ -321,7 +321,7 @@ def test_a_system_left_without_init_is_a_boot_chain_finding() -> None:
     [finding] = hazard_checks.boot_findings(tx, HazardFacts.from_json({"before": {"boot": before}, "boot": gone}))
     assert finding.kinds == ["Boot-Chain"] and finding.subject == "/sbin/init"
     assert finding.message == (
-        "/sbin/init is gone after the upgrade: the kernel would find no init to start (removed: systemd-sysv)"
+        "/sbin/init is gone after the upgrade: the next boot finds no init to start, at best the kernel's fallback shell on the console (removed: systemd-sysv)"
     )
     dangling = {**gone, "init": _init("/lib/sysvinit/init", False)}
     [finding] = hazard_checks.boot_findings(tx, HazardFacts.from_json({"before": {"boot": before}, "boot": dangling}))

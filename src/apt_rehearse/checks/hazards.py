@@ -126,7 +126,7 @@ def _init_findings(transaction: Transaction, before: Any, after: Any) -> list[Fi
             "boot",
             ["Boot-Chain"],
             after.init["path"],
-            f"{after.init['path']} {what} after the upgrade: the kernel would find no init to start"
+            f"{after.init['path']} {what} after the upgrade: the next boot finds no init to start, at best the kernel's fallback shell on the console"
             + (f" (removed: {', '.join(removed[:LIST_LIMIT])})" if removed else ""),
             {"before": before.init, "after": after.init, "removed": removed},
         )
