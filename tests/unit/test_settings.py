@@ -9,7 +9,7 @@ from pathlib import Path
 import apt_pkg
 import pytest
 
-from apt_rehearse.model.config import read_settings
+from apt_rehearse.model.config import KNOWN_SETTINGS, read_settings, setting_warnings
 
 KEYS = (
     "APT::Rehearse::Keep-Reports",
@@ -100,3 +100,24 @@ def test_apt_setup_survives_python_debian_imported_after_it(tmp_path) -> None:
     source = str(Path(__file__).resolve().parents[2] / "src")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": source})
     assert proc.stdout.split() == ["''", "''", "yes", f"{tmp_path}/"], proc.stderr
+
+
+def test_what_nothing_reads_is_said(clean_keys: None) -> None:
+    apt_pkg.config.clear("APT::Rehearse")
+    try:
+        for key in KNOWN_SETTINGS:  # every known one, set, says nothing
+            if key != "Policy":
+                apt_pkg.config.set(f"APT::Rehearse::{key}", "1")
+        apt_pkg.config.set("APT::Rehearse::policy::remove-manual", "WARN")  # apt's keys are case-blind
+        apt_pkg.config.set("APT::Rehearse::Policy::Conffile-Prompt", "block")
+        assert setting_warnings() == []
+        apt_pkg.config.set("APT::Rehearse::Polcy::Remove", "warn")
+        apt_pkg.config.set("APT::Rehearse::Policy::Remove-Manaul", "warn")
+        apt_pkg.config.set("APT::Rehearse::Policy::Remove", "maybe")
+        warnings = setting_warnings()
+        assert len(warnings) == 3, warnings
+        assert warnings[0].startswith("APT::Rehearse::Polcy is not an apt-rehearse setting (ignored)")
+        assert any("no finding is of kind Remove-Manaul (ignored)" in w for w in warnings)
+        assert any('Remove "maybe" is none of info, warn, block: the default applies' in w for w in warnings)
+    finally:
+        apt_pkg.config.clear("APT::Rehearse")

@@ -212,7 +212,10 @@ def _settings_for(options: Options, sandbox: bool = True) -> tuple[str, Any]:
     config.init_apt_config(
         root, options.apt_options + (["APT::Rehearse::Services=false"] if options.no_services else [])
     )
-    return root, config.read_settings()
+    settings = config.read_settings()
+    for line in config.setting_warnings():
+        click.echo(f"W: {one_line(line)}", err=True)
+    return root, settings
 
 
 def _rehearse_request(command: str, packages: list[str], options: Options) -> int:

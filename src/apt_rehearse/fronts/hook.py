@@ -291,6 +291,8 @@ def _rehearse_now(hook: HookInput, transaction, unattended: bool, cache_dir: str
     began = time.monotonic()
     config.load_dumped_config(hook.config)
     settings = config.read_settings()
+    for line in config.setting_warnings():
+        _say(f"W: {line}")
     _say(f"rehearsing this transaction ({len(transaction.changes)} packages) on a throw-away copy of the system ...")
     progress = for_stream(sys.stderr, quiet=unattended)
     # The real run's Dpkg::Options, -o ones included, go to the replay too.

@@ -15,6 +15,7 @@ import apt_pkg
 
 from apt_rehearse.model.defaults import DEFAULT_MAX_AGE, IDLE_WEIGHT
 from apt_rehearse.model.errors import UsageError
+from apt_rehearse.model.policy import DEFAULTS, SEVERITIES
 
 LOG_DIR = "/var/log/apt-rehearse"
 CACHE_DIR = "/var/cache/apt-rehearse"
@@ -198,6 +199,60 @@ def read_settings() -> Settings:
     if config.exists("APT::Rehearse::Textfile-Dir"):
         settings.textfile_dir = config.find("APT::Rehearse::Textfile-Dir").strip()
     return settings
+
+
+# Every APT::Rehearse:: setting read anywhere (the man page's CONFIGURATION).
+KNOWN_SETTINGS = (
+    "Archives-Max-Age",
+    "Boot-Timeout",
+    "CPU-Weight",
+    "Cache-Dir",
+    "Cache-Max-Age",
+    "Downtime-Max",
+    "Downtime-Slowdown",
+    "Enable",
+    "Http-Urls",
+    "IO-Weight",
+    "Keep-Reports",
+    "Large-Change",
+    "Library-Paths",
+    "Log-Dir",
+    "Mail",
+    "Memory-Max",
+    "On-Error",
+    "Policy",
+    "Ready-Timeout",
+    "Save-Report",
+    "Services",
+    "Snapshots",
+    "Textfile-Dir",
+    "Timeout",
+    "Tmpfs-Size",
+    "Upper-Dir",
+)
+
+
+def setting_warnings() -> list[str]:
+    """What apt's configuration says under APT::Rehearse:: that nothing reads:
+    a misspelt key, a policy kind that does not exist, a severity that is
+    none. apt takes any key silently; a sysadmin who believes a policy was
+    relaxed or tightened must hear otherwise (apt's keys are case-blind)."""
+    config = apt_pkg.config
+    known = {name.lower() for name in KNOWN_SETTINGS}
+    kinds = {kind.lower() for kind in DEFAULTS}
+    warnings = []
+    for key in config.list("APT::Rehearse"):
+        name = key.split("::")[2]
+        if name.lower() not in known:
+            warnings.append(f"{key} is not an apt-rehearse setting (ignored); see apt-rehearse(8), CONFIGURATION")
+    for key in config.list("APT::Rehearse::Policy"):
+        kind = key.rsplit("::", 1)[-1]
+        value = config.find(key).strip().lower()
+        if kind.lower() not in kinds:
+            warnings.append(f"{key}: no finding is of kind {kind} (ignored); see apt-rehearse(8), POLICY KINDS")
+        elif value not in SEVERITIES:
+            warnings.append(f"{key} \"{config.find(key)}\" is none of {', '.join(SEVERITIES)}: the default applies")
+    return warnings
 
 
 def dpkg_options() -> list[str]:
