@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from apt_rehearse.model.hazard_facts import HazardFacts
+from apt_rehearse.model.hazard_facts import BootState, HazardFacts
 from apt_rehearse.model.policy import Finding
 from apt_rehearse.model.transaction import INSTALLING_ACTIONS, REMOVING_ACTIONS, Transaction
 
@@ -112,7 +112,7 @@ def boot_findings(transaction: Transaction, hazards: HazardFacts) -> list[Findin
     return findings
 
 
-def _init_findings(transaction: Transaction, before: Any, after: Any) -> list[Finding]:
+def _init_findings(transaction: Transaction, before: BootState, after: BootState) -> list[Finding]:
     """A system that boots a kernel of its own and is left with no init to
     start. One without kernels in /boot (a container, a VM started with a
     kernel from outside) is not judged: what it runs as PID 1 is not ours to know."""
@@ -126,7 +126,8 @@ def _init_findings(transaction: Transaction, before: Any, after: Any) -> list[Fi
             "boot",
             ["Boot-Chain"],
             after.init["path"],
-            f"{after.init['path']} {what} after the upgrade: the next boot finds no init to start, at best the kernel's fallback shell on the console"
+            f"{after.init['path']} {what} after the upgrade: the next boot finds no init to start, "
+            "at best the kernel's fallback shell on the console"
             + (f" (removed: {', '.join(removed[:LIST_LIMIT])})" if removed else ""),
             {"before": before.init, "after": after.init, "removed": removed},
         )

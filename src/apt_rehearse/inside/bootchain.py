@@ -370,7 +370,6 @@ def init_state() -> dict[str, Any]:
         "path": INIT_PATH,
         "target": target,
         "exists": os.path.isfile(target) and os.access(target, os.X_OK),
-        "systemd": os.path.basename(target) == "systemd",
     }
 
 

@@ -24,7 +24,7 @@ class BootState:
     references: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     # /vmlinuz, /initrd.img and their .old -> {target, exists}
     links: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
-    # /sbin/init -> {path, target, exists, systemd}; empty from a report older than it
+    # /sbin/init -> {path, target, exists}; empty from a report older than it
     init: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @classmethod
